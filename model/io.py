@@ -1,0 +1,90 @@
+"""Atomic file writes (temp file + rename) and the run folder's status file."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write a text file (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically torch.save a plain dict (loadable with weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def append_jsonl(path: str | os.PathLike, obj: dict) -> None:
+    """Append one JSON line; a torn last line is skipped by read_jsonl."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines file, skipping a torn or corrupt line instead of failing."""
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def now_iso() -> str:
+    """Current UTC time as ISO-8601 text."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def read_status(run_dir: str | os.PathLike) -> dict:
+    """The run's status.json as a dict ({} when absent or unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def update_status(run_dir: str | os.PathLike, **fields: Any) -> dict:
+    """Merge `fields` into the run's status.json atomically and return the new status."""
+    status = read_status(run_dir)
+    status.update(fields)
+    status["updated"] = now_iso()
+    atomic_write_json(Path(run_dir) / "status.json", status)
+    return status
