@@ -1,0 +1,452 @@
+"""CausalFusion: a decoder-only diffusion transformer with dual (AR x noise) factorization.
+
+One training forward runs the sequence [C condition tokens] + [clean tokens of AR groups 1..S-1]
++ [noisy tokens of groups 1..S] under the generalized causal mask (reference sections 2-3), so
+every group is denoised given the clean groups before it. Sampling reuses the same blocks with a
+KV cache (model/sampling.py). DiT-style, but conditioned in context: no adaLN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from model.errors import UserError
+from model.masks import check_group_sizes, flex_block_mask, generalized_causal_mask
+
+POS_EMBEDS = ("sincos", "learned")
+ATTENTIONS = ("sdpa", "flex")
+FLEX_BLOCK = 128  # flex pads the sequence to a multiple of this: few distinct compiled shapes
+TIME_FREQ_DIM = 256
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a CausalFusion model; validated on construction (UserError on bad values)."""
+
+    input_size: int  # H = W of the pixel or latent grid
+    in_channels: int
+    patch_size: int
+    width: int
+    depth: int
+    heads: int
+    num_classes: int
+    num_cond_tokens: int = 4
+    pos_embed: str = "sincos"  # sincos (fixed) | learned (initialised to sincos)
+    mlp_ratio: float = 4.0
+    class_dropout: float = 0.1
+    attention: str = "sdpa"  # sdpa | flex
+    grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        positive = ("input_size", "in_channels", "patch_size", "width", "depth", "heads")
+        for name in (*positive, "num_classes", "num_cond_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{name}={v!r} must be an int >= 1")
+        if self.input_size % self.patch_size:
+            raise UserError(
+                f"patch_size={self.patch_size} must divide input_size={self.input_size}"
+            )
+        if self.width % self.heads:
+            raise UserError(f"heads={self.heads} must divide width={self.width}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise UserError(f"pos_embed={self.pos_embed!r} must be one of {', '.join(POS_EMBEDS)}")
+        if self.width % 4:
+            raise UserError(f"width={self.width} must be a multiple of 4 (2D sin-cos embedding)")
+        if self.attention not in ATTENTIONS:
+            raise UserError(f"attention={self.attention!r} must be one of {', '.join(ATTENTIONS)}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise UserError(f"class_dropout={self.class_dropout!r} must be in [0, 1)")
+        if not self.mlp_ratio > 0:
+            raise UserError(f"mlp_ratio={self.mlp_ratio!r} must be > 0")
+
+    @property
+    def grid(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid**2
+
+    @property
+    def token_dim(self) -> int:
+        return self.patch_size**2 * self.in_channels
+
+
+def sincos_2d(width: int, grid: int) -> torch.Tensor:
+    """(grid*grid, width) fixed 2D sin-cos table: half the channels encode the row, half the col."""
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    r, c = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def encode(pos):
+        angles = pos.flatten().double()[:, None] * omega[None]  # (L, width/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (L, width/2)
+
+    return torch.cat([encode(r), encode(c)], dim=1).float()
+
+
+def sequence_length(cfg: ModelConfig, group_sizes: list[int]) -> int:
+    """Training sequence length n = C + (L - g_S) + L for a split."""
+    return cfg.num_cond_tokens + 2 * cfg.num_tokens - group_sizes[-1]
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t (256 frequencies) -> MLP -> width."""
+
+    def __init__(self, width: int, freq_dim: int = TIME_FREQ_DIM):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        k = torch.arange(half, device=t.device, dtype=torch.float32)
+        freqs = torch.exp(-math.log(10000.0) * k / half)  # (half,)
+        angles = t.float()[:, None] * freqs[None]  # (B, half)
+        feats = torch.cat([angles.cos(), angles.sin()], dim=-1)  # (B, freq_dim)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))  # (B, width)
+
+
+class KVCache:
+    """Per-layer keys and values of already generated tokens (condition + clean groups).
+
+    A batch doubled for classifier-free guidance ([conditional; unconditional]) is cached as one
+    batch; `batch_slice` gives a read-only view of one half for steps that skip guidance.
+    """
+
+    def __init__(self, depth: int):
+        self.keys: list[torch.Tensor | None] = [None] * depth
+        self.values: list[torch.Tensor | None] = [None] * depth
+
+    def __len__(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, append: bool):
+        """Keys/values to attend to: the cache followed by (k, v); stores them if `append`."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)  # (B, h, T + N, hd)
+            v = torch.cat([self.values[layer], v], dim=2)
+        if append:
+            self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def batch_slice(self, start: int, stop: int) -> KVCache:
+        """A view of samples start..stop-1 (shares memory; do not append to it)."""
+        view = KVCache(len(self.keys))
+        view.keys = [None if k is None else k[start:stop] for k in self.keys]
+        view.values = [None if v is None else v[start:stop] for v in self.values]
+        return view
+
+
+_compiled_flex = None
+
+
+def _flex_attention(q, k, v, block_mask):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    if q.is_cuda:  # eager flex is an unfused reference implementation: compile it on GPU
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        return _compiled_flex(q, k, v, block_mask=block_mask)
+    return flex_attention(q, k, v, block_mask=block_mask)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: no qkv bias, LayerNorm on each head's queries and keys."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width)
+        self.q_norm = nn.LayerNorm(width // heads)
+        self.k_norm = nn.LayerNorm(width // heads)
+
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer=0, append=False):
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)  # (B, N, 3, h, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if cache is not None:
+            k, v = cache.attend(layer, k, v, append)  # (B, h, T + N, hd)
+        if mask is None or isinstance(mask, torch.Tensor):
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, hd)
+        else:
+            o = _flex_attention(q, k, v, block_mask=mask)  # (B, h, N, hd)
+        return self.proj(o.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: attention, then a tanh-GELU MLP, both residual."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
+        )
+
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer=0, append=False):
+        x = x + self.attn(self.norm1(x), mask, cache, layer, append)  # (B, N, D)
+        return x + self.mlp(self.norm2(x))  # (B, N, D)
+
+
+class CausalFusion(nn.Module):
+    """Decoder-only transformer over [condition, clean groups, noisy groups] (reference 2-3)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, P, C, L = cfg.width, cfg.token_dim, cfg.num_cond_tokens, cfg.num_tokens
+        self.x_embed = nn.Linear(P, D)  # shared by clean and noisy tokens
+        self.t_embed = TimestepEmbedder(D)
+        self.y_embed = nn.Embedding(cfg.num_classes + 1, C * D)  # id num_classes = null class
+        self.cond_pos = nn.Parameter(torch.zeros(C, D))
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(L, D))
+        else:
+            self.register_buffer("pos_embed", torch.zeros(L, D), persistent=False)
+        self.blocks = nn.ModuleList([Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(D)
+        self.head = nn.Linear(D, P)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's init: xavier linears, N(0, 0.02) embeddings, sin-cos positions, zero output."""
+
+        def _basic(m):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        self.apply(_basic)
+        nn.init.normal_(self.y_embed.weight, std=0.02)
+        nn.init.normal_(self.cond_pos, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_2d(self.cfg.width, self.cfg.grid))
+        # a zero output layer makes the untrained model predict eps = 0 (loss starts at 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cfg.num_tokens
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, p*p*C), tokens in raster order."""
+        cfg, p = self.cfg, self.cfg.patch_size
+        B = x.shape[0]
+        if tuple(x.shape[1:]) != (cfg.in_channels, cfg.input_size, cfg.input_size):
+            raise UserError(
+                f"image shape {tuple(x.shape[1:])} must be "
+                f"{(cfg.in_channels, cfg.input_size, cfg.input_size)} (C, H, W)"
+            )
+        g = cfg.grid
+        x = x.reshape(B, cfg.in_channels, g, p, g, p).permute(
+            0, 2, 4, 3, 5, 1
+        )  # (B, g, g, p, p, C)
+        return x.reshape(B, g * g, cfg.token_dim)  # (B, L, P)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, p*p*C) in raster order -> (B, C, H, W)."""
+        cfg, p, g = self.cfg, self.cfg.patch_size, self.cfg.grid
+        B = tokens.shape[0]
+        x = tokens.reshape(B, g, g, p, p, cfg.in_channels).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(B, cfg.in_channels, g * p, g * p)  # (B, C, H, W)
+
+    def embed_cond(self, y: torch.Tensor, force_drop_ids: torch.Tensor | None = None):
+        """Labels (B,) -> (B, C, D) condition tokens; label dropout to the null class in training.
+
+        `force_drop_ids` (B,) bool replaces the random dropout (for CFG); labels equal to
+        num_classes are the null class already.
+        """
+        cfg = self.cfg
+        if force_drop_ids is not None:
+            y = torch.where(force_drop_ids.bool(), cfg.num_classes, y)
+        elif self.training and cfg.class_dropout > 0:
+            drop = torch.rand(y.shape[0], device=y.device) < cfg.class_dropout  # global RNG
+            y = torch.where(drop, cfg.num_classes, y)
+        cond = self.y_embed(y).view(y.shape[0], cfg.num_cond_tokens, cfg.width)  # (B, C, D)
+        return cond + self.cond_pos  # (B, C, D)
+
+    def embed_clean(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Clean tokens (B, n, P) at image positions (B, n) -> (B, n, D)."""
+        return self.x_embed(tokens) + self.pos_embed[positions]
+
+    def embed_noisy(self, tokens: torch.Tensor, positions: torch.Tensor, t: torch.Tensor):
+        """Noisy tokens (B, n, P) at positions (B, n), timesteps (B,) -> (B, n, D)."""
+        return self.embed_clean(tokens, positions) + self.t_embed(t)[:, None]
+
+    def final(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, n, D) -> eps predictions (B, n, P)."""
+        return self.head(self.norm(h))
+
+    def run_blocks(self, h: torch.Tensor, group_sizes: list[int]) -> torch.Tensor:
+        """All blocks over a full training sequence (B, n, D) under the generalized causal mask."""
+        C, n = self.cfg.num_cond_tokens, h.shape[1]
+        if self.cfg.attention == "flex":
+            total = -(-n // FLEX_BLOCK) * FLEX_BLOCK
+            mask = flex_block_mask(C, group_sizes, h.device, total)
+            h = F.pad(h, (0, 0, 0, total - n))  # (B, total, D); padding sees only padding
+        else:
+            mask = generalized_causal_mask(C, group_sizes, h.device)  # (n, n)
+        ckpt = self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            h = checkpoint(block, h, mask, use_reentrant=False) if ckpt else block(h, mask)
+        return h[:, :n]  # (B, n, D)
+
+    def run_cached(self, h: torch.Tensor, cache: KVCache, append: bool) -> torch.Tensor:
+        """All blocks over new tokens (B, N, D) attending to the cache and to each other (no mask).
+
+        append=True stores the tokens' keys/values (condition or clean tokens); append=False is a
+        query pass (noisy tokens) that leaves the cache unchanged.
+        """
+        for i, block in enumerate(self.blocks):
+            h = block(h, None, cache, i, append)  # (B, N, D)
+        return h
+
+    def forward(
+        self,
+        x0: torch.Tensor,
+        xt: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        order: torch.Tensor,
+        group_sizes: list[int],
+        force_drop_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Training pass: eps_hat (B, C, H, W) for every token of xt, in image layout.
+
+        x0, xt: (B, C, H, W) clean and noised inputs; t: (B,) long; y: (B,) long labels;
+        order: (B, L) long, AR token k is image position order[:, k]; group_sizes sum to L.
+        """
+        L, P = self.num_tokens, self.cfg.token_dim
+        sizes = check_group_sizes(group_sizes, L)
+        if order.shape != (x0.shape[0], L):
+            raise UserError(f"order shape {tuple(order.shape)} must be {(x0.shape[0], L)}")
+        n_clean = L - sizes[-1]
+        idx = order.unsqueeze(-1).expand(-1, -1, P)  # (B, L, P)
+        clean = self.patchify(x0).gather(1, idx[:, :n_clean])  # (B, L - g_S, P), AR order
+        noisy = self.patchify(xt).gather(1, idx)  # (B, L, P), AR order
+        h = torch.cat(
+            [
+                self.embed_cond(y, force_drop_ids),  # (B, C, D)
+                self.embed_clean(clean, order[:, :n_clean]),  # (B, L - g_S, D)
+                self.embed_noisy(noisy, order, t),  # (B, L, D)
+            ],
+            dim=1,
+        )  # (B, n, D)
+        h = self.run_blocks(h, sizes)  # (B, n, D)
+        out = self.final(h[:, -L:])  # (B, L, P), AR order
+        eps = torch.empty_like(out).scatter_(1, idx, out)  # (B, L, P), raster order
+        return self.unpatchify(eps)  # (B, C, H, W)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; the fixed sin-cos table is a buffer, not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_flops_per_image(cfg: ModelConfig, mean_seq_len: float) -> float:
+    """Matmul FLOPs of one training image (forward + backward = 3 x forward).
+
+    Forward, with n = sequence length, D = width, F = MLP hidden, P = token dim, C = cond tokens:
+      blocks:     depth * [2 n (4 D^2 + 2 D F)  +  4 n^2 D]   (qkv, proj, MLP; QK^T and AV, dense)
+      embeddings: 2 (n - C) P D  (patch embedding of clean + noisy tokens)
+                  + 2 L D P      (output layer on the L noisy tokens)
+                  + 2 (256 D + D^2)  (timestep MLP)
+    Attention is counted dense over the whole sequence (what SDPA computes with a boolean mask).
+    With a varying split, n^2 uses mean_seq_len^2, which slightly undercounts E[n^2].
+    """
+    n, D, P, C, L = mean_seq_len, cfg.width, cfg.token_dim, cfg.num_cond_tokens, cfg.num_tokens
+    F_ = int(D * cfg.mlp_ratio)
+    blocks = cfg.depth * (2 * n * (4 * D * D + 2 * D * F_) + 4 * n * n * D)
+    embed = 2 * (n - C) * P * D + 2 * L * D * P + 2 * (TIME_FREQ_DIM * D + D * D)
+    return 3.0 * (blocks + embed)
+
+
+def CausalFusion_T(**kw) -> CausalFusion:
+    return CausalFusion(ModelConfig(width=128, depth=4, heads=4, **kw))
+
+
+def CausalFusion_XS(**kw) -> CausalFusion:
+    return CausalFusion(ModelConfig(width=256, depth=6, heads=4, **kw))
+
+
+def CausalFusion_S(**kw) -> CausalFusion:
+    return CausalFusion(ModelConfig(width=384, depth=12, heads=6, **kw))
+
+
+def CausalFusion_B(**kw) -> CausalFusion:
+    return CausalFusion(ModelConfig(width=768, depth=12, heads=12, **kw))
+
+
+def CausalFusion_L(**kw) -> CausalFusion:
+    return CausalFusion(ModelConfig(width=1024, depth=24, heads=16, **kw))
+
+
+def CausalFusion_XL(**kw) -> CausalFusion:
+    return CausalFusion(ModelConfig(width=1280, depth=32, heads=20, **kw))
+
+
+def CausalFusion_H(**kw) -> CausalFusion:
+    return CausalFusion(ModelConfig(width=1408, depth=40, heads=22, **kw))
+
+
+def CausalFusion_ablation(**kw) -> CausalFusion:
+    kw = {"num_cond_tokens": 4, "pos_embed": "sincos", **kw}  # paper Table 9
+    return CausalFusion(ModelConfig(width=1024, depth=24, heads=16, **kw))
+
+
+SIZES = {
+    "T": CausalFusion_T,
+    "XS": CausalFusion_XS,
+    "S": CausalFusion_S,
+    "B": CausalFusion_B,
+    "L": CausalFusion_L,
+    "XL": CausalFusion_XL,
+    "H": CausalFusion_H,
+    "ablation": CausalFusion_ablation,
+}
+
+
+def build_model(size: str, **kwargs) -> CausalFusion:
+    """Build a registered size; kwargs are the other ModelConfig fields (input_size, ...)."""
+    if size not in SIZES:
+        raise UserError(f"model size {size!r} is unknown; allowed: {', '.join(SIZES)}")
+    fixed_names = {"width", "depth", "heads"}
+    fixed = sorted(fixed_names & kwargs.keys())
+    if fixed:
+        raise UserError(f"{', '.join(fixed)} are fixed by model size {size!r}; do not pass them")
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(kwargs.keys() - fields.keys())
+    if unknown:
+        raise UserError(
+            f"unknown model option(s) {', '.join(unknown)}; allowed: {', '.join(fields)}"
+        )
+    missing = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and name not in kwargs and name not in fixed_names
+    ]
+    if missing:
+        raise UserError(f"build_model({size!r}) needs {', '.join(missing)}")
+    return SIZES[size](**kwargs)
