@@ -46,7 +46,8 @@ recorded() {
   pid_alive "$pid" "$1" && echo "$pid"
 }
 
-record() { echo "$1 $2" >>"$STATE/pids"; say "started $1 (pid $2)"; }
+STARTED=0
+record() { echo "$1 $2" >>"$STATE/pids"; STARTED=1; say "started $1 (pid $2)"; }
 
 # running_pid NAME: any live process called NAME (to detect daemons this script did not start).
 running_pid() {
@@ -210,7 +211,7 @@ start_munged() {
   fi
   chown munge:munge /etc/munge/munge.key
   chmod 400 /etc/munge/munge.key
-  runuser -u munge -- /usr/sbin/munged --force >>"$LOGDIR/munged.out" 2>&1
+  runuser -u munge -- /usr/sbin/munged --force >>"$LOGDIR/munged.out" 2>&1 9>&-
   pid=$(pidfile_pid /run/munge/munged.pid munged)
   record munged "$pid"
   wait_for 10 munged bash -c 'munge -n | unmunge'
@@ -231,7 +232,7 @@ start_mariadb() {
       >"$LOGDIR/mariadb-install.log" 2>&1 || die "mariadb-install-db failed; see $LOGDIR"
   fi
   setsid mariadbd --user=mysql --skip-networking --socket=/run/mysqld/mysqld.sock \
-    </dev/null >>"$LOGDIR/mariadbd.log" 2>&1 &
+    </dev/null >>"$LOGDIR/mariadbd.log" 2>&1 9>&- &
   pid=$!
   record mariadbd "$pid"
   wait_for 30 mariadbd mariadb_up
@@ -245,7 +246,7 @@ start_slurm_daemon() {  # start_slurm_daemon NAME CHECK...
     die "a $name (pid $other) that this script did not start is running; stop it first"
   fi
   rm -f "$STATE/$name.pid"
-  "/usr/sbin/$name" >>"$LOGDIR/$name.out" 2>&1 || die "$name failed to start; see $LOGDIR/$name.log"
+  "/usr/sbin/$name" >>"$LOGDIR/$name.out" 2>&1 9>&- || die "$name failed to start; see $LOGDIR/$name.log"
   pid=$(pidfile_pid "$STATE/$name.pid" "$name")
   record "$name" "$pid"
   [[ $# -eq 0 ]] || wait_for 30 "$name" "$@"
@@ -288,6 +289,7 @@ cmd_start() {
   start_slurm_daemon slurmctld scontrol ping
   start_slurm_daemon slurmd
   wait_idle
+  ((STARTED)) || say "already up"
   say "cluster up in $(elapsed)s: $(sinfo -h -o '%P %a %D %T %C' | tr '\n' ';')"
 }
 
