@@ -22,13 +22,15 @@ from model.errors import UserError
 COND, CLEAN, NOISY, PAD = 0, 1, 2, 3
 
 
-def check_group_sizes(group_sizes: list[int], total: int | None = None, name: str = "group_sizes"):
+def check_group_sizes(
+    group_sizes: list[int], total: int | None = None, name: str = "group_sizes", total_name="L"
+) -> list[int]:
     """Validate a split into AR groups: a non-empty list of positive ints (summing to `total`)."""
     sizes = list(group_sizes)
     if not sizes or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in sizes):
         raise UserError(f"{name}={sizes} must be a non-empty list of positive ints")
     if total is not None and sum(sizes) != total:
-        raise UserError(f"{name}={sizes} sums to {sum(sizes)}, must sum to L={total}")
+        raise UserError(f"{name}={sizes} sums to {sum(sizes)}, must sum to {total_name}={total}")
     return sizes
 
 

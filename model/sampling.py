@@ -65,7 +65,7 @@ def generate(
     B, L, P = y.shape[0], net.num_tokens, cfg.token_dim
     device = y.device
     _check_positions("positions", positions, B, L)
-    sizes = check_group_sizes(group_sizes, positions.shape[1], name="group_sizes")
+    sizes = check_group_sizes(group_sizes, positions.shape[1], total_name="M (positions)")
     guided = cfg_scale != 1.0
 
     tokens = torch.zeros(B, L, P, device=device, dtype=net.x_embed.weight.dtype)  # raster order
