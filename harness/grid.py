@@ -1,0 +1,767 @@
+"""Grid files -> train points x eval points, validated before anything is submitted.
+
+A grid (`experiments/grids/<name>.yaml`, or any path) describes a set of training runs and the
+evaluations to run on each of them. Keys are the dotted config keys of `experiments/config.yaml`
+(`train.ar.steps`, `model`, `data.root`, ...); a nested mapping is read as dotted keys too.
+
+    description: text shown by `cfh sweep`             (optional)
+    base:        {key: value}  every point; sample.*/eval.* keys go to every eval point and
+                               cluster.* keys to the resources
+    axes:        {key: [v1, v2, ...]}   train axes, cartesian product
+    zip:         [{key_a: [...], key_b: [...]}, ...]  each group varies its keys together
+                               (lists of equal length); each group is one more product factor
+    include:     [{key: value, ...}, ...]  extra train points (base + the entry), added as-is
+    exclude:     [{key: value, ...}, ...]  drop product points whose resolved config matches
+                               every key of an entry (include entries are never dropped)
+    seeds:       [0, 1, 2]     crossed with every train point, include entries too (sets `seed`)
+    eval:                      the eval space, crossed with every train point; keys are
+      base:      {...}         sample.* / eval.* only: S_eval = sample.ar_steps, sample.order,
+      axes:      {...}         sample.cfg, sample.steps, checkpoint step = sample.ckpt
+      zip / include / exclude  (latest or a step), eval.extractor, ...
+                               `eval: false` trains only; no `eval` key = one default eval point
+    resources:
+      cluster:   local         a profile of experiments/cluster/ (default: local)
+      <key>:     value         cluster.<key> overrides (gpus_per_node, timeout_min, ...)
+
+Values are typed YAML (`1e-4` is a float). The symbol `L` (tokens per image of the point's data)
+is accepted for train.ar.steps and sample.ar_steps, so S_train = L reads the same on every
+dataset. Command-line overrides (`cfh sweep GRID key=value`) extend `base`; they may not set an
+axis key. Checkpoint-step eval points (`sample.ckpt: [500, 1000]`) must be multiples of
+train.ckpt_every (or train.steps); train.keep_checkpoints is raised to keep them.
+
+Every point is validated (config.validate_config plus cluster checks) while expanding; any
+problem is a UserError naming the grid file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from harness.config import (
+    CONFIG_GROUPS,
+    EXPERIMENTS_DIR,
+    group_options,
+    num_tokens,
+    parse_override,
+    resolve_overrides,
+    set_key,
+    validate_config,
+)
+from harness.executors import validate_profile
+from model.errors import UserError
+
+GRIDS_DIR = EXPERIMENTS_DIR / "grids"
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+TOP_KEYS = ("description", "base", "axes", "zip", "include", "exclude", "seeds", "eval")
+TOP_KEYS += ("resources",)
+EVAL_KEYS = ("base", "axes", "zip", "include", "exclude")
+EVAL_PREFIXES = ("sample.", "eval.")
+TOKEN_KEYS = ("train.ar.steps", "sample.ar_steps")  # accept the symbol L
+CLUSTER_BACKENDS = ("local", "slurm")
+# Sample keys that change how fast, not what, is sampled: left out of an eval point's key.
+EVAL_KEY_EXCLUDE = ("sample.batch_size",)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 SafeLoader that also reads `1e-4` as a float (as OmegaConf does)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+# ---------------------------------------------------------------- values and override text
+
+
+@functools.cache
+def _parses_as_itself(text: str) -> bool:
+    try:
+        return parse_override(f"k={text}")[1] == text
+    except UserError:
+        return False
+
+
+def format_value(value: Any) -> str:
+    """A typed value as hydra override text that parses back to the same value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        if value and _parses_as_itself(value):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot format {value!r}")
+
+
+def override(key: str, value: Any) -> str:
+    """`key=value` override text."""
+    return f"{key}={format_value(value)}"
+
+
+def get_value(cfg: dict, key: str) -> Any:
+    """A dotted key's value in a resolved config; a group name (`model`) gives its name."""
+    if key in CONFIG_GROUPS:
+        return cfg[key]["name"]
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def short_hash(obj: Any, n: int = 10) -> str:
+    """First n hex digits of the sha1 of obj's canonical JSON."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+# ---------------------------------------------------------------- points
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One evaluation of a trained run: sample.*/eval.* overrides and what they resolve to."""
+
+    overrides: tuple[str, ...]
+    values: dict[str, Any]  # the eval axis values that tell this point apart
+    key: str  # short hash of the resolved sample/eval settings (see EVAL_KEY_EXCLUDE)
+    settings: dict = field(compare=False, repr=False, default_factory=dict)  # sample/eval
+
+    def to_json(self) -> dict:
+        """Plain dict for plan.json / point.json."""
+        return {"key": self.key, "overrides": list(self.overrides), "values": self.values}
+
+
+@dataclass
+class TrainPoint:
+    """One training run of a grid and the evaluations to run on it."""
+
+    signature: str
+    overrides: list[str]  # train + cluster overrides (what `cfh train` would be given)
+    axes: dict[str, Any]  # the axis values this point sets (train axes, include keys, seed)
+    config: dict  # resolved config; sample/eval sections hold the grid's eval base
+    evals: list[EvalPoint]
+
+    @property
+    def shape(self) -> str:
+        """The resource shape: points with equal shapes share one job array."""
+        return json.dumps(self.config["cluster"], sort_keys=True)
+
+    def to_json(self) -> dict:
+        """Plain dict for plan.json."""
+        return {
+            "signature": self.signature,
+            "axes": self.axes,
+            "overrides": self.overrides,
+            "evals": [e.to_json() for e in self.evals],
+            "cluster": self.config["cluster"],
+        }
+
+
+# ---------------------------------------------------------------- spaces
+
+
+@dataclass
+class Space:
+    """A product space: base values, cartesian axes, zipped groups, include/exclude lists."""
+
+    base: dict[str, Any] = field(default_factory=dict)
+    axes: dict[str, list] = field(default_factory=dict)
+    zips: list[dict[str, list]] = field(default_factory=list)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+
+    def axis_keys(self) -> list[str]:
+        """Every key that varies between points, in file order."""
+        keys = list(self.axes)
+        for group in self.zips:
+            keys += [k for k in group if k not in keys]
+        for entry in self.include:
+            keys += [k for k in entry if k not in keys]
+        return keys
+
+    def product(self) -> Iterator[dict[str, Any]]:
+        """The cartesian product of the axes and zip groups, one dict of values per point."""
+        factors: list[list[dict[str, Any]]] = [[{k: v} for v in vs] for k, vs in self.axes.items()]
+        for group in self.zips:
+            keys = list(group)
+            factors.append(
+                [dict(zip(keys, vals, strict=True)) for vals in zip(*group.values(), strict=True)]
+            )
+        for combo in itertools.product(*factors):
+            merged: dict[str, Any] = {}
+            for part in combo:
+                merged.update(part)
+            yield merged
+
+
+# ---------------------------------------------------------------- the grid
+
+
+@dataclass
+class Grid:
+    """A parsed, checked grid file; `expand()` gives its validated train points."""
+
+    name: str
+    path: Path
+    description: str
+    train: Space
+    eval: Space | None  # None: train only
+    seeds: list[int] | None
+    cluster: str
+    resources: dict[str, Any]
+    cli_overrides: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # harmless surprises, printed by sweep
+
+    def error(self, where: str, message: str) -> UserError:
+        """A UserError that names the grid file and the key."""
+        return UserError(f"grid {self.path}: {where}: {message}")
+
+    def axis_keys(self) -> list[str]:
+        """Train axis keys (seed last when seeds are given)."""
+        keys = self.train.axis_keys()
+        return keys + ["seed"] if self.seeds is not None and "seed" not in keys else keys
+
+    def eval_axis_keys(self) -> list[str]:
+        """Eval axis keys."""
+        return self.eval.axis_keys() if self.eval else []
+
+    # ------------------------------------------------------------ expansion
+
+    def train_values(self) -> Iterator[tuple[dict[str, Any], bool]]:
+        """(axis values, from include) for every train point before seeds, exclusions applied."""
+        for combo in self.train.product():
+            yield combo, False
+        for entry in self.train.include:
+            yield dict(entry), True
+
+    def expand(self) -> list[TrainPoint]:
+        """Every train point with its resolved config, signature and eval points; validated."""
+        from harness.runs import signature
+
+        self.notes = []
+        base = [override("cluster", self.cluster)]
+        base += [override(f"cluster.{k}", v) for k, v in self.resources.items()]
+        base += [override(k, v) for k, v in self.train.base.items() if not _is_token_symbol(k, v)]
+        eval_spaces = self._eval_combos()
+        points: dict[str, TrainPoint] = {}
+        used_excludes: set[int] = set()
+        for values, included in self.train_values():
+            for seed in self.seeds if self.seeds is not None else [None]:
+                axes = dict(values) if seed is None else {**values, "seed": seed}
+                cfg, ovs = self._resolve(base, axes)
+                if not included:
+                    hit = self._excluded_by(cfg, used_excludes)
+                    if hit:
+                        continue
+                evals = self._eval_points(cfg, axes, eval_spaces)
+                ovs = self._keep_checkpoints(cfg, ovs, evals, axes)
+                sig = signature(cfg)
+                if sig in points:
+                    self._merge_duplicate(points[sig], axes, evals)
+                    continue
+                points[sig] = TrainPoint(sig, ovs, axes, cfg, evals)
+        for i, entry in enumerate(self.train.exclude):
+            if i not in used_excludes:
+                self.notes.append(f"exclude entry {i} ({entry}) matches no point")
+        if not points:
+            raise self.error("axes", "the grid has no points (everything excluded?)")
+        return list(points.values())
+
+    def _resolve(self, base: list[str], axes: dict[str, Any]) -> tuple[dict, list[str]]:
+        """Resolve base + axis values into a validated config (the symbol L resolved)."""
+        values = {**self.train.base, **axes}
+        symbols = [k for k, v in values.items() if _is_token_symbol(k, v)]
+        ovs = base + [override(k, v) for k, v in axes.items() if k not in symbols]
+        try:
+            cfg = resolve_overrides(ovs)
+        except UserError as e:
+            raise self.error(f"point {_show(axes)}", str(e)) from None
+        if symbols:
+            L = num_tokens(_Dot(cfg))
+            for key in symbols:
+                set_key(cfg, key, L)
+                ovs.append(override(key, L))
+        self._validate(cfg, axes)
+        return cfg, _dedupe(ovs)
+
+    def _validate(self, cfg: dict, axes: dict[str, Any]) -> None:
+        """validate_config plus the cluster checks, with the grid file and point in the message."""
+        where = f"point {_show(axes)}" if axes else "base"
+        try:
+            validate_config(cfg)
+        except UserError as e:
+            raise self.error(where, str(e)) from None
+        check_cluster(cfg, lambda msg: self.error(where, msg))
+
+    def _excluded_by(self, cfg: dict, used: set[int]) -> bool:
+        """True when an exclude entry matches the point; records which entries matched."""
+        for i, entry in enumerate(self.train.exclude):
+            if all(_matches(cfg, k, v) for k, v in entry.items()):
+                used.add(i)
+                return True
+        return False
+
+    def _eval_combos(self) -> list[dict[str, Any]]:
+        """The eval space's points as dicts of values (before per-run resolution)."""
+        if self.eval is None:
+            return []
+        combos = list(self.eval.product())
+        return combos + [dict(e) for e in self.eval.include]
+
+    def _eval_points(
+        self, cfg: dict, axes: dict[str, Any], combos: list[dict[str, Any]]
+    ) -> list[EvalPoint]:
+        """The eval points of one train point (the symbol L resolved for its data)."""
+        if self.eval is None:
+            return []
+        L = num_tokens(_Dot(cfg))
+        n_product = len(combos) - len(self.eval.include)
+        out: dict[str, EvalPoint] = {}
+        for i, combo in enumerate(combos):
+            merged = {**self.eval.base, **combo}
+            merged = {k: (L if _is_token_symbol(k, v) else v) for k, v in merged.items()}
+            items = tuple((k, format_value(v)) for k, v in merged.items())
+            settings = _checked_eval_settings(self, _eval_base_key(cfg), items, _show(combo))
+            if i < n_product and any(
+                all(_matches(settings, k, v) for k, v in entry.items())
+                for entry in self.eval.exclude
+            ):
+                continue
+            point = EvalPoint(
+                overrides=tuple(f"{k}={text}" for k, text in items),
+                values={k: merged[k] for k in combo},
+                key=eval_key(settings),
+                settings=settings,
+            )
+            out.setdefault(point.key, point)
+        if not out:
+            raise self.error(f"point {_show(axes)}", "eval: every eval point is excluded")
+        return list(out.values())
+
+    def _keep_checkpoints(
+        self, cfg: dict, ovs: list[str], evals: list[EvalPoint], axes: dict[str, Any]
+    ) -> list[str]:
+        """Check checkpoint-step eval points and raise train.keep_checkpoints to keep them."""
+        steps = [e.settings["sample"]["ckpt"] for e in evals]
+        steps = [s for s in steps if s != "latest"]
+        if not steps:
+            return ovs
+        t = cfg["train"]
+        total, every = int(t["steps"]), int(t["ckpt_every"])
+        for s in steps:
+            if s > total or (s % every and s != total):
+                raise self.error(
+                    f"point {_show(axes)}: eval sample.ckpt={s}",
+                    f"no checkpoint is saved at step {s}; allowed: latest, {total}, or a "
+                    f"multiple of train.ckpt_every={every} below train.steps={total}",
+                )
+        first = min(steps)
+        needed = len(range(-(-first // every) * every, total, every)) + 1
+        if needed > int(t["keep_checkpoints"]):
+            t["keep_checkpoints"] = needed
+            ovs = _dedupe(ovs + [override("train.keep_checkpoints", needed)])
+        return ovs
+
+    def _merge_duplicate(self, kept: TrainPoint, axes: dict[str, Any], evals: list) -> None:
+        """Two points with one signature train the same run: keep one, merge eval points."""
+        known = {e.key for e in kept.evals}
+        kept.evals.extend(e for e in evals if e.key not in known)
+        self.notes.append(
+            f"point {_show(axes)} trains the same run as {_show(kept.axes)} "
+            f"(signature {kept.signature}); kept once"
+        )
+
+
+class _Dot(dict):
+    """Attribute access over a nested dict (num_tokens reads cfg.data.resolution)."""
+
+    def __getattr__(self, name: str) -> Any:
+        value = self[name]
+        return _Dot(value) if isinstance(value, dict) else value
+
+
+def _is_token_symbol(key: str, value: Any) -> bool:
+    return key in TOKEN_KEYS and value == "L"
+
+
+def _matches(cfg: dict, key: str, value: Any) -> bool:
+    """The resolved config has `value` at `key` (True never equals 1 here)."""
+    try:
+        got = get_value(cfg, key)
+    except (KeyError, TypeError):
+        return False
+    if isinstance(got, bool) or isinstance(value, bool):
+        return got is value
+    return got == value
+
+
+def _dedupe(ovs: list[str]) -> list[str]:
+    """Keep the last override of each key (a later one wins anyway), in order."""
+    last = {o.split("=", 1)[0]: i for i, o in enumerate(ovs)}
+    return [o for i, o in enumerate(ovs) if last[o.split("=", 1)[0]] == i]
+
+
+def _show(values: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={format_value(v)}" for k, v in values.items()) + "}"
+
+
+def _eval_base_key(cfg: dict) -> str:
+    """What eval validation depends on besides the eval overrides: L and the sample/eval base."""
+    return json.dumps([num_tokens(_Dot(cfg)), cfg["sample"], cfg["eval"]], sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_eval_settings_cached(
+    base_key: str, items: tuple[tuple[str, str], ...]
+) -> tuple[dict | None, str | None]:
+    L, sample, evaluation = json.loads(base_key)
+    sub = {"sample": sample, "eval": evaluation}
+    for key, text in items:
+        _, value = parse_override(f"{key}={text}")
+        set_key(sub, key, value)
+    # validate_config needs a whole config: check the sample/eval part against a minimal one.
+    probe = copy.deepcopy(_probe_config(L))
+    probe["sample"], probe["eval"] = sub["sample"], sub["eval"]
+    try:
+        validate_config(probe)
+    except UserError as e:
+        return None, str(e)
+    return sub, None
+
+
+def _checked_eval_settings(grid: Grid, base_key: str, items: tuple, where: str) -> dict:
+    try:
+        settings, err = _checked_eval_settings_cached(base_key, items)
+    except UserError as e:
+        settings, err = None, str(e)
+    if err is not None or settings is None:
+        raise grid.error(f"eval point {where}", str(err))
+    return settings
+
+
+@functools.cache
+def _probe_config(L: int) -> dict:
+    """A default config whose data has L tokens (to validate eval settings on their own)."""
+    cfg = resolve_overrides([])
+    side = int(L**0.5)
+    cfg["data"].update(resolution=side, patch_size=1, root=None)
+    cfg["train"].update(order_block=1)
+    return cfg
+
+
+def eval_key(settings: dict) -> str:
+    """Short hash of an eval point's resolved sample/eval settings (speed-only keys left out)."""
+    kept = {s: dict(v) for s, v in settings.items()}
+    for key in EVAL_KEY_EXCLUDE:
+        section, leaf = key.split(".", 1)
+        kept[section].pop(leaf, None)
+    return short_hash(kept)
+
+
+# ---------------------------------------------------------------- cluster checks
+
+
+@functools.cache
+def _profile(name: str) -> dict:
+    path = EXPERIMENTS_DIR / "cluster" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+
+
+def check_cluster(cfg: dict, error: Any) -> None:
+    """Resource sanity: known backend, positive counts, no GPUs on a CPU profile."""
+    c = cfg["cluster"]
+    if c.get("backend") not in CLUSTER_BACKENDS:
+        raise error(f"cluster.backend={c.get('backend')!r}; allowed: {', '.join(CLUSTER_BACKENDS)}")
+    gpus = c.get("gpus_per_node", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise error(f"cluster.gpus_per_node={gpus!r} must be an integer >= 0")
+    profile = _profile(c["name"])
+    if not profile.get("gpus_per_node", 0):
+        cpu_only = f"cluster profile {c['name']!r} is a CPU profile (gpus_per_node: 0)"
+        gpu_profiles = [p for p in group_options("cluster") if _profile(p).get("gpus_per_node")]
+        hint = f"; GPU profiles: {', '.join(gpu_profiles)}" if gpu_profiles else ""
+        if gpus:
+            raise error(f"cluster.gpus_per_node={gpus}: {cpu_only}{hint}")
+        if cfg["train"]["device"] == "cuda":
+            raise error(f"train.device=cuda: {cpu_only}; use train.device=auto or cpu{hint}")
+    try:
+        validate_profile(c)
+    except UserError as e:
+        raise error(str(e)) from None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def grid_path(name_or_path: str) -> Path:
+    """The grid file for a name (experiments/grids/<name>.yaml) or a path to a .yaml file."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"grid file {text!r} does not exist")
+        return path
+    if not NAME_RE.match(text):
+        raise UserError(f"grid name {text!r} may only use letters, digits, _ and -")
+    path = GRIDS_DIR / f"{text}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_grids()) or "(none)"
+        raise UserError(f"unknown grid {text!r}; grids in {GRIDS_DIR}: {known}")
+    return path
+
+
+def list_grids() -> list[str]:
+    """Names of the shipped grids."""
+    return sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
+
+
+def load_grid(name_or_path: str, overrides: Sequence[str] = ()) -> Grid:
+    """Read and check a grid file; command-line `key=value` overrides extend its base."""
+    path = grid_path(name_or_path)
+    name = path.stem
+    if not NAME_RE.match(name):
+        raise UserError(f"grid file {path}: its name {name!r} may only use letters, digits, _, -")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise UserError(f"grid file {path} does not parse: {e}") from None
+    return parse_grid(raw if raw is not None else {}, path, overrides)
+
+
+def parse_grid(raw: Any, path: Path, overrides: Sequence[str] = ()) -> Grid:
+    """Build a Grid from a parsed YAML document (keys and shapes checked, values not yet)."""
+    where = f"grid {path}"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: the file must be a mapping with keys {', '.join(TOP_KEYS)}")
+    unknown = [str(k) for k in raw if k not in TOP_KEYS]
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(TOP_KEYS)}")
+    err = functools.partial(_err, path)
+    description = str(raw.get("description") or "")
+    base = _flat_mapping(raw.get("base"), "base", err)
+    cluster = "local"
+    resources: dict[str, Any] = {}
+    for key, value in _flat_mapping(raw.get("resources"), "resources", err).items():
+        if key == "cluster":
+            cluster = value
+        else:
+            resources[key.removeprefix("cluster.")] = value
+    train_base: dict[str, Any] = {}
+    eval_base: dict[str, Any] = {}
+    for key, value in base.items():
+        if key == "cluster":
+            cluster = value
+        elif key.startswith("cluster."):
+            resources[key.removeprefix("cluster.")] = value
+        else:
+            (eval_base if key.startswith(EVAL_PREFIXES) else train_base)[key] = value
+    train = _space(raw, "", err, eval_space=False)
+    train.base = train_base
+    seeds = raw.get("seeds")
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds or not all(_is_nat(s) for s in seeds):
+            raise err("seeds", f"must be a non-empty list of integers >= 0, got {seeds!r}")
+        if "seed" in train.axis_keys() or "seed" in train_base:
+            raise err("seeds", "seed is also set in base/axes/zip/include; set it in one place")
+    ev = raw.get("eval", {})
+    evalspace: Space | None
+    if ev is False:
+        evalspace = None
+    else:
+        if ev is None:
+            ev = {}
+        if not isinstance(ev, dict):
+            raise err("eval", f"must be a mapping with keys {', '.join(EVAL_KEYS)}, or false")
+        bad = [str(k) for k in ev if k not in EVAL_KEYS]
+        if bad:
+            raise err(f"eval.{bad[0]}", f"unknown key; allowed: {', '.join(EVAL_KEYS)}")
+        evalspace = _space(ev, "eval.", err, eval_space=True)
+        evalspace.base = {**eval_base, **_flat_mapping(ev.get("base"), "eval.base", err)}
+    grid = Grid(
+        name=path.stem,
+        path=path,
+        description=description,
+        train=train,
+        eval=evalspace,
+        seeds=seeds,
+        cluster=str(cluster),
+        resources=resources,
+    )
+    _check_keys(grid, err)
+    _apply_cli(grid, overrides)
+    return grid
+
+
+def _err(path: Path, where: str, message: str) -> UserError:
+    return UserError(f"grid {path}: {where}: {message}")
+
+
+def _is_nat(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _flatten(mapping: dict, prefix: str, where: str, err: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        if not isinstance(k, str) or not k:
+            raise err(where, f"key {k!r} must be a config key such as train.steps")
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}.", where, err))
+        else:
+            out[key] = v
+    return out
+
+
+def _flat_mapping(value: Any, where: str, err: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise err(where, f"must be a mapping of key: value, got {type(value).__name__}")
+    return _flatten(value, "", where, err)
+
+
+def _axis_lists(value: Any, where: str, err: Any) -> dict[str, list]:
+    out = _flat_mapping(value, where, err)
+    for k, v in out.items():
+        if not isinstance(v, list) or not v:
+            raise err(f"{where}.{k}", f"an axis must be a non-empty list of values, got {v!r}")
+    return out
+
+
+def _space(raw: dict, prefix: str, err: Any, eval_space: bool) -> Space:
+    """The axes/zip/include/exclude part of the train or eval section."""
+    axes = _axis_lists(raw.get("axes"), f"{prefix}axes", err)
+    zips = []
+    groups = raw.get("zip") or []
+    if not isinstance(groups, list):
+        raise err(f"{prefix}zip", "must be a list of groups ({key: [values], ...})")
+    for i, group in enumerate(groups):
+        where = f"{prefix}zip[{i}]"
+        lists = _axis_lists(group, where, err)
+        lengths = {len(v) for v in lists.values()}
+        if len(lengths) > 1:
+            shown = ", ".join(f"{k}: {len(v)}" for k, v in lists.items())
+            raise err(where, f"zipped lists must have equal lengths, got {shown}")
+        zips.append(lists)
+    entries = {}
+    for part in ("include", "exclude"):
+        items = raw.get(part) or []
+        if not isinstance(items, list):
+            raise err(f"{prefix}{part}", "must be a list of mappings ({key: value, ...})")
+        entries[part] = [_flat_mapping(e, f"{prefix}{part}[{i}]", err) for i, e in enumerate(items)]
+    seen: dict[str, str] = {}
+    for where, keys in [(f"{prefix}axes", list(axes))] + [
+        (f"{prefix}zip[{i}]", list(g)) for i, g in enumerate(zips)
+    ]:
+        for k in keys:
+            if k in seen:
+                raise err(f"{where}.{k}", f"already an axis in {seen[k]}; vary a key in one place")
+            seen[k] = where
+    return Space({}, axes, zips, entries["include"], entries["exclude"])
+
+
+def _check_keys(grid: Grid, err: Any) -> None:
+    """Every key names a config key of the right section (checked once per key, not per point)."""
+    defaults = resolve_overrides([])
+    sections: list[tuple[str, dict[str, Any], bool]] = [("base", grid.train.base, False)]
+    sections += [("axes", {k: v[0] for k, v in grid.train.axes.items()}, False)]
+    sections += [
+        (f"zip[{i}]", {k: v[0] for k, v in g.items()}, False) for i, g in enumerate(grid.train.zips)
+    ]
+    sections += [(f"include[{i}]", e, False) for i, e in enumerate(grid.train.include)]
+    sections += [(f"exclude[{i}]", e, False) for i, e in enumerate(grid.train.exclude)]
+    sections += [("resources", {f"cluster.{k}": v for k, v in grid.resources.items()}, False)]
+    if grid.eval is not None:
+        ev = grid.eval
+        sections += [("eval.base", ev.base, True)]
+        sections += [("eval.axes", {k: v[0] for k, v in ev.axes.items()}, True)]
+        sections += [
+            (f"eval.zip[{i}]", {k: v[0] for k, v in g.items()}, True) for i, g in enumerate(ev.zips)
+        ]
+        sections += [(f"eval.include[{i}]", e, True) for i, e in enumerate(ev.include)]
+        sections += [(f"eval.exclude[{i}]", e, True) for i, e in enumerate(ev.exclude)]
+    for where, values, is_eval in sections:
+        for key in values:
+            _check_key(defaults, where, key, is_eval, err)
+    if grid.cluster not in group_options("cluster"):
+        raise err(
+            "resources.cluster",
+            f"unknown cluster profile {grid.cluster!r}; allowed: "
+            + ", ".join(group_options("cluster")),
+        )
+
+
+def _check_key(defaults: dict, where: str, key: str, is_eval: bool, err: Any) -> None:
+    if key == "run_dir":
+        raise err(f"{where}.run_dir", "the harness sets run_dir (one folder per signature)")
+    if is_eval and not key.startswith(EVAL_PREFIXES):
+        raise err(
+            f"{where}.{key}",
+            "eval points may only set sample.* and eval.* keys (train keys go in axes)",
+        )
+    if not is_eval and key.startswith(EVAL_PREFIXES):
+        raise err(f"{where}.{key}", "sample.* and eval.* keys belong in eval.axes / eval.base")
+    if key in CONFIG_GROUPS:
+        return
+    try:
+        set_key(copy.deepcopy(defaults), key, None)
+    except UserError as e:
+        raise err(f"{where}.{key}", str(e)) from None
+
+
+def _apply_cli(grid: Grid, overrides: Sequence[str]) -> None:
+    """Command-line overrides extend the grid's base (never an axis)."""
+    axis_keys = set(grid.train.axis_keys()) | set(grid.eval_axis_keys())
+    if grid.seeds is not None:
+        axis_keys.add("seed")
+    defaults = resolve_overrides([])
+    err = functools.partial(_err, grid.path)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key in axis_keys:
+            raise UserError(
+                f"{text!r}: {key} is an axis of grid {grid.name} ({grid.path}); edit the grid "
+                "file, or use `cfh cancel` filters to stop some points"
+            )
+        if key == "cluster":
+            if str(value) not in group_options("cluster"):
+                raise UserError(
+                    f"{text!r}: unknown cluster profile; allowed: "
+                    + ", ".join(group_options("cluster"))
+                )
+            grid.cluster = str(value)
+        elif key.startswith("cluster."):
+            _check_key(defaults, "command line", key, False, err)
+            grid.resources[key.removeprefix("cluster.")] = value
+        elif key.startswith(EVAL_PREFIXES):
+            if grid.eval is None:
+                raise UserError(f"{text!r}: grid {grid.name} has no eval points (eval: false)")
+            _check_key(defaults, "command line", key, True, err)
+            grid.eval.base[key] = value
+        else:
+            _check_key(defaults, "command line", key, False, err)
+            grid.train.base[key] = value
+        grid.cli_overrides.append(text)

@@ -1,0 +1,186 @@
+"""What one submitted point runs: train the run (resuming exactly), then every eval point.
+
+Evaluation runs in the same job, right after training, rather than as dependent jobs: the
+trained weights are already on the node, a point is one job id to watch and to requeue, and a
+requeued job skips what is done (training resumes from its checkpoint, or is skipped when the
+final checkpoint exists; eval points whose json exists are skipped). Eval points added later by
+another grid make the run incomplete again, and the next `cfh sweep` submits it to finish them.
+
+status.json fields written here (merged with the trainer's): state (running, completed, failed),
+phase (train, eval, done), attempts (one per job start, requeues included), job_id, log (the
+job's stderr file), error (first line of the exception), evals ({eval key: {"file", "fid",
+"s_eval"}}). Under DDP every rank trains; only rank 0 writes status and evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import parse_override, set_key, validate_config
+from harness.runs import read_point
+from model.io import now_iso, read_status, update_status
+
+TrainFn = Callable[[DictConfig], Any]
+EvalFn = Callable[[DictConfig], dict]
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def job_env() -> tuple[str | None, str | None]:
+    """(job id, stderr log path) of the job running this process, if any.
+
+    submitit jobs (local or SLURM) tell their own id ("123_4" for a SLURM array task) and log.
+    """
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        return str(env.job_id), str(env.paths.stderr)
+    except (RuntimeError, ImportError, KeyError):
+        return os.environ.get("SLURM_JOB_ID"), None
+
+
+def load_run_config(rdir: Path) -> dict:
+    """The run folder's config.yaml as a plain dict, run_dir pointed at this folder, validated."""
+    cfg = OmegaConf.to_container(OmegaConf.load(rdir / "config.yaml"), resolve=True)
+    assert isinstance(cfg, dict)
+    cfg["run_dir"] = str(rdir)
+    validate_config(cfg)
+    return cfg
+
+
+def to_dictconfig(cfg: dict) -> DictConfig:
+    """A struct-mode DictConfig, as load_config gives the trainer."""
+    out = OmegaConf.create(cfg)
+    OmegaConf.set_struct(out, True)
+    return out
+
+
+def with_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """A copy of cfg with sample.*/eval.* `key=value` overrides applied."""
+    out = json.loads(json.dumps(cfg))
+    for text in overrides:
+        key, value = parse_override(text)
+        set_key(out, key, value)
+    return out
+
+
+def first_line(e: BaseException) -> str:
+    """`Type: first line of the message` (what `cfh status` shows for a failed run)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _final_checkpoint_exists(rdir: Path, steps: int) -> bool:
+    return (rdir / "checkpoints" / f"ckpt_{steps:08d}.pt").exists()
+
+
+def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | None = None) -> dict:
+    """Train the run in run_dir (resume-exact), evaluate its missing eval points; return a summary.
+
+    `train_fn` / `eval_fn` default to model.train.train and model.inference.evaluate_run; tests
+    inject others. A preemption (SystemExit from the trainer's signal hand-over) passes through
+    untouched so that submitit can requeue; any other exception marks the run failed.
+    """
+    rdir = Path(run_dir)
+    main = _rank() == 0
+    job_id, log_path = job_env()
+    log_path = log_path or str(rdir / "log.txt")
+    if main:
+        old = read_status(rdir)
+        update_status(
+            rdir,
+            state="running",
+            phase="train",
+            attempts=int(old.get("attempts", 0)) + 1,
+            job_id=job_id,
+            log=log_path,
+            error=None,
+            started=old.get("started") or now_iso(),
+        )
+    phase = "train"
+    try:
+        cfg = load_run_config(rdir)
+        steps = int(cfg["train"]["steps"])
+        if not _final_checkpoint_exists(rdir, steps) or not main:
+            (train_fn or _default_train)(to_dictconfig(cfg))
+        if not main:
+            return {"run_dir": str(rdir), "rank": _rank(), "trained": True}
+        phase = "eval"
+        update_status(rdir, state="running", phase="eval", step=steps, total_steps=steps)
+        done = evaluate_points(rdir, cfg, eval_fn or _default_eval)
+    except Exception as e:
+        if main:
+            update_status(rdir, state="failed", phase=phase, error=first_line(e), log=log_path)
+        traceback.print_exc(file=sys.stderr)
+        raise
+    status = update_status(rdir, state="completed", phase="done", error=None)
+    return {"run_dir": str(rdir), "evals": done, "attempts": status.get("attempts")}
+
+
+def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn) -> dict:
+    """Evaluate every eval point of point.json not yet done; record each in status.json."""
+    point = read_point(rdir)  # re-read: a sweep may have added eval points while we trained
+    evals = read_status(rdir).get("evals")
+    evals = dict(evals) if isinstance(evals, dict) else {}
+    for e in point.get("evals", []):
+        key = e.get("key")
+        rec = evals.get(key)
+        if isinstance(rec, dict) and (rdir / str(rec.get("file", ""))).is_file():
+            continue  # done in an earlier attempt
+        _leave_if_preempted()
+        record = eval_fn(to_dictconfig(with_overrides(cfg, list(e.get("overrides", [])))))
+        metrics = record.get("metrics", {})
+        path = Path(record.get("path", ""))
+        evals[key] = {
+            "file": str(path.relative_to(rdir)) if path.is_relative_to(rdir) else str(path),
+            "fid": metrics.get("fid"),
+            "s_eval": record.get("settings", {}).get("s_eval"),
+            "created": record.get("created"),
+        }
+        update_status(rdir, evals=evals)
+    return evals
+
+
+def _leave_if_preempted() -> None:
+    """Between eval points: on a preemption warning, leave so that PointJob requeues the job."""
+    from harness.executors import preemption_requested
+
+    if preemption_requested():
+        raise SystemExit(124)  # not an Exception: the run is not marked failed
+
+
+def _default_train(cfg: DictConfig) -> Any:
+    from model.train import train
+
+    return train(cfg)
+
+
+def _default_eval(cfg: DictConfig) -> dict:
+    from model.inference import evaluate_run
+
+    return evaluate_run(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.jobs RUN_DIR`: run one point in this process (local runs, debugging)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m harness.jobs RUN_DIR", file=sys.stderr)
+        return 2
+    run_point(args[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

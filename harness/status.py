@@ -1,0 +1,243 @@
+"""Run states from run folders + the scheduler (squeue/sacct, or local process ids); the table.
+
+A point's state combines three sources, none of which is trusted alone:
+  status.json      written by the job (jobs.py, the trainer): what the run last said it did
+  submission.json  written by the sweep: which job was last submitted for it, and cancels
+  the scheduler    whether that job is pending, running or gone (and how it ended)
+If the last submitted job has not started yet (status.json names another job id), the
+scheduler decides (pending); once it has, status.json decides, corrected by the scheduler when
+the job died without writing (killed, out of memory, node failure: failed; scancel: cancelled).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.runs import read_submission, run_dir
+from model.io import read_status
+
+STATES = ("pending", "running", "completed", "failed", "requeued", "cancelled", "missing")
+ACTIVE = ("pending", "running", "requeued")
+WAITING = ("pending", "requeued")  # job states (harness.executors.job_states) of a queued job
+
+
+@dataclass
+class Row:
+    """One point of a grid as `cfh status` shows it."""
+
+    signature: str
+    axes: dict[str, Any]
+    state: str
+    job_id: str | None = None
+    attempts: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    fid: float | None = None
+    evals_done: int = 0
+    evals_total: int = 0
+    elapsed_s: float | None = None
+    error: str | None = None
+    log: str | None = None
+    phase: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the scheduler
+
+
+def scheduler_states(jobs: Sequence[tuple[str, str, str | None]]) -> dict[str, str]:
+    """{job id: job state} for (job id, backend, submitit folder) triples, one query per kind.
+
+    Job states are harness.executors.job_states' words: pending, running, completed, failed,
+    cancelled, requeued, unknown.
+    """
+    from harness.executors import job_states
+
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for job_id, backend, folder in jobs:
+        groups.setdefault((backend, folder), []).append(str(job_id))
+    out: dict[str, str] = {}
+    for (backend, folder), ids in groups.items():
+        out.update(job_states(ids, backend, folder=Path(folder) if folder else None))
+    return out
+
+
+# ---------------------------------------------------------------- one point
+
+
+def derive_state(
+    status: dict, submission: dict, sched: str | None, eval_keys: Sequence[str]
+) -> str:
+    """The point's state from its status.json, submission.json and job state."""
+    evals = status.get("evals") if isinstance(status.get("evals"), dict) else {}
+    done = all(k in evals for k in eval_keys)
+    if status.get("state") == "completed" and status.get("phase") == "done" and done:
+        return "completed"
+    if not status and not submission:
+        return "missing"
+    if submission.get("cancelled"):
+        return "cancelled"
+    sub_id = submission.get("job_id")
+    started = sub_id is not None and str(status.get("job_id")) == str(sub_id)
+    if sub_id is not None and not started:  # the last submitted job has not written yet
+        if sched in WAITING:
+            return "pending"
+        if sched in ("running", "cancelled", "failed"):
+            return sched
+        if sched == "completed":  # ended without running the point: treat as failed
+            return "failed"
+        return "missing" if not status else _by_status(status, None)
+    return _by_status(status, sched)
+
+
+def _by_status(status: dict, sched: str | None) -> str:
+    state = status.get("state")
+    if state in ("running", "requeued"):
+        if sched == "running":
+            return "running"
+        if sched in WAITING:
+            return "requeued"
+        if sched == "cancelled":
+            return "cancelled"
+        if sched in (None, "unknown"):  # unknown to the scheduler (too old for sacct)
+            return state
+        return "failed"  # the job ended (completed, failed, killed) in the middle of the run
+    if state == "completed":  # trained, but eval points are missing (a grid added some)
+        return "pending"
+    if state in STATES:
+        return state
+    return "missing"
+
+
+def row_for(
+    sig: str, axes: dict, eval_keys: Sequence[str], root: str | os.PathLike, sched: dict
+) -> Row:
+    """The status row of one point (state, progress, latest FID, elapsed)."""
+    rdir = run_dir(root, sig)
+    status = read_status(rdir)
+    sub = read_submission(rdir)
+    job_id = sub.get("job_id") or status.get("job_id")
+    state = derive_state(status, sub, sched.get(str(job_id)) if job_id else None, eval_keys)
+    evals = status.get("evals") if isinstance(status.get("evals"), dict) else {}
+    # Trained by the last job, which ended before eval points that a grid added since: the
+    # point is pending and nothing will run it unless the sweep submits it again.
+    last_job_wrote = sub.get("job_id") is None or str(status.get("job_id")) == str(sub["job_id"])
+    evals_missing = state == "pending" and status.get("state") == "completed" and last_job_wrote
+    mine = [evals[k] for k in eval_keys if isinstance(evals.get(k), dict)]
+    latest = max(mine, key=lambda r: str(r.get("created") or ""), default={})
+    error, log = status.get("error"), status.get("log")
+    if state == "failed" and not error:
+        error = f"job {job_id} ended ({sched.get(str(job_id), 'unknown')}) without finishing"
+    return Row(
+        signature=sig,
+        axes=axes,
+        state=state,
+        job_id=str(job_id) if job_id else None,
+        attempts=status.get("attempts"),
+        step=status.get("step"),
+        total_steps=status.get("total_steps"),
+        loss=status.get("loss"),
+        fid=latest.get("fid"),
+        evals_done=len(mine),
+        evals_total=len(eval_keys),
+        elapsed_s=_elapsed(status, state),
+        error=error if state == "failed" else None,
+        log=log if state == "failed" else None,
+        phase=status.get("phase"),
+        extra={"evals_missing": evals_missing},
+    )
+
+
+def _parse_time(text: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
+def _elapsed(status: dict, state: str) -> float | None:
+    start = _parse_time(status.get("started"))
+    if start is None:
+        return None
+    end = dt.datetime.now(dt.UTC) if state in ACTIVE else _parse_time(status.get("updated"))
+    return (end - start).total_seconds() if end else None
+
+
+def collect(root: str | os.PathLike, plan: dict) -> list[Row]:
+    """Rows for every point of a plan (plan.json's layout), the scheduler queried once."""
+    points = plan.get("points", [])
+    jobs = []
+    for p in points:
+        sub = read_submission(run_dir(root, p["signature"]))
+        if sub.get("job_id") and not sub.get("cancelled"):
+            jobs.append((str(sub["job_id"]), sub.get("backend", "local"), sub.get("folder")))
+    sched = scheduler_states(jobs) if jobs else {}
+    return [
+        row_for(
+            p["signature"], p.get("axes", {}), [e["key"] for e in p.get("evals", [])], root, sched
+        )
+        for p in points
+    ]
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None:
+        return "-"
+    if kind == "loss":
+        return f"{value:.4f}"
+    if kind == "fid":
+        return f"{value:.2f}"
+    if kind == "time":
+        s = int(value)
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def short_key(key: str) -> str:
+    """Column name for an axis key: train.ar.steps -> ar.steps, sample.ar_steps -> ar_steps."""
+    for prefix in ("train.", "sample.", "cluster."):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def render(rows: Sequence[Row], axis_keys: Sequence[str]) -> str:
+    """A plain-text table, one row per point; failed rows get their error and log below."""
+    header = ["signature", *map(short_key, axis_keys), "state", "job", "att", "step", "loss"]
+    header += ["fid", "evals", "elapsed"]
+    lines: list[list[str]] = []
+    notes: dict[int, str] = {}
+    for r in rows:
+        step = f"{_fmt(r.step)}/{_fmt(r.total_steps)}" if r.total_steps else _fmt(r.step)
+        cells = [r.signature, *(_fmt(r.axes.get(k)) for k in axis_keys), r.state]
+        cells += [_fmt(r.job_id), _fmt(r.attempts), step, _fmt(r.loss, "loss"), _fmt(r.fid, "fid")]
+        cells += [f"{r.evals_done}/{r.evals_total}", _fmt(r.elapsed_s, "time")]
+        if r.state == "failed":
+            notes[len(lines)] = f"  ^ {r.error or 'failed'} (log: {r.log or '-'})"
+        lines.append(cells)
+    widths = [
+        max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)
+    ]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for i, cells in enumerate(lines):
+        out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+        if i in notes:
+            out.append(notes[i])
+    return "\n".join(out)
+
+
+def summary(rows: Sequence[Row]) -> str:
+    """`3 completed, 1 failed` in STATES order."""
+    counts = {s: sum(r.state == s for r in rows) for s in STATES}
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no points"

@@ -1,0 +1,387 @@
+"""`cfh sweep GRID`, `cfh status GRID`, `cfh cancel GRID`: reconcile a grid with what exists.
+
+`cfh sweep` expands and validates the grid, then compares every point with its run folder and
+the scheduler: a point with no result is submitted, a running one left alone, a completed one
+skipped, a failed or cancelled one resubmitted only with --retry; points that left the grid since
+the last sweep are reported (their jobs cancelled with --prune). It prints that plan before
+submitting (--dry-run stops there), so running it twice submits nothing the second time.
+
+cluster=local runs the points here, at most `cluster.parallelism` at once, each in its own
+process (`python -m harness.jobs RUN_DIR`, log in RUN_DIR/job.log), and blocks until they end;
+cluster=slurm submits one submitit job array per resource shape and returns (--wait blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import runs
+from harness.config import parse_override, resolve_overrides
+from harness.grid import Grid, TrainPoint, format_value, get_value, load_grid
+from harness.status import ACTIVE, collect, render, row_for, short_key, summary
+from model.errors import UserError
+from model.io import now_iso
+
+# What reconcile does with a point, by state (failed/cancelled depend on --retry).
+ACTION_BY_STATE = {
+    "missing": "submit",
+    "pending": "skip",
+    "running": "skip",
+    "requeued": "skip",
+    "completed": "skip",
+}
+
+
+@dataclass
+class Decision:
+    """What one sweep does with one point, and why."""
+
+    signature: str
+    axes: dict[str, Any]
+    state: str
+    action: str  # submit | retry | skip | removed | cancel
+    reason: str = ""
+    point: TrainPoint | None = None
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+def reconcile(
+    grid: Grid, points: Sequence[TrainPoint], root: str, retry: bool = False, prune: bool = False
+) -> list[Decision]:
+    """Decide, for every point of the grid and every point removed from it, what to do."""
+    plan = {"points": [p.to_json() for p in points]}
+    backend = points[0].config["cluster"]["backend"] if points else "local"
+    rows = collect(root, plan)
+    out = []
+    for p, row in zip(points, rows, strict=True):
+        state = row.state
+        if state in ("failed", "cancelled"):
+            action = "retry" if retry else "skip"
+            reason = "" if retry else f"{state}; --retry resubmits it"
+        elif row.extra.get("evals_missing"):
+            action, reason = "submit", "trained; eval points missing"
+        else:
+            action = ACTION_BY_STATE.get(state, "skip")
+            reason = "" if action == "submit" else state
+        out.append(Decision(p.signature, p.axes, state, action, reason, p))
+    out += _removed(grid, points, root, backend, prune)
+    return out
+
+
+def _removed(
+    grid: Grid, points: Sequence[TrainPoint], root: str, backend: str, prune: bool
+) -> list[Decision]:
+    """Points of the last sweep's plan (or its removed list) that the grid no longer has."""
+    old = runs.read_plan(root, grid.name)
+    current = {p.signature for p in points}
+    gone: dict[str, dict] = {}
+    for entry in list(old.get("points", [])) + list(old.get("removed", [])):
+        sig = entry.get("signature")
+        if isinstance(sig, str) and runs.SIGNATURE_RE.match(sig) and sig not in current:
+            gone.setdefault(sig, entry)
+    if not gone:
+        return []
+    rows = collect(root, {"points": list(gone.values())})
+    out = []
+    for entry, row in zip(gone.values(), rows, strict=True):
+        active = row.state in ACTIVE
+        action = "cancel" if prune and active else "removed"
+        reason = "removed from the grid" + ("" if prune else "; --prune cancels it" * active)
+        out.append(Decision(entry["signature"], entry.get("axes", {}), row.state, action, reason))
+    return out
+
+
+# ---------------------------------------------------------------- the plan table
+
+
+def plan_table(grid: Grid, decisions: Sequence[Decision]) -> str:
+    """Signature, axis values, state and action of every point, one line each."""
+    keys = grid.axis_keys()
+    header = ["signature", *map(short_key, keys), "state", "action"]
+    lines = []
+    for d in decisions:
+        action = d.action + (f" ({d.reason})" if d.reason and d.reason != d.state else "")
+        lines.append(
+            [d.signature, *(format_value(d.axes[k]) if k in d.axes else "-" for k in keys)]
+            + [d.state, action]
+        )
+    widths = [max([len(h)] + [len(c[i]) for c in lines]) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), *map(fmt, lines)])
+
+
+# ---------------------------------------------------------------- submission
+
+
+def submitit_folder(root: str) -> Path:
+    """`<root>/submitit`: job pickles and logs; local runs share its parallelism slots."""
+    return (Path(root) / "submitit").absolute()
+
+
+def submit(points: Sequence[TrainPoint], grid: Grid, root: str) -> list[tuple[TrainPoint, Any]]:
+    """Submit the points, one job array per resource shape; record each job in submission.json."""
+    from harness.executors import PointJob, make_executor, submit_array
+
+    by_shape: dict[str, list[TrainPoint]] = {}
+    for p in points:
+        by_shape.setdefault(p.shape, []).append(p)
+    folder = submitit_folder(root)
+    out = []
+    for shape_points in by_shape.values():
+        cluster = shape_points[0].config["cluster"]
+        executor = make_executor(cluster, folder, job_name=f"cfh-{grid.name}")
+        dirs = [str(runs.run_dir(root, p.signature).absolute()) for p in shape_points]
+        jobs = submit_array(executor, PointJob.for_profile(cluster), dirs)
+        for p, job in zip(shape_points, jobs, strict=True):
+            runs.write_submission(
+                runs.run_dir(root, p.signature),
+                job_id=str(job.job_id),
+                backend=cluster["backend"],
+                folder=str(folder),
+                submitted=now_iso(),
+                grid=grid.name,
+                cancelled=False,
+            )
+            out.append((p, job))
+    return out
+
+
+def wait_local(root: str, submitted: Sequence[tuple[TrainPoint, Any]]) -> None:
+    """Block until the local jobs end, printing one line per finished point."""
+    pending = list(submitted)
+    total = len(pending)
+    while pending:
+        time.sleep(0.5)
+        for item in [x for x in pending if x[1].done()]:
+            pending.remove(item)
+            p = item[0]
+            row = row_for(p.signature, p.axes, [e.key for e in p.evals], root, {})
+            fid = f", fid {row.fid:.2f}" if row.fid is not None else ""
+            n = total - len(pending)
+            print(f"[{n}/{total}] {p.signature} {row.state}{fid}", flush=True)
+
+
+def cancel_points(root: str, sigs: Sequence[str]) -> list[str]:
+    """Cancel the points' jobs and mark them cancelled; returns the job ids cancelled."""
+    from harness.executors import cancel
+
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for sig in sigs:
+        rdir = runs.run_dir(root, sig)
+        sub = runs.read_submission(rdir)
+        if sub.get("job_id"):
+            key = (sub.get("backend", "local"), sub.get("folder"))
+            groups.setdefault(key, []).append(str(sub["job_id"]))
+        runs.write_submission(rdir, cancelled=True)
+    for (backend, folder), ids in groups.items():
+        cancel(ids, backend, folder=Path(folder) if folder else None)
+    return [j for ids in groups.values() for j in ids]
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """cfh sweep GRID [overrides] [--dry-run] [--retry] [--prune] [--wait]"""
+    t0 = time.perf_counter()
+    grid = load_grid(args.grid, args.overrides)
+    points = grid.expand()
+    root = args.root
+    decisions = reconcile(grid, points, root, retry=args.retry, prune=args.prune)
+    print(f"grid {grid.name} ({grid.path}): {len(points)} points; root {root}")
+    if grid.description:
+        print(grid.description)
+    for note in grid.notes:
+        print(f"note: {note}")
+    print(plan_table(grid, decisions))
+    todo = [d.point for d in decisions if d.action in ("submit", "retry") and d.point]
+    to_cancel = [d for d in decisions if d.action == "cancel"]
+    n_removed = sum(d.action in ("removed", "cancel") for d in decisions)
+    n_skip = sum(d.action == "skip" for d in decisions)
+    removed_text = f", {n_removed} removed from the grid" if n_removed else ""
+    print(f"plan: {len(todo)} to submit, {n_skip} to skip{removed_text}")
+    if args.dry_run:
+        print("dry run: nothing submitted")
+        return 0
+    for p in points:
+        runs.write_run(root, grid.name, p)
+    removed = [
+        {"signature": d.signature, "axes": d.axes} for d in decisions if d.action == "removed"
+    ]
+    runs.write_plan(root, grid, points, removed)
+    if to_cancel:
+        cancel_points(root, [d.signature for d in to_cancel])
+        for d in to_cancel:
+            runs.unlink(root, grid.name, d.signature)
+    local = all(p.config["cluster"]["backend"] == "local" for p in todo)
+    if not todo:
+        print("nothing to submit")
+        return _print_status(root, grid.name) if local else 0
+    submitted = submit(todo, grid, root)
+    ids = [str(job.job_id) for _, job in submitted]
+    if local:
+        parallel = todo[0].config["cluster"].get("parallelism", 1)
+        print(f"running {len(todo)} points here, {parallel} at a time (jobs {_compress(ids)})")
+        try:
+            wait_local(root, submitted)
+        except KeyboardInterrupt:
+            cancel_points(root, [p.signature for p, _ in submitted])
+            print(
+                "interrupted: the points still running were stopped and marked cancelled; "
+                f"`cfh sweep {grid.name} --retry` resumes them from their checkpoints"
+            )
+            raise
+        print(f"sweep {grid.name} finished in {time.perf_counter() - t0:.0f} s")
+        return _print_status(root, grid.name)
+    print(f"submitted {len(ids)} jobs: {_compress(ids)}")
+    if args.wait:
+        _wait(root, grid.name)
+        return _print_status(root, grid.name)
+    print(f"watch with: cfh --root {root} status {grid.name} --watch")
+    return 0
+
+
+def _compress(ids: Sequence[str]) -> str:
+    arrays: dict[str, list[str]] = {}
+    for j in ids:
+        head, _, task = j.partition("_")
+        arrays.setdefault(head, []).append(task)
+    parts = [f"{h}_[{','.join(t)}]" if any(t) else h for h, t in arrays.items()]
+    return " ".join(parts)
+
+
+def _plan_or_grid(root: str, name: str) -> dict:
+    """The grid's plan.json; a grid never swept gives its expanded points (all missing)."""
+    plan = runs.read_plan(root, runs.check_name(name)) if "/" not in name else {}
+    if plan.get("points"):
+        return plan
+    grid = load_grid(name)
+    points = grid.expand()
+    return {
+        "grid": grid.name,
+        "axis_keys": grid.axis_keys(),
+        "points": [p.to_json() for p in points],
+    }
+
+
+def _print_status(root: str, name: str) -> int:
+    plan = _plan_or_grid(root, name)
+    rows = collect(root, plan)
+    print(render(rows, plan.get("axis_keys", [])))
+    print(f"{plan.get('grid', name)}: {summary(rows)}")
+    if plan.get("removed"):
+        print(
+            f"{len(plan['removed'])} points removed from the grid (cfh sweep --prune cancels them)"
+        )
+    return 1 if any(r.state == "failed" for r in rows) else 0
+
+
+def _wait(root: str, name: str, poll_s: float = 5.0) -> None:
+    """Block until no point of the grid is pending, running or requeued."""
+    while True:
+        rows = collect(root, _plan_or_grid(root, name))
+        if not any(r.state in ACTIVE for r in rows):
+            return
+        time.sleep(poll_s)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """cfh status GRID [--watch [SECONDS]]"""
+    name = _grid_name(args.grid)
+    if not args.watch:
+        return _print_status(args.root, name)
+    try:
+        while True:
+            if sys.stdout.isatty():
+                print("\033[2J\033[H", end="")
+            print(f"{time.strftime('%H:%M:%S')}  cfh status {name} (every {args.watch:g} s)")
+            _print_status(args.root, name)
+            rows = collect(args.root, _plan_or_grid(args.root, name))
+            if not any(r.state in ACTIVE for r in rows):
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _grid_name(text: str) -> str:
+    """A grid name from a name or a grid file path (its stem)."""
+    name = Path(text).stem if text.endswith((".yaml", ".yml")) else text
+    return runs.check_name(name)
+
+
+def matches_filters(point: dict, filters: Sequence[tuple[str, Any]]) -> bool:
+    """The plan point's resolved config has every filter's value."""
+    if not filters:
+        return True
+    axes = point.get("axes", {})
+    cfg = None
+    for key, value in filters:
+        if key in axes:
+            got = axes[key]
+        else:
+            cfg = cfg or resolve_overrides(point.get("overrides", []))
+            try:
+                got = get_value(cfg, key)
+            except (KeyError, TypeError):
+                raise UserError(f"filter {key}={value!r}: no such config key") from None
+        if got != value or isinstance(got, bool) != isinstance(value, bool):
+            return False
+    return True
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """cfh cancel GRID [key=value filters]"""
+    name = _grid_name(args.grid)
+    plan = runs.read_plan(args.root, name)
+    if not plan.get("points"):
+        raise UserError(f"grid {name} has not been swept under {args.root}; nothing to cancel")
+    filters = [parse_override(f) for f in args.overrides]
+    chosen = [p for p in plan["points"] if matches_filters(p, filters)]
+    if not chosen:
+        raise UserError(f"no point of grid {name} matches {' '.join(args.overrides)}")
+    rows = collect(args.root, {**plan, "points": chosen})
+    active = [r.signature for r in rows if r.state in ACTIVE]
+    ids = cancel_points(args.root, active)
+    print(
+        f"cancelled {len(active)} points (jobs {_compress(ids) or 'none'}); "
+        f"{len(rows) - len(active)} matching points were not active"
+    )
+    _print_status(args.root, name)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add sweep, status and cancel to the cfh parser."""
+    p = sub.add_parser("sweep", help="submit a grid's missing points (reconcile)")
+    p.add_argument("grid", help="grid name (experiments/grids/NAME.yaml) or path to a grid file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides added to the grid's base")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    p.add_argument("--retry", action="store_true", help="resubmit failed and cancelled points")
+    p.add_argument("--prune", action="store_true", help="cancel points removed from the grid")
+    p.add_argument("--wait", action="store_true", help="SLURM: block until the points end")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("status", help="one row per point of a grid: state, progress, FID")
+    p.add_argument("grid")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=10.0,
+        default=0.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 10) until no point is active",
+    )
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("cancel", help="cancel a grid's active points (key=value filters)")
+    p.add_argument("grid")
+    p.add_argument("overrides", nargs="*", help="filters such as train.ar.mode=fixed")
+    p.set_defaults(func=cmd_cancel)
