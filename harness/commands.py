@@ -1,0 +1,89 @@
+"""Single-run subcommands: `cfh train`, `cfh sample`, `cfh evaluate`, `cfh encode`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from harness.config import load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add train, sample, evaluate and encode to the cfh parser."""
+    for name, func, text in (
+        ("train", cmd_train, "train (or resume) one run into run_dir"),
+        ("sample", cmd_sample, "draw samples from a trained run at any S_eval"),
+        ("evaluate", cmd_evaluate, "sample (or reuse samples) and compute FID/KID/P/R"),
+        ("encode", cmd_encode, "encode an image dataset to VAE latents for data=latents"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("overrides", nargs="*", help="hydra-style key=value config overrides")
+        p.set_defaults(func=func)
+        if name == "encode":
+            p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder")
+            p.add_argument("--out", required=True, help="output folder for data=latents")
+            p.add_argument("--batch-size", type=int, default=64)
+            p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """cfh train run_dir=R [key=value ...]"""
+    from model.train import TrainingFailed, train
+
+    _setup_logging()
+    cfg = load_config(args.overrides)
+    try:
+        summary = train(cfg)
+    except TrainingFailed as e:
+        print(f"error: training failed: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """cfh sample run_dir=R sample.num=N sample.ar_steps=S ..."""
+    from model.inference import sample_run
+
+    _setup_logging()
+    cfg = load_config(args.overrides)
+    result = sample_run(cfg)
+    print(
+        f"wrote {result['num_samples']} samples to {result['dir']} "
+        f"({result['sample_img_per_s']:.1f} img/s; grid: {result['grid']})"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """cfh evaluate run_dir=R eval.extractor=... sample.ar_steps=S ..."""
+    from model.inference import evaluate_run
+
+    _setup_logging()
+    cfg = load_config(args.overrides)
+    record = evaluate_run(cfg)
+    m = record["metrics"]
+    shown = {k: m[k] for k in ("fid", "kid", "precision", "recall", "class_acc") if k in m}
+    print(json.dumps({"eval": record["path"], **shown}, default=float))
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """cfh encode data=imagefolder data.root=DIR --vae VAE_DIR --out LATENTS_DIR"""
+    import torch
+    from model.encode import encode_dataset
+
+    _setup_logging()
+    cfg = load_config(args.overrides)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = encode_dataset(cfg.data, args.vae, args.out, args.batch_size, device)
+    print(f"wrote latents to {out}; train with: cfh train data=latents data.root={out}")
+    return 0

@@ -1,0 +1,547 @@
+"""The trainer: one process on CPU, DDP on GPUs; exact checkpoint/resume; metrics.jsonl.
+
+`train(cfg)` trains into cfg.run_dir. Running it again on the same folder resumes from the
+latest readable checkpoint and continues bit-for-bit (RNG states and the data position are
+saved); a raised `train.steps` continues training. SIGUSR2/SIGTERM save a checkpoint at the
+next step boundary, then hand over to the handler that was installed before (submitit's, which
+requeues the job), or exit with code 124.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from model import ar
+from model.data import BatchStream, build_dataset
+from model.diffusion import Diffusion, causalfusion_loss
+from model.errors import UserError
+from model.io import append_jsonl, atomic_torch_save, atomic_write_text, update_status
+from model.network import CausalFusion, build_model, count_params, train_flops_per_image
+from model.perf import matmul_peak_flops, mfu, peak_memory_mb
+
+log = logging.getLogger("cfh.train")
+
+# Keys that may differ between a run folder's config and a resumed run's config.
+RESUMABLE_KEYS = (
+    "run_dir",
+    "train.steps",
+    "train.ckpt_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.num_workers",
+    "train.device",
+    "train.compile",
+    "train.grad_checkpointing",
+    "sample",
+    "eval",
+    "cluster",
+)
+CKPT_GLOB = "ckpt_*.pt"
+
+
+class TrainingFailed(RuntimeError):
+    """Training cannot go on (non-finite loss); the run is marked failed."""
+
+
+class Preempted(SystemExit):
+    """Raised after the checkpoint on SIGUSR2/SIGTERM when no other handler takes over."""
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group from torchrun's or SLURM's environment (single process if none)."""
+    env = os.environ
+    if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def pick_device(cfg: DictConfig, info: DistInfo) -> torch.device:
+    """The device named by train.device (auto = CUDA when present)."""
+    want = cfg.train.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("train.device=cuda but no CUDA device is visible; use cpu or auto")
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def model_from_config(cfg: DictConfig) -> CausalFusion:
+    """Build the network that `cfg` describes (size from model=, geometry from data=)."""
+    return build_model(
+        cfg.model.name,
+        input_size=cfg.data.resolution,
+        in_channels=cfg.data.channels,
+        patch_size=cfg.data.patch_size,
+        num_classes=cfg.data.num_classes,
+        num_cond_tokens=cfg.model.num_cond_tokens,
+        pos_embed=cfg.model.pos_embed,
+        attention=cfg.model.attention,
+        class_dropout=cfg.train.label_dropout,
+        grad_checkpointing=bool(cfg.train.grad_checkpointing),
+    )
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def identity_diff(old: dict, new: dict) -> list[str]:
+    """Keys (dotted) whose values differ between two configs, ignoring resumable keys."""
+
+    def keep(key: str) -> bool:
+        return not any(key == r or key.startswith(r + ".") for r in RESUMABLE_KEYS)
+
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse a config that would change what an existing run folder trains."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    old = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    diff = identity_diff(old, new)  # type: ignore[arg-type]
+    if diff:
+        shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in diff[:6])
+        raise UserError(
+            f"run_dir={run_dir} holds a run with a different config ({shown}); "
+            "use a new run_dir, or only change train.steps and other resumable keys"
+        )
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoint_paths(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    return sorted((run_dir / "checkpoints").glob(CKPT_GLOB))
+
+
+def load_latest_checkpoint(run_dir: Path, map_location: str = "cpu") -> dict | None:
+    """The newest checkpoint that loads; a corrupt or truncated one is skipped with a warning."""
+    for path in reversed(checkpoint_paths(run_dir)):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file means "try the previous"
+            msg = f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); using the previous"
+            log.warning(msg)
+            print(f"warning: {msg}", file=sys.stderr)
+    return None
+
+
+def rng_state() -> dict:
+    """RNG states of python, numpy, torch and CUDA as plain (weights_only-loadable) values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() saved."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _SignalCatcher:
+    """Turns SIGUSR2/SIGTERM into a flag the loop checks at step boundaries."""
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalCatcher:
+        if hasattr(signal, "pthread_kill") and _is_main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.caught = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def hand_over(self) -> None:
+        """After the checkpoint: let the previous handler act (submitit requeues), else exit."""
+        signum = self.caught
+        assert signum is not None
+        previous = self.previous.get(signum)
+        self.__exit__()
+        if callable(previous):
+            previous(signum, None)
+        raise Preempted(124)
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def lr_at(step: int, cfg: DictConfig) -> float:
+    """Learning rate: linear warm-up, then constant (so raising train.steps changes nothing)."""
+    lr = float(cfg.train.lr)
+    if cfg.train.lr_ref_batch:
+        lr *= cfg.train.batch_size / float(cfg.train.lr_ref_batch)
+    warm = int(cfg.train.warmup_steps)
+    return lr * min(1.0, (step + 1) / warm) if warm > 0 else lr
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train (or resume) the run in cfg.run_dir; return the final summary."""
+    if not cfg.run_dir:
+        raise UserError("run_dir is required: cfh train run_dir=PATH ...")
+    run_dir = Path(str(cfg.run_dir))
+    info = init_distributed()
+    if cfg.train.batch_size % info.world:
+        raise UserError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
+            f"{info.world}; use a multiple of {info.world}"
+        )
+    device = pick_device(cfg, info)
+    check_run_dir(cfg, run_dir)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        _attach_log_file(run_dir / "log.txt")
+    try:
+        return _train(cfg, run_dir, info, device)
+    except TrainingFailed as e:
+        if info.is_main:
+            update_status(run_dir, state="failed", error=str(e), log=str(run_dir / "log.txt"))
+        log.error("%s", e)
+        raise
+
+
+def _attach_log_file(path: Path) -> None:
+    if any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in log.handlers):
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device) -> dict:
+    t_cfg = cfg.train
+    torch.manual_seed(cfg.seed * 1000 + info.rank)
+    np.random.seed(cfg.seed * 1000 + info.rank)
+    random.seed(cfg.seed * 1000 + info.rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    net = model_from_config(cfg).to(device)
+    ema = copy.deepcopy(net).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(
+        net.parameters(),
+        lr=lr_at(0, cfg),
+        betas=tuple(t_cfg.betas),
+        weight_decay=t_cfg.weight_decay,
+    )
+    diffusion = Diffusion()
+    dataset = build_dataset(cfg.data, split="train")
+    per_rank = t_cfg.batch_size // info.world
+    stream = BatchStream(
+        dataset,
+        per_rank,
+        seed=int(cfg.seed),
+        rank=info.rank,
+        world=info.world,
+        num_workers=int(t_cfg.num_workers),
+        pin_memory=device.type == "cuda",
+    )
+
+    step = 0
+    ckpt = load_latest_checkpoint(run_dir)
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        stream.load_state_dict(ckpt["data"])
+        set_rng_state(ckpt["rng"][info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        step = int(ckpt["step"])
+        log.info("resumed from step %d", step)
+    attempts = 1
+    if info.is_main:
+        from model.io import read_status
+
+        attempts = int(read_status(run_dir).get("attempts", 0)) + 1
+        update_status(
+            run_dir, state="running", phase="train", step=step, total_steps=int(t_cfg.steps)
+        )
+        log.info("params=%d device=%s world=%d", count_params(net), device, info.world)
+
+    train_net: torch.nn.Module = net
+    if info.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    if t_cfg.compile:
+        train_net = torch.compile(train_net)
+    precision = t_cfg.precision
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    peak = matmul_peak_flops(str(device), torch.bfloat16 if use_bf16 else torch.float32)
+    L = net.num_tokens
+    C = int(cfg.model.num_cond_tokens)
+    grid = int(cfg.data.resolution) // int(cfg.data.patch_size)
+    aw = t_cfg.loss.ar_weight
+
+    def save(at_step: int) -> None:
+        if info.is_main:
+            _save_checkpoint(run_dir, cfg, net, ema, opt, stream, at_step, info)
+        if info.world > 1:
+            dist.barrier()
+
+    window = _Window()
+    bar = _progress(step, int(t_cfg.steps), info)
+    t_start = time.perf_counter()
+    with _SignalCatcher() as signals:
+        while step < t_cfg.steps:
+            if signals.caught is not None:
+                save(step)
+                if info.is_main:
+                    update_status(run_dir, state="requeued", step=step, attempts=attempts)
+                signals.hand_over()
+            t0 = time.perf_counter()
+            x, y = stream.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            gen = ar.ar_generator(int(cfg.seed), step, info.rank)
+            S = ar.sample_num_steps(
+                t_cfg.ar.mode, L, gen, fixed_steps=int(t_cfg.ar.steps), decay=float(t_cfg.ar.decay)
+            )
+            sizes = ar.sample_group_sizes(L, S, gen)
+            order = ar.token_order(t_cfg.order, x.shape[0], grid, gen, block=int(t_cfg.order_block))
+            weights = ar.ar_token_weights(sizes, L, float(aw.max), float(aw.min), aw.schedule)
+            lr = lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, _ = causalfusion_loss(
+                    train_net,
+                    diffusion,
+                    x,
+                    y,
+                    order.to(device),
+                    sizes,
+                    weights.to(device),
+                    noise_weighting=t_cfg.loss.noise_weighting,
+                    min_snr_gamma=float(t_cfg.loss.min_snr_gamma),
+                )
+            if not _all_finite(loss, info):
+                window.nonfinite += 1
+                if window.nonfinite > t_cfg.max_nonfinite:
+                    raise TrainingFailed(
+                        f"non-finite loss ({loss.item()}) at step {step}; lower train.lr "
+                        f"(now {t_cfg.lr}) or raise train.grad_clip; "
+                        f"train.max_nonfinite={t_cfg.max_nonfinite} tolerated"
+                    )
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(net.parameters(), t_cfg.grad_clip or math.inf)
+            opt.step()
+            step += 1
+            _ema_update(ema, net, min(float(t_cfg.ema_decay), (1 + step) / (10 + step)))
+            seq_len = C + (L - sizes[-1]) + L
+            window.add(
+                loss.detach(), gn, x.shape[0] * info.world, seq_len, time.perf_counter() - t0
+            )
+            if step % t_cfg.log_every == 0 or step == t_cfg.steps:
+                flops = train_flops_per_image(net.cfg, window.mean_seq_len())
+                row = window.flush(step, lr, info, flops, peak, device, t_start)
+                if info.is_main:
+                    append_jsonl(run_dir / "metrics.jsonl", row)
+                    update_status(run_dir, step=step, loss=row["loss"])
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+            bar.update(1)
+            if step % t_cfg.ckpt_every == 0 and step < t_cfg.steps:
+                save(step)
+    bar.close()
+    save(step)
+    summary = {"step": step, "params": count_params(net), "wall_s": time.perf_counter() - t_start}
+    if info.is_main:
+        update_status(run_dir, state="completed", phase="train", step=step)
+        log.info("finished at step %d", step)
+    return summary
+
+
+def _all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
+    ok = torch.isfinite(loss.detach()).float()
+    if info.world > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    ema_p = list(ema.parameters())
+    net_p = list(net.parameters())
+    torch._foreach_lerp_(ema_p, net_p, 1.0 - decay)
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    cfg: DictConfig,
+    net: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    stream: Any,
+    step: int,
+    info: DistInfo,
+) -> None:
+    rngs: Any = rng_state()
+    if info.world > 1:
+        gathered: list[Any] = [None] * info.world
+        dist.all_gather_object(gathered, rngs)
+        rngs = gathered
+    state = {
+        "model": net.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "rng": rngs,
+        "data": stream.state_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    ckpt_dir = run_dir / "checkpoints"
+    atomic_torch_save(ckpt_dir / f"ckpt_{step:08d}.pt", state)
+    for old in checkpoint_paths(run_dir)[: -int(cfg.train.keep_checkpoints)]:
+        old.unlink(missing_ok=True)
+    log.info("checkpoint at step %d", step)
+
+
+class _Window:
+    """Accumulates per-step numbers between two log lines."""
+
+    def __init__(self) -> None:
+        self.nonfinite = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.grad_norms: list[torch.Tensor] = []
+        self.images = 0
+        self.tokens = 0
+        self.seconds = 0.0
+
+    def add(self, loss: torch.Tensor, gn: torch.Tensor, images: int, seq: int, sec: float) -> None:
+        self.losses.append(loss)
+        self.grad_norms.append(gn.detach())
+        self.images += images
+        self.tokens += images * seq
+        self.seconds += sec
+
+    def mean_seq_len(self) -> float:
+        return self.tokens / max(self.images, 1)
+
+    def flush(
+        self,
+        step: int,
+        lr: float,
+        info: DistInfo,
+        flops_per_image: float,
+        peak: float,
+        device: torch.device,
+        t_start: float,
+    ) -> dict:
+        loss = torch.stack(self.losses).float().mean()
+        if info.world > 1:
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        img_s = self.images / max(self.seconds, 1e-9)
+        row = {
+            "step": step,
+            "loss": loss.item(),
+            "lr": lr,
+            "grad_norm": torch.stack(self.grad_norms).float().mean().item(),
+            "img_per_s": img_s,
+            "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
+            "mfu": mfu(flops_per_image, img_s / info.world, peak),
+            "peak_mem_mb": peak_memory_mb(device),
+            "wall_s": time.perf_counter() - t_start,
+        }
+        self._reset()
+        return row
+
+
+def _progress(start: int, total: int, info: DistInfo) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        desc="train",
+        unit="step",
+        disable=not (info.is_main and sys.stderr.isatty()),
+        dynamic_ncols=True,
+    )

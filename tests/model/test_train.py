@@ -1,0 +1,127 @@
+"""Trainer: exact resume, corrupt checkpoints, refused configs, non-finite losses, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config import load_config
+from model.errors import UserError
+from model.io import read_jsonl, read_status
+from model.train import TrainingFailed, checkpoint_paths, train
+
+TINY = [
+    "model=T",
+    "data=digits",
+    "train.batch_size=16",
+    "train.log_every=10",
+    "train.lr=1e-3",
+    "train.ema_decay=0.99",
+    "train.ar.mode=decay",
+]
+
+
+def _cfg(run_dir: Path, *extra: str):
+    return load_config([*TINY, f"run_dir={run_dir}", *extra])
+
+
+def _final_state(run_dir: Path) -> dict:
+    path = checkpoint_paths(run_dir)[-1]
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
+    """60 steps in one go == 30 steps, then resume to 60 (weights, EMA, optimizer, metrics)."""
+    one = tmp_path / "one"
+    train(_cfg(one, "train.steps=60", "train.ckpt_every=1000"))
+    two = tmp_path / "two"
+    train(_cfg(two, "train.steps=30", "train.ckpt_every=1000"))
+    assert read_status(two)["state"] == "completed"
+    train(_cfg(two, "train.steps=60", "train.ckpt_every=1000"))  # raised steps continue
+    a, b = _final_state(one), _final_state(two)
+    assert a["step"] == b["step"] == 60
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    assert _losses(one) == _losses(two)
+    assert a["data"] == b["data"]
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(_cfg(run, "train.steps=20", "train.ckpt_every=10"))
+    paths = checkpoint_paths(run)
+    assert [p.name for p in paths] == ["ckpt_00000010.pt", "ckpt_00000020.pt"]
+    paths[-1].write_bytes(paths[-1].read_bytes()[:1000])  # truncated, as by a crash mid-copy
+    train(_cfg(run, "train.steps=25", "train.ckpt_every=10"))
+    assert "unreadable" in capsys.readouterr().err
+    assert _final_state(run)["step"] == 25
+
+
+def test_changed_model_or_data_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(_cfg(run, "train.steps=2"))
+    with pytest.raises(UserError, match="different config.*model.name"):
+        train(_cfg(run, "train.steps=4", "model=XS"))
+    with pytest.raises(UserError, match="train.ar.mode"):
+        train(_cfg(run, "train.steps=4", "train.ar.mode=fixed"))
+
+
+def test_nonfinite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
+    import model.train as trainer
+
+    real = trainer.causalfusion_loss
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(trainer, "causalfusion_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingFailed, match="non-finite loss"):
+        train(_cfg(run, "train.steps=5"))
+    status = read_status(run)
+    assert status["state"] == "failed" and "non-finite" in status["error"]
+
+
+def test_missing_run_dir_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="run_dir is required"):
+        train(load_config(TINY))
+
+
+def test_sigusr2_checkpoints_then_resume_matches(tmp_path: Path) -> None:
+    """A signalled `cfh train` saves at the next step boundary; the resumed run equals one run."""
+    args = [*TINY, "train.steps=200", "train.ckpt_every=1000"]
+    cfh = [sys.executable, "-m", "harness.cli", "train"]
+    run = tmp_path / "sig"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*cfh, *args, f"run_dir={run}"], env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 124, err.decode()[-2000:]
+    stopped = _final_state(run)["step"]
+    assert 0 < stopped < 200
+    assert read_status(run)["state"] == "requeued"
+    done = subprocess.run([*cfh, *args, f"run_dir={run}"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    ref = tmp_path / "ref"
+    subprocess.run([*cfh, *args, f"run_dir={ref}"], env=env, check=True, capture_output=True)
+    a, b = _final_state(run), _final_state(ref)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    summary = json.loads((run / "status.json").read_text())
+    assert summary["state"] == "completed" and summary["step"] == 200
