@@ -202,7 +202,13 @@ class Space:
         return keys
 
     def product(self) -> Iterator[dict[str, Any]]:
-        """The cartesian product of the axes and zip groups, one dict of values per point."""
+        """The cartesian product of the axes and zip groups, one dict of values per point.
+
+        With no axes and no zip groups the product is the base point alone, unless include
+        entries are given: then they are the points.
+        """
+        if not self.axes and not self.zips and self.include:
+            return
         factors: list[list[dict[str, Any]]] = [[{k: v} for v in vs] for k, vs in self.axes.items()]
         for group in self.zips:
             keys = list(group)
@@ -308,7 +314,7 @@ class Grid:
 
     def _validate(self, cfg: dict, axes: dict[str, Any]) -> None:
         """validate_config plus the cluster checks, with the grid file and point in the message."""
-        where = f"point {_show(axes)}" if axes else "base"
+        where = f"point {_show(axes)}" if axes else "base/resources"
         try:
             validate_config(cfg)
         except UserError as e:
@@ -685,7 +691,13 @@ def _space(raw: dict, prefix: str, err: Any, eval_space: bool) -> Space:
 
 def _check_keys(grid: Grid, err: Any) -> None:
     """Every key names a config key of the right section (checked once per key, not per point)."""
-    defaults = resolve_overrides([])
+    if grid.cluster not in group_options("cluster"):
+        raise err(
+            "resources.cluster",
+            f"unknown cluster profile {grid.cluster!r}; allowed: "
+            + ", ".join(group_options("cluster")),
+        )
+    defaults = resolve_overrides([f"cluster={grid.cluster}"])
     sections: list[tuple[str, dict[str, Any], bool]] = [("base", grid.train.base, False)]
     sections += [("axes", {k: v[0] for k, v in grid.train.axes.items()}, False)]
     sections += [
@@ -706,12 +718,6 @@ def _check_keys(grid: Grid, err: Any) -> None:
     for where, values, is_eval in sections:
         for key in values:
             _check_key(defaults, where, key, is_eval, err)
-    if grid.cluster not in group_options("cluster"):
-        raise err(
-            "resources.cluster",
-            f"unknown cluster profile {grid.cluster!r}; allowed: "
-            + ", ".join(group_options("cluster")),
-        )
 
 
 def _check_key(defaults: dict, where: str, key: str, is_eval: bool, err: Any) -> None:
@@ -737,15 +743,9 @@ def _apply_cli(grid: Grid, overrides: Sequence[str]) -> None:
     axis_keys = set(grid.train.axis_keys()) | set(grid.eval_axis_keys())
     if grid.seeds is not None:
         axis_keys.add("seed")
-    defaults = resolve_overrides([])
     err = functools.partial(_err, grid.path)
-    for text in overrides:
-        key, value = parse_override(text)
-        if key in axis_keys:
-            raise UserError(
-                f"{text!r}: {key} is an axis of grid {grid.name} ({grid.path}); edit the grid "
-                "file, or use `cfh cancel` filters to stop some points"
-            )
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    for text, key, value in parsed:  # the profile first: cluster.* keys are checked against it
         if key == "cluster":
             if str(value) not in group_options("cluster"):
                 raise UserError(
@@ -753,6 +753,15 @@ def _apply_cli(grid: Grid, overrides: Sequence[str]) -> None:
                     + ", ".join(group_options("cluster"))
                 )
             grid.cluster = str(value)
+    defaults = resolve_overrides([f"cluster={grid.cluster}"])
+    for text, key, value in parsed:
+        if key in axis_keys:
+            raise UserError(
+                f"{text!r}: {key} is an axis of grid {grid.name} ({grid.path}); edit the grid "
+                "file, or use `cfh cancel` filters to stop some points"
+            )
+        if key == "cluster":
+            pass
         elif key.startswith("cluster."):
             _check_key(defaults, "command line", key, False, err)
             grid.resources[key.removeprefix("cluster.")] = value
