@@ -45,7 +45,7 @@ class Decision:
     signature: str
     axes: dict[str, Any]
     state: str
-    action: str  # submit | retry | skip | removed | cancel
+    action: str  # submit | retry | skip | removed (kept) | cancel / prune (with --prune)
     reason: str = ""
     point: TrainPoint | None = None
 
@@ -93,8 +93,12 @@ def _removed(
     out = []
     for entry, row in zip(gone.values(), rows, strict=True):
         active = row.state in ACTIVE
-        action = "cancel" if prune and active else "removed"
-        reason = "removed from the grid" + ("" if prune else "; --prune cancels it" * active)
+        if prune:
+            action = "cancel" if active else "prune"
+            reason = "removed from the grid; " + ("cancel" if active else "unlink")
+        else:
+            action = "removed"
+            reason = "removed from the grid; --prune " + ("cancels it" if active else "unlinks it")
         out.append(Decision(entry["signature"], entry.get("axes", {}), row.state, action, reason))
     return out
 
@@ -204,7 +208,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(plan_table(grid, decisions))
     todo = [d.point for d in decisions if d.action in ("submit", "retry") and d.point]
     to_cancel = [d for d in decisions if d.action == "cancel"]
-    n_removed = sum(d.action in ("removed", "cancel") for d in decisions)
+    pruned = [d for d in decisions if d.action in ("cancel", "prune")]
+    n_removed = sum(d.action in ("removed", "cancel", "prune") for d in decisions)
     n_skip = sum(d.action == "skip" for d in decisions)
     removed_text = f", {n_removed} removed from the grid" if n_removed else ""
     print(f"plan: {len(todo)} to submit, {n_skip} to skip{removed_text}")
@@ -219,9 +224,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs.write_plan(root, grid, points, removed)
     if to_cancel:
         cancel_points(root, [d.signature for d in to_cancel])
-        for d in to_cancel:
-            runs.unlink(root, grid.name, d.signature)
-    local = all(p.config["cluster"]["backend"] == "local" for p in todo)
+    for d in pruned:  # the run folder stays: other grids may share it, results are kept
+        runs.unlink(root, grid.name, d.signature)
+    local = points[0].config["cluster"]["backend"] == "local"
     if not todo:
         print("nothing to submit")
         return _print_status(root, grid.name) if local else 0
@@ -279,7 +284,8 @@ def _print_status(root: str, name: str) -> int:
     print(f"{plan.get('grid', name)}: {summary(rows)}")
     if plan.get("removed"):
         print(
-            f"{len(plan['removed'])} points removed from the grid (cfh sweep --prune cancels them)"
+            f"{len(plan['removed'])} points removed from the grid "
+            "(cfh sweep --prune cancels and unlinks them)"
         )
     return 1 if any(r.state == "failed" for r in rows) else 0
 
@@ -366,7 +372,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides added to the grid's base")
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument("--retry", action="store_true", help="resubmit failed and cancelled points")
-    p.add_argument("--prune", action="store_true", help="cancel points removed from the grid")
+    p.add_argument(
+        "--prune", action="store_true", help="cancel and unlink points removed from the grid"
+    )
     p.add_argument("--wait", action="store_true", help="SLURM: block until the points end")
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("status", help="one row per point of a grid: state, progress, FID")

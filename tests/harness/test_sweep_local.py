@@ -1,0 +1,193 @@
+"""`cfh sweep/status/cancel` with cluster=local on tiny real runs: reconcile, retry, prune.
+
+One module-scoped sweep trains and evaluates two tiny digits runs for real (4 steps, 20 samples)
+next to a point whose training raises (an image folder without classes); the tests then check
+what later sweeps do with that state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.runs import read_submission
+from model.io import read_status
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+TINY = """
+base:
+  model: T
+  data: digits
+  train.steps: 4
+  train.batch_size: 16
+  train.ckpt_every: 2
+  train.log_every: 2
+  sample.num: 20
+  sample.steps: 4
+  sample.batch_size: 20
+  eval.extractor: classifier
+  eval.kid_subset_size: 10
+  cluster.parallelism: 3
+include:
+{include}
+eval:
+  axes:
+    sample.ar_steps: [1, 2]
+"""
+GOOD = [
+    "  - {train.ar.mode: fixed, train.ar.steps: 1}",
+    "  - {train.ar.mode: fixed, train.ar.steps: 2}",
+]
+
+
+def write_grid(path: Path, include: list[str]) -> Path:
+    path.write_text(textwrap.dedent(TINY).replace("{include}", "\n".join(include)))
+    return path
+
+
+def cfh(*argv: str) -> tuple[int, str]:
+    """Run `cfh` in this process; (exit code, stdout + stderr)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+def plan(root: Path, name: str) -> dict:
+    return json.loads((root / "grids" / name / "plan.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A local sweep of two good points and one failing point, run to the end."""
+    os.environ.setdefault("CFH_CACHE", str(REPO / ".cache" / "cfh"))  # the cached classifier
+    tmp = tmp_path_factory.mktemp("local")
+    empty = tmp / "no_classes"
+    empty.mkdir()
+    bad = f"  - {{data: imagefolder, data.root: {empty}, data.resolution: 8, data.patch_size: 1}}"
+    grid = write_grid(tmp / "tiny.yaml", GOOD + [bad])
+    root = tmp / "out"
+    t0 = time.perf_counter()
+    code, out = cfh("--root", str(root), "sweep", str(grid))
+    print(f"first local sweep: {time.perf_counter() - t0:.0f} s\n{out}")
+    return {"grid": grid, "root": root, "code": code, "out": out, "bad": empty}
+
+
+def sigs_by_state(root: Path, name: str = "tiny") -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for p in plan(root, name)["points"]:
+        status = read_status(root / "runs" / p["signature"])
+        out.setdefault(str(status.get("state")), []).append(p["signature"])
+    return out
+
+
+def test_first_sweep_runs_everything_and_prints_status(swept):
+    assert swept["code"] == 1, swept["out"]  # one point failed
+    out = swept["out"]
+    assert "plan: 3 to submit, 0 to skip" in out
+    assert "tiny: 2 completed, 1 failed" in out
+    assert "^ UserError: data.root=" in out and "not an image folder" in out
+    assert "(log: " in out
+    states = sigs_by_state(swept["root"])
+    assert len(states["completed"]) == 2 and len(states["failed"]) == 1
+    for sig in states["completed"]:
+        status = read_status(swept["root"] / "runs" / sig)
+        assert status["phase"] == "done" and len(status["evals"]) == 2
+        assert all(isinstance(e["fid"], float) for e in status["evals"].values())
+        assert all(
+            (swept["root"] / "runs" / sig / e["file"]).is_file() for e in status["evals"].values()
+        )
+
+
+def test_status_shows_every_point(swept):
+    code, out = cfh("--root", str(swept["root"]), "status", "tiny")
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["signature", "ar.mode", "ar.steps", "data"]
+    assert sum(" completed " in line for line in lines) == 2
+    assert sum(" failed " in line for line in lines) == 1
+    assert "2/2" in out  # eval points done
+
+
+def test_second_sweep_submits_nothing(swept):
+    before = {s: read_submission(swept["root"] / "runs" / s) for s in _all(swept)}
+    code, out = cfh("--root", str(swept["root"]), "sweep", str(swept["grid"]))
+    assert "plan: 0 to submit, 3 to skip" in out
+    assert "skip (failed; --retry resubmits it)" in out
+    after = {s: read_submission(swept["root"] / "runs" / s) for s in _all(swept)}
+    assert before == after
+
+
+def test_retry_resubmits_only_the_failed_point(swept):
+    root = swept["root"]
+    (failed,) = sigs_by_state(root)["failed"]
+    jobs = {s: read_submission(root / "runs" / s)["job_id"] for s in _all(swept)}
+    code, out = cfh("--root", str(root), "sweep", str(swept["grid"]), "--retry")
+    assert "plan: 1 to submit, 2 to skip" in out
+    assert f"{failed}" in out and "retry" in out
+    after = {s: read_submission(root / "runs" / s)["job_id"] for s in _all(swept)}
+    assert [s for s in jobs if jobs[s] != after[s]] == [failed]
+    status = read_status(root / "runs" / failed)
+    assert status["state"] == "failed" and status["attempts"] == 2  # it raises again
+
+
+def test_removed_points_are_reported_then_pruned(swept):
+    root = swept["root"]
+    grid = write_grid(swept["grid"], GOOD[:1])  # the grid loses two of its points
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--dry-run")
+    assert "plan: 0 to submit, 1 to skip, 2 removed from the grid" in out
+    assert "--prune unlinks it" in out
+    code, out = cfh("--root", str(root), "sweep", str(grid))
+    assert len(plan(root, "tiny")["removed"]) == 2
+    assert len(list((root / "grids" / "tiny" / "runs").iterdir())) == 3
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--prune")
+    assert "2 removed from the grid" in out
+    assert plan(root, "tiny")["removed"] == []
+    assert len(list((root / "grids" / "tiny" / "runs").iterdir())) == 1
+    assert len(list((root / "runs").iterdir())) == 3  # run folders are kept
+    code, out = cfh("--root", str(root), "sweep", str(grid))
+    assert "removed" not in out
+
+
+def test_cancel_stops_a_running_local_point(tmp_path):
+    os.environ.setdefault("CFH_CACHE", str(REPO / ".cache" / "cfh"))
+    grid = write_grid(tmp_path / "long.yaml", GOOD[:1])
+    root = tmp_path / "out"
+    env = dict(os.environ, CFH_ROOT=str(root))
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(grid), "train.steps=100000"]
+    sweep = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            runs = list((root / "runs").glob("*")) if (root / "runs").exists() else []
+            if runs and read_status(runs[0]).get("step", 0) >= 1:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the long point never started training")
+        code, out = cfh("--root", str(root), "cancel", "long", "train.ar.steps=1")
+        assert "cancelled 1 points" in out, out
+        sweep.wait(timeout=120)  # the blocking sweep returns once its job is gone
+        code, out = cfh("--root", str(root), "status", "long")
+        assert "long: 1 cancelled" in out, out
+        code, out = cfh("--root", str(root), "sweep", str(grid), "train.steps=100000", "--dry-run")
+        assert "skip (cancelled; --retry resubmits it)" in out
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+
+
+def _all(swept) -> list[str]:
+    return [p["signature"] for p in plan(swept["root"], "tiny")["points"]]
