@@ -140,7 +140,10 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
             f"sample.ar_steps={cfg.sample.ar_steps} must be in 1..L={net.num_tokens} "
             "(the tokens per image)"
         )
-    sampler = make_sampler(Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps))
+    pixels = train_cfg.data.name != "latents"  # pixels live in [-1, 1]; latents are unbounded
+    sampler = make_sampler(
+        Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels
+    )
     labels = balanced_labels(int(cfg.sample.num), int(train_cfg.data.num_classes))
     interval = tuple(cfg.sample.cfg_interval) if cfg.sample.cfg_interval is not None else None
     chunks = []
