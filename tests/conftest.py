@@ -1,0 +1,143 @@
+"""Shared fixtures. Each section is self-contained; add new fixtures below the last section."""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------- SLURM cluster (slurm_cluster)
+# A real single-node SLURM cluster with accounting, started by scripts/slurm-local.sh once per
+# test session. Tests that use it carry @pytest.mark.slurm. Where it cannot start (not root, no
+# apt-get, the script fails) they skip with the reason, except under CI=true, where they fail.
+# Concurrent test sessions on one machine share the cluster: each holds a lease (a file named
+# after its pid); the last session to leave stops it if a test session started it.
+import fcntl as _fcntl
+import os as _os
+import shutil as _shutil
+import subprocess as _subprocess
+import time as _time
+from dataclasses import dataclass as _dataclass
+from pathlib import Path as _Path
+
+import pytest
+
+SLURM_SCRIPT = _Path(__file__).resolve().parents[1] / "scripts" / "slurm-local.sh"
+SLURM_STATE = _Path(_os.environ.get("CFH_SLURM_STATE", "/run/cfh-slurm"))
+
+
+@_dataclass
+class SlurmCluster:
+    """What the tests need to know about the local cluster."""
+
+    partition: str = "debug"
+    gpu_partition: str = "gpu"
+    cpus: int = 4
+    gpus: int = 2
+    started_here: bool = False
+    start_s: float = 0.0
+    start_log: str = ""
+
+    def profile(self, **overrides) -> dict:
+        """A slurm cluster profile (as in experiments/cluster/slurm.yaml) for this cluster."""
+        profile = {
+            "name": "slurm-local",
+            "backend": "slurm",
+            "partition": self.partition,
+            "nodes": 1,
+            "gpus_per_node": 0,
+            "cpus_per_task": 1,
+            "mem_gb": 1,
+            "timeout_min": 10,
+            "array_parallelism": 16,
+            "max_num_timeout": 3,
+            "signal_delay_s": 30,
+            "setup": [],
+        }
+        profile.update(overrides)
+        return profile
+
+    def other_sessions(self) -> list[int]:
+        """Pids of other live test sessions that use this cluster."""
+        return [p for p in _live_leases() if p != _os.getpid()]
+
+
+def _ci() -> bool:
+    return _os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(reason: str) -> None:
+    if _ci():
+        pytest.fail(f"CI=true but the SLURM cluster cannot start: {reason}", pytrace=False)
+    pytest.skip(f"local SLURM cluster unavailable: {reason}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = _Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return not any(ln.startswith("State:") and "Z" in ln.split()[1:2] for ln in state.splitlines())
+
+
+def _leases() -> _Path:
+    return SLURM_STATE / "pytest-leases"
+
+
+def _live_leases() -> list[int]:
+    pids = []
+    for f in _leases().glob("*") if _leases().is_dir() else []:
+        if f.name.isdigit() and _pid_alive(int(f.name)):
+            pids.append(int(f.name))
+        elif f.name.isdigit():
+            f.unlink(missing_ok=True)
+    return pids
+
+
+class _LeaseLock:
+    """Serialises lease bookkeeping between test sessions."""
+
+    def __enter__(self):
+        SLURM_STATE.mkdir(parents=True, exist_ok=True)
+        self.fd = _os.open(SLURM_STATE / "pytest.lock", _os.O_WRONLY | _os.O_CREAT, 0o644)
+        _fcntl.flock(self.fd, _fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        _os.close(self.fd)
+
+
+def _run_script(action: str) -> _subprocess.CompletedProcess:
+    return _subprocess.run(
+        ["bash", str(SLURM_SCRIPT), action], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Start the local SLURM cluster (once per session); yields a SlurmCluster."""
+    if _os.geteuid() != 0:
+        _unavailable("scripts/slurm-local.sh needs root (it installs packages, starts daemons)")
+    if not _shutil.which("sinfo") and not _shutil.which("apt-get"):
+        _unavailable("SLURM is not installed and there is no apt-get to install it")
+    with _LeaseLock():
+        t0 = _time.monotonic()
+        proc = _run_script("start")
+        elapsed = _time.monotonic() - t0
+        if proc.returncode != 0:
+            _unavailable(
+                f"scripts/slurm-local.sh start exited {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+            )
+        started = "already up" not in proc.stdout
+        _leases().mkdir(parents=True, exist_ok=True)
+        (_leases() / str(_os.getpid())).touch()
+        if started:
+            (SLURM_STATE / "pytest-started").write_text(str(_os.getpid()))
+    cluster = SlurmCluster(started_here=started, start_s=elapsed, start_log=proc.stdout)
+    yield cluster
+    with _LeaseLock():
+        (_leases() / str(_os.getpid())).unlink(missing_ok=True)
+        marker = SLURM_STATE / "pytest-started"
+        if marker.exists() and not _live_leases():
+            _run_script("stop")
+            marker.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- (next section below)
