@@ -38,6 +38,7 @@ pending; the time limit counts from the start.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,8 +139,6 @@ _KEYS = {
 
 
 def _as_dict(cfg: Any) -> dict:
-    if isinstance(cfg, ClusterProfile):
-        return {k: getattr(cfg, k) for k in _KEYS}
     try:
         from omegaconf import OmegaConf
 
@@ -261,14 +260,6 @@ def make_executor(cluster_cfg: Any, folder: Path, job_name: str = "cfh") -> subm
     """
     p = validate_profile(cluster_cfg)
     folder = Path(folder).absolute()
-    common: dict[str, Any] = {
-        "name": job_name,
-        "timeout_min": p.timeout_min,
-        "tasks_per_node": p.tasks_per_node,
-        "cpus_per_task": p.cpus_per_task,
-    }
-    if p.gpus_per_node:
-        common["gpus_per_node"] = p.gpus_per_node
     if p.backend == "local":
         ex = PooledLocalExecutor(
             folder, parallelism=p.parallelism, max_num_timeout=p.max_num_timeout
@@ -281,7 +272,7 @@ def make_executor(cluster_cfg: Any, folder: Path, job_name: str = "cfh") -> subm
             setup=list(p.setup),
         )
         return ex
-    if not _which("sbatch"):
+    if shutil.which("sbatch") is None:
         raise UserError(
             f"cluster profile '{p.name}' uses SLURM but sbatch is not on PATH; run on a SLURM "
             "login node, start the local cluster (scripts/slurm-local.sh start), or use "
@@ -290,24 +281,25 @@ def make_executor(cluster_cfg: Any, folder: Path, job_name: str = "cfh") -> subm
     ex = submitit.AutoExecutor(
         folder=folder, cluster="slurm", slurm_max_num_timeout=p.max_num_timeout
     )
-    slurm: dict[str, Any] = {
+    params: dict[str, Any] = {
+        "name": job_name,
+        "timeout_min": p.timeout_min,
+        "nodes": p.nodes,
+        "tasks_per_node": p.tasks_per_node,
+        "cpus_per_task": p.cpus_per_task,
         "slurm_array_parallelism": p.array_parallelism,
         "slurm_signal_delay_s": p.signal_delay_s,
         "slurm_setup": list(p.setup),
     }
+    if p.gpus_per_node:
+        params["gpus_per_node"] = p.gpus_per_node
+    if p.mem_gb is not None:
+        params["mem_gb"] = p.mem_gb
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(p, key) is not None:
-            slurm[f"slurm_{key}"] = getattr(p, key)
-    if p.mem_gb is not None:
-        common["mem_gb"] = p.mem_gb
-    ex.update_parameters(nodes=p.nodes, **common, **slurm)
+            params[f"slurm_{key}"] = getattr(p, key)
+    ex.update_parameters(**params)
     return ex
-
-
-def _which(cmd: str) -> bool:
-    from shutil import which
-
-    return which(cmd) is not None
 
 
 _SLOT_SHIM = """# cfh-wait-slot: take one of N lock files in DIR, then exec COMMAND (same pid)
