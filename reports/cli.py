@@ -1,0 +1,103 @@
+"""`cfh report` and `cfh check`: registered into harness.cli's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from reports.check import (
+    DEFAULT_ABS_TOL,
+    DEFAULT_K,
+    default_baseline,
+    format_result,
+    run_check,
+    write_baseline,
+)
+from reports.results import ResultsWarning, check_name, load_results, set_size_cache
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `report` and `check` subcommands."""
+    p = subparsers.add_parser(
+        "report",
+        help="tables, plots and report.html for a grid",
+        description="Write results.parquet/csv, paper-style tables (markdown, LaTeX), plots "
+        "(PNG, SVG), report.md and a self-contained report.html into <root>/grids/GRID/report/.",
+    )
+    p.add_argument("grid", nargs="?", help="grid name (default: every run under --root)")
+    p.add_argument("--out", help="output folder (default: <root>/grids/GRID/report)")
+    p.set_defaults(func=cmd_report)
+
+    c = subparsers.add_parser(
+        "check",
+        help="fail when FID regressed against a baseline",
+        description="Compare mean FID per (train setting, eval setting) with a baseline CSV. "
+        "Regression: current mean above baseline by more than max(--abs-tol, --k x pooled seed "
+        "std). Exit 0: nothing regressed; 1: a regression; 2: unusable input.",
+    )
+    c.add_argument("grid", help="grid name")
+    c.add_argument("--baseline", help="baseline CSV (default: reports/baselines/GRID.csv)")
+    c.add_argument(
+        "--abs-tol",
+        type=float,
+        default=DEFAULT_ABS_TOL,
+        help=f"absolute FID tolerance (default {DEFAULT_ABS_TOL})",
+    )
+    c.add_argument(
+        "--k",
+        type=float,
+        default=DEFAULT_K,
+        help=f"tolerance in pooled seed standard deviations (default {DEFAULT_K})",
+    )
+    c.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="write the current results as the new baseline instead of comparing",
+    )
+    c.set_defaults(func=cmd_check)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the report and print where report.html is."""
+    from reports.report import write_report  # plotting imports are slow: only when asked
+
+    grid = check_name(args.grid) if args.grid else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultsWarning)
+        path = write_report(args.root, grid, args.out)
+    _print_warnings(caught)
+    print(path)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Compare with (or update) the baseline; return the exit code."""
+    grid = check_name(args.grid)
+    baseline = Path(args.baseline) if args.baseline else default_baseline(grid)
+    set_size_cache(Path(args.root) / ".cache" / "reports" / "model_sizes.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultsWarning)
+        results = load_results(args.root, grid)
+    _print_warnings(caught)
+    if args.update_baseline:
+        summary = write_baseline(results, baseline)
+        print(f"wrote {len(summary)} baseline entries to {baseline}")
+        return 0
+    result = run_check(results, baseline, args.abs_tol, args.k)
+    print(format_result(result), end="")
+    if result.exit_code == 2:
+        from model.errors import UserError
+
+        raise UserError(f"no entry of grid {grid!r} matches the baseline {baseline}")
+    return result.exit_code
+
+
+def _print_warnings(caught: list) -> None:
+    """Results warnings as one stderr line each (not Python's file:line format)."""
+    for w in caught:
+        if issubclass(w.category, ResultsWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)

@@ -1,0 +1,311 @@
+"""`cfh report`: results.parquet/csv, tables, plots, report.md and a self-contained report.html.
+
+The report is a list of blocks (heading, paragraph, table, image, code) rendered twice, as
+markdown (images linked) and as HTML (images embedded as base64), so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from model.io import atomic_write_bytes, atomic_write_text, now_iso
+from reports import plots
+from reports.results import EVAL_KEY_COLUMNS, Results, ResultsWarning, scan, set_size_cache
+from reports.tables import Table, all_tables, final_evals, pooled_std, seed_summary, varying
+
+PLOT_CAPTIONS = {
+    "fid_vs_s_eval": "FID vs S_eval, one line per training setting (band: sd over seeds).",
+    "heatmap_s_train_s_eval": "Mean FID per training setting and S_eval.",
+    "training_curves": "Training loss and FID vs training step.",
+    "throughput_vs_params": "Training and sampling throughput vs parameter count.",
+    "fid_vs_cost": "FID vs sampling cost, with the Pareto front (black).",
+    "samples": "Sample grids per run (first seed of each setting), one column per S_eval.",
+}
+MAX_LISTED_RUNS = 50
+
+
+@dataclass
+class Block:
+    """One piece of the report: kind is h1 | h2 | p | table | frame | image | code."""
+
+    kind: str
+    content: Any
+    caption: str = ""
+
+
+def report_dir(root: str | os.PathLike, grid: str | None) -> Path:
+    """Where `cfh report` writes: <root>/grids/<GRID>/report, or <root>/report for all runs."""
+    root = Path(root)
+    return root / "grids" / grid / "report" if grid else root / "report"
+
+
+def write_report(
+    root: str | os.PathLike, grid: str | None = None, out: str | os.PathLike | None = None
+) -> Path:
+    """Load the grid's results and write every report file; return the report.html path."""
+    set_size_cache(Path(root) / ".cache" / "reports" / "model_sizes.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultsWarning)
+        results = scan(root, grid)
+    notes = [str(w.message) for w in caught if issubclass(w.category, ResultsWarning)]
+    path = build_report(results, Path(out) if out else report_dir(root, grid), notes)
+    for note in notes:  # in the report and, for the caller, as the warning it was
+        warnings.warn(note, ResultsWarning, stacklevel=2)
+    return path
+
+
+def build_report(results: Results, out: Path, notes: list[str] | tuple = ()) -> Path:
+    """Write results files, tables, plots, report.md and report.html into `out`."""
+    df = results.table
+    out.mkdir(parents=True, exist_ok=True)
+    write_table_files(df, out)
+    tables = all_tables(df)
+    for t in tables:
+        atomic_write_text(out / "tables" / f"{t.name}.md", t.to_markdown())
+        atomic_write_text(out / "tables" / f"{t.name}.tex", t.to_latex())
+    images = plots.all_plots(df, results.curves, out / "plots")
+    blocks = report_blocks(results, tables, images, list(notes))
+    atomic_write_text(out / "report.md", to_markdown(blocks, out))
+    atomic_write_text(out / "report.html", to_html(blocks, results.grid))
+    return out / "report.html"
+
+
+def write_table_files(df: pd.DataFrame, out: Path) -> None:
+    """results.parquet and results.csv, written atomically."""
+    buf = io.BytesIO()
+    parquet_safe(df).to_parquet(buf, index=False)
+    atomic_write_bytes(out / "results.parquet", buf.getvalue())
+    atomic_write_text(out / "results.csv", df.to_csv(index=False))
+
+
+def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding mixed types (an axis with ints and strings) as strings."""
+    out = df.copy()
+    for col in out.select_dtypes(include=object, exclude="str").columns:
+        kind = pd.api.types.infer_dtype(out[col], skipna=True)
+        if kind not in ("string", "empty", "boolean", "integer", "floating"):
+            out[col] = out[col].map(str, na_action="ignore")
+    return out
+
+
+# ---- content ----
+
+
+def report_blocks(
+    results: Results, tables: list[Table], images: dict[str, Path], notes: list[str]
+) -> list[Block]:
+    """The report's sections in order."""
+    df = results.table
+    title = f"cfh report: grid {results.grid}" if results.grid else "cfh report: all runs"
+    blocks = [
+        Block("h1", title),
+        Block("p", f"Generated {now_iso()} from {results.root}."),
+        *[Block("p", f"Warning: {n}") for n in notes],
+        Block("h2", "Grid definition"),
+        *grid_blocks(results),
+        Block("h2", "Run states"),
+        *state_blocks(df),
+        Block("h2", "Winner per S_eval"),
+        *winner_blocks(df),
+        Block("h2", "Tables"),
+    ]
+    if not tables:
+        blocks.append(Block("p", "No FID results yet: no tables."))
+    blocks += [Block("table", t) for t in tables]
+    blocks.append(Block("h2", "Plots"))
+    if not images:
+        blocks.append(Block("p", "No results to plot yet."))
+    blocks += [Block("image", path, PLOT_CAPTIONS.get(name, name)) for name, path in images.items()]
+    blocks += [
+        Block("h2", "Files"),
+        Block(
+            "p",
+            "results.parquet and results.csv (one row per run x eval settings x checkpoint), "
+            "tables/*.md and tables/*.tex, plots/*.png and plots/*.svg.",
+        ),
+    ]
+    return blocks
+
+
+def grid_blocks(results: Results) -> list[Block]:
+    """What the grid varies: its plan (without the point list) and the observed axes."""
+    df = results.table
+    train = df[df["kind"] == "train"]
+    n_runs = train["signature"].nunique()
+    blocks = [Block("p", f"{n_runs} train points; {int(df['fid'].notna().sum())} FID results.")]
+    definition = {k: v for k, v in results.plan.items() if k not in ("points", "train_points")}
+    if definition:
+        blocks.append(Block("code", yaml.safe_dump(definition, sort_keys=False, width=100)))
+    axes = varying(train, ["s_train", "model", "dataset", "train_order", "ar_weighting",
+                           "noise_weighting", "seed", *[c for c in df if "." in c]])  # fmt: skip
+    scored = df[df["fid"].notna()]  # rows of runs without evals have no eval settings
+    axes += [c for c in varying(scored, EVAL_KEY_COLUMNS) if c not in axes]
+    if axes:
+        values = {c: ", ".join(_fmt(v) for v in _unique_sorted(df[c].dropna())) for c in axes}
+        blocks.append(
+            Block("frame", pd.DataFrame({"axis": values.keys(), "values": values.values()}))
+        )
+    return blocks
+
+
+def state_blocks(df: pd.DataFrame) -> list[Block]:
+    """Counts of runs per state and the runs that need attention (with error and log)."""
+    runs = df.drop_duplicates(["kind", "signature"])
+    counts = runs.groupby(["kind", "state"]).size().rename("runs").reset_index()
+    blocks = [Block("frame", counts)]
+    bad = runs[(runs["state"] != "completed") | (runs["problems"] != "")]
+    if not bad.empty:
+        cols = ["signature", "setting", "seed", "state", "progress_step", "total_steps",
+                "error", "problems", "log"]  # fmt: skip
+        listed = bad[[c for c in cols if c in bad]].head(MAX_LISTED_RUNS)
+        more = len(bad) - len(listed)
+        blocks += [
+            Block("p", "Runs that are not completed or have unreadable files:"),
+            Block("frame", listed.fillna("")),
+        ]
+        if more > 0:
+            blocks.append(Block("p", f"... and {more} more (see results.csv)."))
+    return blocks
+
+
+def winners(df: pd.DataFrame) -> pd.DataFrame:
+    """Per eval setting: best training setting by mean FID, runner-up, margin, and whether
+    the margin exceeds seed noise (the pooled seed std of the two)."""
+    summary = seed_summary(final_evals(df))
+    if summary.empty:
+        return summary
+    ranked = summary.sort_values(["eval_key", "mean"])
+    g = ranked.groupby("eval_key", sort=False)
+    first = g.nth(0).set_index("eval_key")
+    second = g.nth(1).set_index("eval_key")[["setting", "mean", "std", "n"]]
+    both = first.join(second.add_suffix("_2"), how="left")
+    both["margin"] = both["mean_2"] - both["mean"]
+    both["pooled_std"] = pooled_std(both["std"], both["n"], both["std_2"], both["n_2"])
+    both["verdict"] = np.select(
+        [both["mean_2"].isna(), both["pooled_std"].isna(), both["margin"] > both["pooled_std"]],
+        ["only one setting", "single seed: noise unknown", "yes: margin > pooled seed std"],
+        default="no: within seed noise",
+    )
+    return both.sort_values("s_eval").reset_index()
+
+
+def winner_blocks(df: pd.DataFrame) -> list[Block]:
+    """The winners table, readable."""
+    w = winners(df)
+    if w.empty:
+        return [Block("p", "No FID results yet.")]
+    data = final_evals(df)
+    others = [c for c in varying(data, EVAL_KEY_COLUMNS) if c not in ("s_eval", "ckpt_step")]
+    view = pd.DataFrame(
+        {
+            "S_eval": w["s_eval"].map(_fmt),
+            **{c: w[c].map(_fmt) for c in others},
+            "winner": w["setting"],
+            "FID": _pm(w["mean"], w["std"], w["n"]),
+            "runner-up": w["setting_2"].fillna("-"),
+            "runner-up FID": _pm(w["mean_2"], w["std_2"], w["n_2"]),
+            "margin": w["margin"].map(_num),
+            "pooled seed std": w["pooled_std"].map(_num),
+            "exceeds seed noise": w["verdict"],
+        }
+    )
+    return [Block("frame", view)]
+
+
+def _pm(mean: pd.Series, std: pd.Series, n: pd.Series) -> pd.Series:
+    """'mean ± std (n=k)' text ('-' where there is no mean)."""
+    n = n.fillna(0).astype(int)
+    text = mean.map(_num) + (" ± " + std.map(_num)).where(std.notna() & (n > 1), "")
+    text = text + (" (n=" + n.astype(str) + ")").where(n > 0, "")
+    return text.where(mean.notna(), "-")
+
+
+def _num(v: Any) -> str:
+    """Two decimals, '-' for NaN."""
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.2f}"
+
+
+def _fmt(v: Any) -> str:
+    """Compact value text."""
+    if isinstance(v, float | np.floating):
+        return "-" if np.isnan(v) else f"{v:g}"
+    return str(v)
+
+
+def _unique_sorted(values: pd.Series) -> list:
+    """Distinct values, sorted when comparable (categoricals in their own order)."""
+    uniq = values.unique()
+    try:
+        return sorted(uniq)
+    except TypeError:
+        return list(uniq)
+
+
+# ---- rendering ----
+
+
+def to_markdown(blocks: list[Block], out: Path) -> str:
+    """report.md: tables inline, images linked relative to the report folder."""
+    parts = []
+    for b in blocks:
+        if b.kind == "h1":
+            parts.append(f"# {b.content}")
+        elif b.kind == "h2":
+            parts.append(f"## {b.content}")
+        elif b.kind == "p":
+            parts.append(str(b.content))
+        elif b.kind == "code":
+            parts.append(f"```yaml\n{b.content.rstrip()}\n```")
+        elif b.kind == "table":
+            parts.append(b.content.to_markdown())
+        elif b.kind == "frame":
+            parts.append(b.content.to_markdown(index=False, disable_numparse=True))
+        elif b.kind == "image":
+            rel = Path(b.content).relative_to(out).as_posix()
+            parts.append(f"![{b.caption}]({rel})\n\n*{b.caption}* ([SVG]({rel[:-4]}.svg))")
+    return "\n\n".join(parts) + "\n"
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+caption { caption-side: top; font-weight: 600; text-align: left; padding-bottom: 0.3em; }
+img { max-width: 100%; } figure { margin: 1.5em 0; } pre { background: #f5f5f5; padding: 1em; }
+"""
+
+
+def to_html(blocks: list[Block], grid: str | None) -> str:
+    """report.html: one self-contained file, images embedded as base64 PNG."""
+    body = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "p"):
+            body.append(f"<{b.kind}>{html.escape(str(b.content))}</{b.kind}>")
+        elif b.kind == "code":
+            body.append(f"<pre>{html.escape(b.content)}</pre>")
+        elif b.kind == "table":
+            body.append(b.content.to_html())
+        elif b.kind == "frame":
+            body.append(b.content.to_html(index=False, na_rep="-", border=0))
+        elif b.kind == "image":
+            data = base64.b64encode(Path(b.content).read_bytes()).decode("ascii")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.caption)}">'
+                f"<figcaption>{html.escape(b.caption)}</figcaption></figure>"
+            )
+    title = html.escape(f"cfh report {grid or 'all runs'}")
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

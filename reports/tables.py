@@ -1,0 +1,401 @@
+"""Paper-shaped tables (mean +- std over seeds, best value per column marked): markdown, LaTeX.
+
+Every table averages over seeds only: any other training or evaluation setting that varies in
+the data becomes an extra row or column level, so that different settings are never mixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports.results import EVAL_KEY_COLUMNS, TRAIN_KEY_COLUMNS
+
+# Column -> (plain/markdown label, LaTeX label).
+LABELS = {
+    "s_train": ("S_train", r"$S_\mathrm{train}$"),
+    "s_eval": ("S_eval", r"$S_\mathrm{eval}$"),
+    "decay": ("decay", "decay"),
+    "train_order": ("token order", "token order"),
+    "eval_order": ("sampling order", "sampling order"),
+    "ar_weighting": ("AR weighting", "AR weighting"),
+    "noise_weighting": ("noise weighting", "noise weighting"),
+    "model": ("model", "model"),
+    "dataset": ("dataset", "dataset"),
+    "cfg": ("CFG", "CFG"),
+    "sampler_steps": ("sampler steps", "sampler steps"),
+    "num_samples": ("samples", "samples"),
+    "train_steps": ("train steps", "train steps"),
+    "batch_size": ("batch", "batch"),
+    "sampler": ("sampler", "sampler"),
+    "extractor": ("extractor", "extractor"),
+    "task": ("task", "task"),
+    "cfg_interval": ("CFG interval", "CFG interval"),
+    "attention": ("attention", "attention"),
+    "precision": ("precision", "precision"),
+    "impl": ("implementation", "implementation"),
+}
+# Metric -> which direction is better.
+BETTER = {
+    "fid": "min",
+    "kid": "min",
+    "precision": "max",
+    "recall": "max",
+    "class_acc": "max",
+    "train_img_per_s": "max",
+    "sample_img_per_s": "max",
+    "mfu": "max",
+    "peak_mem_mb": "min",
+}
+
+
+@dataclass
+class Table:
+    """Aligned mean/std/count frames of one table, with the better direction of each column."""
+
+    name: str
+    title: str
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    count: pd.DataFrame
+    better: dict = field(default_factory=dict)  # column -> "min" | "max" | None
+    decimals: dict = field(default_factory=dict)  # column -> digits (default 2)
+    exact: tuple = ()  # columns that do not vary over seeds (params, FLOPs): no "± 0"
+    note: str = ""
+
+    def best_mask(self) -> pd.DataFrame:
+        """True where a cell holds its column's best mean (ties all marked)."""
+        mask = pd.DataFrame(False, index=self.mean.index, columns=self.mean.columns)
+        for col in self.mean.columns:
+            way = self.better.get(col)
+            values = self.mean[col]
+            if way not in ("min", "max") or values.notna().sum() < 2:
+                continue  # nothing to compare against
+            best = values.min() if way == "min" else values.max()
+            mask[col] = np.isclose(values, best, rtol=0, atol=1e-12) & values.notna()
+        return mask
+
+    def cells(self, pm: str = " ± ") -> pd.DataFrame:
+        """'mean ± std' strings (mean alone for one seed, '' for no data)."""
+        out = pd.DataFrame("", index=self.mean.index, columns=self.mean.columns, dtype=object)
+        for col in self.mean.columns:
+            d = self.decimals.get(col, 2)
+            m, s, n = self.mean[col], self.std[col], self.count[col]
+            text = m.map(lambda v, d=d: f"{v:,.{d}f}", na_action="ignore")
+            spread = s.map(lambda v, d=d: f"{pm}{v:,.{d}f}", na_action="ignore")
+            show = (n > 1) & s.notna() & (col not in self.exact)
+            text = text + spread.where(show, "")
+            out[col] = text.fillna("")
+        return out
+
+    def seeds_note(self) -> str:
+        """How many seeds each cell averages."""
+        n = self.count.to_numpy(dtype=float)
+        n = n[np.isfinite(n) & (n > 0)]
+        if n.size == 0:
+            return "no data"
+        lo, hi = int(n.min()), int(n.max())
+        if hi == 1:
+            return "single seed per cell (no std)"
+        seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        return f"mean ± std over {seeds} seeds"
+
+    def _frame(self, fmt: str) -> pd.DataFrame:
+        """Cell strings with labelled rows and columns for `fmt` (markdown | latex | html)."""
+        cells = self.cells(" $\\pm$ " if fmt == "latex" else " ± ")
+        cells.columns = _labels(self.mean.columns, fmt)
+        cells.index = cells.index.set_names([_name(n, fmt) for n in cells.index.names])
+        return cells
+
+    def to_markdown(self) -> str:
+        """A GitHub markdown table; the best of each column in bold."""
+        cells = self._frame("markdown")
+        bold = self.best_mask().to_numpy()
+        cells = cells.mask(bold & (cells != ""), "**" + cells + "**")
+        body = cells.reset_index().to_markdown(index=False, disable_numparse=True)
+        return f"**{self.title}** ({self.note or self.seeds_note()})\n\n{body}\n"
+
+    def to_latex(self) -> str:
+        """A booktabs LaTeX table; the best of each column in \\textbf."""
+        cells = self._frame("latex")
+        bold = self.best_mask().to_numpy()
+        styler = cells.style.apply(
+            lambda _: np.where(bold, "textbf:--rwrap;", ""), axis=None
+        ).format_index(escape="latex", axis=0)
+        caption = f"{self.title} ({self.note or self.seeds_note()})"
+        return styler.to_latex(
+            hrules=True,
+            caption=caption.replace("±", "$\\pm$").replace("_", "\\_"),
+            label=f"tab:{self.name}",
+            position_float="centering",
+            multirow_align="t",
+        )
+
+    def to_html(self) -> str:
+        """An HTML table (for the self-contained report); the best of each column in bold."""
+        cells = self._frame("html")
+        bold = self.best_mask().to_numpy()
+        styler = cells.style.apply(lambda _: np.where(bold, "font-weight: bold", ""), axis=None)
+        return styler.set_caption(f"{self.title} ({self.note or self.seeds_note()})").to_html()
+
+
+def _name(col: Any, fmt: str) -> str:
+    """Display name of a column or index level."""
+    plain, latex = LABELS.get(col, (str(col), str(col).replace("_", "\\_")))
+    return latex if fmt == "latex" else plain
+
+
+def _labels(columns: pd.Index, fmt: str) -> list[str]:
+    """Flat column labels: 'S_eval=1', 'S_eval=1, CFG=1.5', or a metric's own label."""
+    names = columns.names
+    out = []
+    for key in columns:
+        key = key if isinstance(key, tuple) else (key,)
+        if names == [None]:
+            out.append(str(key[0]))
+            continue
+        out.append(
+            ", ".join(f"{_name(n, fmt)}={_value(v)}" for n, v in zip(names, key, strict=True))
+        )
+    return out
+
+
+def _value(v: Any) -> str:
+    """Compact text of a level value."""
+    return f"{v:g}" if isinstance(v, float | np.floating) else str(v)
+
+
+# ---- selecting and pivoting ----
+
+
+def final_evals(df: pd.DataFrame) -> pd.DataFrame:
+    """Train rows with a FID at the run's final checkpoint (its last train step, else its last
+    evaluated checkpoint), so that tables never mix checkpoints."""
+    rows = df[(df["kind"] == "train") & df["fid"].notna()]
+    if rows.empty:
+        return rows
+    last_eval = rows.groupby("signature")["ckpt_step"].transform("max")
+    final = rows["train_steps"].where(rows["train_steps"].isin(rows["ckpt_step"]), last_eval)
+    return rows[(rows["ckpt_step"] == final) | rows["ckpt_step"].isna()]
+
+
+def varying(df: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> list[str]:
+    """The columns among `columns` that take more than one value in `df`."""
+    return [c for c in columns if c in df and df[c].astype(object).nunique(dropna=False) > 1]
+
+
+def train_columns(df: pd.DataFrame) -> list[str]:
+    """Setting columns of training: the key columns plus any extra grid axis (dotted names)."""
+    return [*TRAIN_KEY_COLUMNS, *[c for c in df.columns if "." in c]]
+
+
+def pivot(
+    df: pd.DataFrame,
+    index: list[str],
+    *,
+    name: str,
+    title: str,
+    value: str = "fid",
+    columns: tuple[str, ...] = ("s_eval",),
+    derived_from: tuple[str, ...] = (),
+) -> Table:
+    """value's mean/std/count over seeds, rows = index (+ other varying train settings),
+    columns = `columns` (+ other varying eval settings)."""
+    skip = {*index, *columns, *derived_from, "ckpt_step"}
+    rows = index + [c for c in varying(df, train_columns(df)) if c not in skip]
+    cols = list(columns) + [c for c in varying(df, EVAL_KEY_COLUMNS) if c not in skip]
+    data = df.copy()
+    for c in rows + cols:  # pivot_table drops NaN keys: name them instead
+        if data[c].isna().any() and not isinstance(data[c].dtype, pd.CategoricalDtype):
+            data[c] = data[c].astype(object).where(data[c].notna(), "-")
+    stats = data.groupby(rows + cols, observed=True)[value].agg(["mean", "std", "count"])
+    wide = stats.unstack(cols)  # a pivot that keeps an all-NaN std (every cell a single seed)
+    mean, std, count = wide["mean"], wide["std"], wide["count"].fillna(0)
+    better = dict.fromkeys(mean.columns, BETTER.get(value))
+    return Table(name=name, title=title, mean=mean, std=std, count=count, better=better)
+
+
+def table_s_train(df: pd.DataFrame) -> Table | None:
+    """Table 2: FID for each S_train (rows) at each S_eval (columns)."""
+    data = final_evals(df)
+    if data.empty:
+        return None
+    return pivot(
+        data,
+        ["s_train"],
+        name="table2_s_train",
+        title="FID by S_train (rows) and S_eval (columns), as paper Table 2",
+        derived_from=("ar_mode", "ar_steps", "ar_decay"),
+    )
+
+
+def table_decay(df: pd.DataFrame) -> Table | None:
+    """Table 3a: FID for each AR-step decay (uniform = decay 1) at each S_eval."""
+    data = final_evals(df)
+    data = data[data["ar_mode"].isin(["decay", "uniform"])].copy()
+    data["decay"] = data["ar_decay"].where(data["ar_mode"] == "decay", 1.0)
+    if data["decay"].nunique() < 2:
+        return None
+    data = data.sort_values("decay", ascending=False)
+    data["decay"] = pd.Categorical(
+        data["decay"], categories=sorted(data["decay"].unique(), reverse=True), ordered=True
+    )
+    return pivot(
+        data,
+        ["decay"],
+        name="table3a_decay",
+        title="FID by AR-step decay (1 = uniform) and S_eval, as paper Table 3a",
+        derived_from=("s_train", "ar_mode", "ar_steps", "ar_decay"),
+    )
+
+
+def table_order(df: pd.DataFrame) -> Table | None:
+    """Table 3b: FID for each training token order at each S_eval."""
+    data = final_evals(df)
+    if data["train_order"].nunique() < 2:
+        return None
+    return pivot(
+        data,
+        ["train_order"],
+        name="table3b_order",
+        title="FID by token order and S_eval, as paper Table 3b",
+    )
+
+
+def table_weighting(df: pd.DataFrame) -> Table | None:
+    """Table 3c: FID for each AR weighting max->min (and noise weighting) at each S_eval."""
+    data = final_evals(df)
+    index = varying(data, ["ar_weighting", "noise_weighting"])
+    if not index:
+        return None
+    return pivot(
+        data,
+        index,
+        name="table3c_weighting",
+        title="FID by loss weighting (AR max->min, noise axis) and S_eval, as paper Table 3c",
+        derived_from=("ar_weight_max", "ar_weight_min", "ar_weight_schedule"),
+    )
+
+
+def table_model_size(df: pd.DataFrame) -> Table | None:
+    """Model size x (params, GFLOPs/img, FID per S_eval, train img/s, sample img/s)."""
+    data = final_evals(df)
+    if data["model"].nunique() < 2:
+        return None
+    index = ["model", *[c for c in varying(data, train_columns(data)) if c != "model"]]
+    evals = [
+        "s_eval",
+        *[c for c in varying(data, EVAL_KEY_COLUMNS) if c not in ("s_eval", "ckpt_step")],
+    ]
+    fid = data.pivot_table(values="fid", index=[*index, "signature"], columns=evals, observed=True)
+    fid.columns = ["FID " + label for label in _labels(fid.columns, "plain")]
+    per_run = data.groupby("signature").agg(
+        **{
+            "params (M)": ("params", "first"),
+            "train GFLOPs/img": ("flops", "first"),
+            "train img/s": ("train_img_per_s", "first"),
+            "sample img/s": ("sample_img_per_s", "median"),
+        }
+    )
+    per_run[["params (M)", "train GFLOPs/img"]] /= [1e6, 1e9]
+    runs = fid.join(per_run, on="signature")
+    runs = runs[["params (M)", "train GFLOPs/img", *fid.columns, "train img/s", "sample img/s"]]
+    stats = runs.groupby(level=index, observed=True).agg(["mean", "std", "count"])
+    order = stats[("params (M)", "mean")].sort_values(kind="stable").index  # small to large
+    parts = {k: stats.xs(k, axis=1, level=1).reindex(order) for k in ("mean", "std", "count")}
+    better = {**dict.fromkeys(fid.columns, "min"), "train img/s": "max", "sample img/s": "max"}
+    decimals = {"train GFLOPs/img": 3, "train img/s": 1, "sample img/s": 1}
+    return Table(
+        name="model_size",
+        title="Model size: parameters, training FLOPs, FID and throughput",
+        better=better,
+        decimals=decimals,
+        exact=("params (M)", "train GFLOPs/img"),
+        **parts,
+    )
+
+
+BENCH_METRICS = {
+    "train_img_per_s": "train img/s",
+    "train_tokens_per_s": "train tokens/s",
+    "mfu": "MFU",
+    "peak_mem_mb": "peak MB",
+}
+
+
+def table_bench(df: pd.DataFrame) -> Table | None:
+    """Bench rows (`cfh bench`): training and sampling throughput per size and backend."""
+    bench = df[(df["kind"] == "bench") & (df["state"] == "completed")].copy()
+    if bench.empty:
+        return None
+    index = [c for c in ("model", "attention", "precision", "impl") if c in bench]
+    for c in index:
+        bench[c] = bench[c].astype(object).where(bench[c].notna(), "-")
+    present = [c for c in BENCH_METRICS if c in bench]
+    long = bench.melt(id_vars=index, value_vars=present, var_name="column").dropna(subset="value")
+    long["column"] = long["column"].map(BENCH_METRICS)
+    if "sample_img_per_s" in bench:
+        kv = bench.get("kv_cache", pd.Series(index=bench.index, dtype=object))
+        kv = kv.map({True: " KV", False: " no KV"}, na_action="ignore").fillna("")
+        sample = bench[index].assign(
+            column="sample img/s S=" + bench["s_eval"].map(_value, na_action="ignore") + kv,
+            value=bench["sample_img_per_s"],
+        )
+        long = pd.concat([long, sample.dropna(subset=["value"])], ignore_index=True)
+    if long.empty:
+        return None
+    columns = list(dict.fromkeys(long["column"]))  # first-seen order: train, then sampling
+    stats = long.groupby([*index, "column"])["value"].agg(["mean", "std", "count"])
+    wide = stats.unstack("column")
+    parts = {k: wide[k].reindex(columns=columns) for k in ("mean", "std", "count")}
+    better = {c: ("min" if c == "peak MB" else "max") for c in columns}
+    decimals = {c: (3 if c == "MFU" else 1) for c in columns}
+    return Table(
+        name="bench",
+        title="Throughput (cfh bench)",
+        better=better,
+        decimals=decimals,
+        **parts,
+    )
+
+
+def all_tables(df: pd.DataFrame) -> list[Table]:
+    """Every table the data supports, in report order."""
+    makers = (
+        table_s_train,
+        table_decay,
+        table_order,
+        table_weighting,
+        table_model_size,
+        table_bench,
+    )
+    return [t for t in (make(df) for make in makers) if t is not None]
+
+
+# ---- seed statistics shared by the report and `cfh check` ----
+
+
+def seed_summary(df: pd.DataFrame, value: str = "fid") -> pd.DataFrame:
+    """Mean, std and seed count of `value` per (train setting, eval setting), with readable
+    setting columns kept alongside the canonical keys."""
+    rows = df[(df["kind"] == "train") & df[value].notna()]
+    keep = [c for c in ("setting", "s_train", *EVAL_KEY_COLUMNS) if c in rows]
+    out = rows.groupby(["train_key", "eval_key"], observed=True, sort=False).agg(
+        mean=(value, "mean"),
+        std=(value, "std"),
+        n=(value, "count"),
+        **{c: (c, "first") for c in keep},
+    )
+    return out.reset_index()
+
+
+def pooled_std(std_a: Any, n_a: Any, std_b: Any, n_b: Any) -> Any:
+    """Pooled standard deviation of two groups; NaN when neither has two or more values."""
+    std_a, std_b = np.nan_to_num(std_a), np.nan_to_num(std_b)
+    dof_a, dof_b = np.maximum(np.asarray(n_a) - 1, 0), np.maximum(np.asarray(n_b) - 1, 0)
+    dof = dof_a + dof_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(dof > 0, np.sqrt((dof_a * std_a**2 + dof_b * std_b**2) / dof), np.nan)

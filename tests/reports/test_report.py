@@ -1,0 +1,53 @@
+"""report.md, self-contained report.html, results files and tables; `cfh report`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from harness.cli import main
+
+
+def test_report_folder_contents(report_root: Path):
+    out = report_root / "grids" / "rich" / "report"
+    df = pd.read_parquet(out / "results.parquet")
+    csv = pd.read_csv(out / "results.csv")
+    assert len(df) == len(csv) == 3 * 3 * 2 + 1 + 2 * 2 * 2  # smoke x 3 seeds, failed, model S
+    assert {"fid", "s_train", "s_eval", "state", "params"} <= set(df.columns)
+    assert (out / "tables" / "table2_s_train.md").read_text().count("**") >= 4
+    assert r"\textbf" in (out / "tables" / "table2_s_train.tex").read_text()
+    assert (out / "tables" / "model_size.md").exists()
+
+
+def test_report_markdown_sections(report_root: Path):
+    md = (report_root / "grids" / "rich" / "report" / "report.md").read_text()
+    for heading in ("## Grid definition", "## Run states", "## Winner per S_eval", "## Tables",
+                    "## Plots"):  # fmt: skip
+        assert heading in md
+    assert "RuntimeError: loss is NaN" in md  # the failed run, with its error
+    assert "![" in md and "plots/fid_vs_s_eval.png" in md
+    assert "exceeds seed noise" in md and "margin > pooled seed std" in md
+    assert "Warning: 1 of 12 runs" in md
+
+
+def test_report_html_is_self_contained(report_root: Path):
+    page = (report_root / "grids" / "rich" / "report" / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]{0,40})', page)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "font-weight: bold" in page and "<table" in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_cli_report_prints_the_html_path(smoke_root: Path, capsys):
+    assert main(["--root", str(smoke_root), "report", "smoke"]) == 0
+    captured = capsys.readouterr()
+    path = Path(captured.out.strip().splitlines()[-1])
+    assert path == smoke_root / "grids" / "smoke" / "report" / "report.html" and path.exists()
+    assert captured.err.startswith("warning: 1 of 7 runs")
+
+
+def test_cli_report_unknown_grid_exits_2(tmp_path: Path, capsys):
+    assert main(["--root", str(tmp_path), "report", "nope"]) == 2
+    assert "no grid 'nope'" in capsys.readouterr().err

@@ -1,0 +1,184 @@
+"""load_results: tidy rows, derived columns, and tolerance of broken run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from model.errors import UserError
+from reports import load_results
+from reports import synthetic as sy
+from reports.results import ResultsWarning, plan_points
+
+
+def _load(root, grid="smoke"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResultsWarning)
+        return load_results(root, grid)
+
+
+def test_one_row_per_run_eval_and_axis_columns(smoke_root: Path):
+    df = _load(smoke_root)
+    train = df[df["fid"].notna()]
+    assert len(train) == 6 * 2  # 6 completed runs x S_eval 1, 4
+    assert set(train["s_train"].astype(str)) == {"1", "4", "decay 0.9"}
+    assert list(df["s_train"].cat.categories) == ["1", "4", "64 (L)", "decay 0.9"]
+    assert set(train["s_eval"]) == {1, 4}
+    assert set(train["seed"]) == {0, 1}
+    for col in ("model", "dataset", "ar_mode", "ar_steps", "ar_decay", "train_order",
+                "ar_weight_max", "ar_weight_min", "ar_weight_schedule", "noise_weighting",
+                "eval_order", "cfg", "sampler_steps", "num_samples", "extractor", "kid",
+                "precision", "recall", "class_acc", "sample_img_per_s", "mfu", "peak_mem_mb",
+                "wall_hours", "state", "params", "flops", "ckpt_step"):  # fmt: skip
+        assert col in df, col
+    assert (train["model"] == "T").all() and (train["dataset"] == "digits").all()
+    assert (train["tokens"] == 64).all()
+
+
+def test_training_stats_skip_warmup_and_sum_wall_time(smoke_root: Path):
+    df = _load(smoke_root)
+    row = df[df["fid"].notna()].iloc[0]
+    speed = 2e8 / sy.SIZES["T"]  # synthetic steady speed; the first window runs at 0.4x
+    assert row["train_img_per_s"] == pytest.approx(speed, rel=0.05)
+    assert row["wall_hours"] == pytest.approx(300 * 64 / speed / 3600, rel=0.01)
+    assert 0 < row["final_loss"] < 0.5
+
+
+def test_params_and_flops_from_model_network(smoke_root: Path):
+    pytest.importorskip("model.network")
+    df = _load(smoke_root)
+    assert df["params"].notna().all() and (df["params"] > 1e5).all()
+    flops = df.groupby("s_train", observed=True)["flops"].first()
+    # a longer mean training sequence (S_train = 4: C + 2L - L/4) costs more than S_train = 1
+    assert flops["4"] > flops["1"] > 0
+
+
+def test_sampling_cost_is_nfe_times_group_tokens(smoke_root: Path):
+    df = _load(smoke_root)
+    row = df[(df["s_eval"] == 4)].iloc[0]
+    assert row["nfe"] == 4 * 100
+    assert row["sample_cost"] == 4 * 100 * 64 / 4
+
+
+def test_failed_corrupt_and_missing_runs_are_rows_with_one_warning(smoke_root: Path):
+    runs = sorted((smoke_root / "runs").iterdir())
+    ok = [r for r in runs if json.loads((r / "status.json").read_text())["state"] == "completed"]
+    evals = sorted((ok[0] / "eval").glob("*.json"))
+    evals[0].write_text('{"settings": {"s_eval": 1}, "metr')  # torn eval file
+    (ok[1] / "config.yaml").write_text("model: [unclosed\n")
+    (ok[2] / "status.json").write_text("{not json")
+    (ok[3] / "metrics.jsonl").unlink()
+    with (ok[4] / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 999, "loss": 0.1')  # torn last line
+    plan_path = smoke_root / "grids" / "smoke" / "plan.json"
+    plan = json.loads(plan_path.read_text())
+    plan["points"].append({"signature": "notstarted01", "axes": {"train.ar.steps": 8}})
+    plan_path.write_text(json.dumps(plan))
+    with pytest.warns(ResultsWarning) as rec:
+        df = load_results(smoke_root, "smoke")
+    assert len(rec) == 1
+    message = str(rec[0].message)
+    assert "1 failed" in message and "1 missing" in message and "with unreadable files" in message
+    states = df.drop_duplicates("signature").set_index("signature")["state"]
+    assert states["notstarted01"] == "missing"
+    assert states[ok[2].name] == "unknown"
+    assert (states == "failed").sum() == 1
+    by_run = df.groupby("signature")
+    assert by_run.size()[ok[0].name] == 1  # the torn eval dropped, the good one kept
+    assert "corrupt" in df.loc[df["signature"] == ok[0].name, "problems"].iloc[0]
+    assert "config.yaml" in df.loc[df["signature"] == ok[1].name, "problems"].iloc[0]
+    assert math.isnan(df.loc[df["signature"] == ok[3].name, "train_img_per_s"].iloc[0])
+    assert "corrupt line" in df.loc[df["signature"] == ok[4].name, "problems"].iloc[0]
+    assert df.loc[df["signature"] == "notstarted01", "ar_steps"].iloc[0] == 8
+    failed = df[df["state"] == "failed"].iloc[0]
+    assert failed["error"] == "RuntimeError: loss is NaN at step 151"
+    assert math.isnan(failed["fid"])
+
+
+def test_empty_and_half_written_run_folders_never_crash(tmp_path: Path):
+    (tmp_path / "runs" / "empty0000001").mkdir(parents=True)
+    run = sy.write_run(tmp_path)
+    (run / "eval" / "junk.json").write_text("[1, 2, 3]")
+    (run / "eval" / ".x.json.tmp").write_text("{")  # an atomic write in flight: ignored
+    with pytest.warns(ResultsWarning):
+        df = load_results(tmp_path)
+    assert set(df["state"]) == {"unknown", "completed"}
+    assert df["fid"].notna().sum() == 2
+
+
+def test_no_runs_gives_an_empty_table(tmp_path: Path):
+    df = load_results(tmp_path)
+    assert df.empty and "fid" in df
+
+
+def test_grid_names_are_checked(tmp_path: Path):
+    with pytest.raises(UserError, match="no grid 'nope'"):
+        load_results(tmp_path, "nope")
+    with pytest.raises(UserError, match="not allowed"):
+        load_results(tmp_path, "../etc")
+
+
+def test_plan_points_ignore_unsafe_signatures():
+    plan = {"points": [{"signature": "../../x", "axes": {}}, {"signature": "ab12", "seed": 3}]}
+    assert plan_points(plan) == {"ab12": {"seed": 3}}
+    assert plan_points([{"sig": "cd34", "overrides": ["seed=1"]}]) == {"cd34": {"seed": "1"}}
+
+
+def test_bench_files_become_bench_rows(tmp_path: Path):
+    run = sy.write_run(tmp_path)
+    bench = {
+        "kind": "bench",
+        "created": "2025-01-01T00:00:00",
+        "grid": "g",
+        "machine": {"cpu": "test cpu", "cores": 2, "torch": "2.14.1", "peak_flops": 2.1e11},
+        "rows": [
+            {"measure": "train", "impl": "cfh", "model": "T", "attention": "sdpa",
+             "train_img_per_s": 250.0, "mfu": 0.6, "params": 8.5e5},
+            {"measure": "train", "impl": "reference", "model": "T", "attention": "sdpa",
+             "train_img_per_s": 195.0, "mfu": 0.45, "params": 8.5e5},
+            {"measure": "sample", "impl": "cfh", "model": "T", "s_eval": 16, "kv_cache": True,
+             "sample_img_per_s": 30.0},
+        ],
+    }  # fmt: skip
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "b1.json").write_text(json.dumps(bench))
+    (tmp_path / "bench" / "broken.json").write_text("{")
+    (run / "bench").mkdir()
+    (run / "bench" / "b2.json").write_text(json.dumps({**bench, "grid": None}))
+    sy.write_grid(tmp_path, "g", [run])
+    with pytest.warns(ResultsWarning, match="1 corrupt"):
+        everything = load_results(tmp_path)
+    bench_rows = everything[everything["kind"] == "bench"]
+    assert len(bench_rows) == 3 + 3 + 1
+    good = bench_rows[bench_rows["state"] == "completed"]
+    assert set(good["machine_cpu"]) == {"test cpu"}
+    ref = good[(good["impl"] == "reference")].iloc[0]
+    assert ref["train_img_per_s"] == 195.0 and ref["mfu"] == 0.45  # not overwritten by runs
+    grid = _load(tmp_path, "g")
+    assert (grid["kind"] == "bench").sum() == 6  # tagged root file + the run's own file
+
+
+def test_results_round_trip_through_parquet(smoke_root: Path, tmp_path: Path):
+    from reports.report import parquet_safe
+
+    df = _load(smoke_root)
+    path = tmp_path / "r.parquet"
+    parquet_safe(df).to_parquet(path)
+    back = pd.read_parquet(path)
+    assert len(back) == len(df) and back["fid"].sum() == pytest.approx(df["fid"].sum())
+
+
+def test_a_grid_shows_only_its_own_evals_of_a_shared_run(smoke_root: Path):
+    run = next(p for p in (smoke_root / "runs").iterdir() if (p / "eval").is_dir())
+    status = json.loads((run / "status.json").read_text())
+    other = {"settings": {"s_eval": 16, "ckpt_step": 300}, "metrics": {"fid": 99.0}}
+    (run / "eval" / "othergrid.json").write_text(json.dumps(other))
+    status["evals"]["kother"] = {"file": "eval/othergrid.json", "fid": 99.0}
+    (run / "status.json").write_text(json.dumps(status))
+    assert 99.0 not in set(_load(smoke_root)["fid"])  # grid smoke's plan lacks that key
+    assert 99.0 in set(_load(smoke_root, None)["fid"])  # all results show it

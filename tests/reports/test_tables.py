@@ -1,0 +1,199 @@
+"""Tables: values, mean ± std over seeds, best marks, and the paper's shapes on known inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports import tables
+from reports.report import winners
+from reports.results import EVAL_KEY_COLUMNS, _key, setting_labels
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """A results table from a few fields per row, other columns at the smoke defaults."""
+    base = {
+        "kind": "train", "state": "completed", "model": "T", "dataset": "digits",
+        "ar_mode": "fixed", "ar_steps": 1, "ar_decay": 0.9, "train_order": "random",
+        "ar_weighting": "1->1", "noise_weighting": "uniform", "train_steps": 300,
+        "batch_size": 64, "eval_order": "random", "cfg": 1.0, "cfg_interval": None,
+        "sampler": "ddpm", "sampler_steps": 100, "num_samples": 1000, "ckpt_step": 300,
+        "extractor": "classifier", "task": "generate", "seed": 0, "params": 8.5e5,
+        "flops": 6e8, "train_img_per_s": 250.0, "sample_img_per_s": 30.0,
+    }  # fmt: skip
+    df = pd.DataFrame([{**base, **r} for r in rows])
+    df["s_train"] = pd.Categorical(
+        np.where(
+            df["ar_mode"] == "fixed",
+            df["ar_steps"].astype(str),
+            "decay " + df["ar_decay"].astype(str),
+        ),
+    )
+    df["signature"] = df["s_train"].astype(str) + df["model"] + df["seed"].astype(str)
+    df["train_key"] = _key(df, tables.TRAIN_KEY_COLUMNS)
+    df["eval_key"] = _key(df, EVAL_KEY_COLUMNS)
+    df["setting"] = setting_labels(df)
+    return df
+
+
+def table2_input() -> pd.DataFrame:
+    """S_train 1 (two seeds) and 4 (two seeds, S_eval 4 has one seed) at S_eval 1 and 4."""
+    return frame(
+        [
+            {"ar_steps": 1, "seed": 0, "s_eval": 1, "fid": 10.0},
+            {"ar_steps": 1, "seed": 1, "s_eval": 1, "fid": 12.0},
+            {"ar_steps": 1, "seed": 0, "s_eval": 4, "fid": 300.0},
+            {"ar_steps": 1, "seed": 1, "s_eval": 4, "fid": 310.0},
+            {"ar_steps": 4, "seed": 0, "s_eval": 1, "fid": 40.0},
+            {"ar_steps": 4, "seed": 1, "s_eval": 1, "fid": 44.0},
+            {"ar_steps": 4, "seed": 0, "s_eval": 4, "fid": 18.0},
+        ]
+    )
+
+
+def test_table2_mean_std_and_best_marks():
+    t = tables.table_s_train(table2_input())
+    assert t.mean.loc["1", 1] == 11.0 and t.mean.loc["4", 4] == 18.0
+    assert t.std.loc["1", 1] == pytest.approx(np.sqrt(2.0))
+    assert t.count.loc["4", 4] == 1
+    md = t.to_markdown()
+    assert "**11.00 ± 1.41**" in md  # best at S_eval 1
+    assert "| 42.00 ± 2.83 " in md  # not best: no bold
+    assert "**18.00**" in md  # single seed: no ± and still marked best
+    assert "S_eval=1" in md and "S_train" in md
+    assert "mean ± std over 1-2 seeds" in md
+    tex = t.to_latex()
+    assert r"\textbf{11.00 $\pm$ 1.41}" in tex and r"\textbf{18.00}" in tex
+    assert r"\toprule" in tex and r"$S_\mathrm{eval}$=4" in tex
+    assert "305.00 $\\pm$ 7.07" in tex and "\\textbf{305" not in tex
+
+
+def test_ties_are_all_marked_and_one_row_is_never_marked():
+    t = tables.table_s_train(
+        frame([{"ar_steps": 1, "s_eval": 1, "fid": 5.0}, {"ar_steps": 2, "s_eval": 1, "fid": 5.0}])
+    )
+    assert t.best_mask().to_numpy().all()
+    single = tables.table_s_train(frame([{"ar_steps": 1, "s_eval": 1, "fid": 5.0}]))
+    assert not single.best_mask().to_numpy().any()
+    assert "**" not in single.to_markdown().split("\n", 2)[2]
+
+
+def test_other_varying_settings_become_levels_never_averaged():
+    df = table2_input()
+    df = pd.concat([df, df.assign(cfg=1.5, fid=df["fid"] - 1)], ignore_index=True)
+    df["eval_key"] = _key(df, EVAL_KEY_COLUMNS)
+    t = tables.table_s_train(df)
+    assert t.mean.columns.names == ["s_eval", "cfg"]
+    assert t.mean.loc["1", (1, 1.5)] == 10.0
+    assert "S_eval=1, CFG=1.5" in t.to_markdown()
+
+
+def test_only_the_final_checkpoint_enters_tables():
+    df = frame(
+        [
+            {"ar_steps": 1, "s_eval": 1, "fid": 10.0, "ckpt_step": 300},
+            {"ar_steps": 1, "s_eval": 1, "fid": 90.0, "ckpt_step": 100},
+        ]
+    )
+    t = tables.table_s_train(df)
+    assert t.mean.loc["1", 1] == 10.0
+
+
+def test_decay_table_orders_decay_descending_with_uniform_as_one():
+    df = frame(
+        [
+            {"ar_mode": "uniform", "s_eval": 1, "fid": 21.3},
+            {"ar_mode": "decay", "ar_decay": 0.9, "s_eval": 1, "fid": 12.9},
+            {"ar_mode": "decay", "ar_decay": 0.8, "s_eval": 1, "fid": 12.8},
+            {"ar_mode": "fixed", "ar_steps": 4, "s_eval": 1, "fid": 24.1},  # not in 3a
+        ]
+    )
+    t = tables.table_decay(df)
+    assert list(t.mean.index) == [1.0, 0.9, 0.8]
+    assert t.best_mask().loc[0.8].all()
+    assert tables.table_decay(frame([{"s_eval": 1, "fid": 1.0}])) is None
+
+
+def test_weighting_and_order_tables_appear_only_when_they_vary():
+    df = frame(
+        [
+            {"ar_weighting": "1->1", "s_eval": 1, "fid": 12.89},
+            {"ar_weighting": "2->1", "s_eval": 1, "fid": 12.13},
+            {"ar_weighting": "2->1", "noise_weighting": "min_snr", "s_eval": 1, "fid": 12.5},
+        ]
+    )
+    t = tables.table_weighting(df)
+    assert t.mean.index.names == ["ar_weighting", "noise_weighting"]
+    assert t.mean.loc[("2->1", "uniform"), 1] == 12.13
+    assert tables.table_order(df) is None
+    names = [x.name for x in tables.all_tables(df)]
+    assert names == ["table2_s_train", "table3c_weighting"]
+
+
+def test_model_size_table_columns_and_marks():
+    df = frame(
+        [
+            {"model": "T", "params": 8.5e5, "flops": 6e8, "seed": s, "s_eval": 1, "fid": f,
+             "train_img_per_s": 250.0}
+            for s, f in ((0, 20.0), (1, 22.0))
+        ]
+        + [
+            {"model": "S", "params": 2.1e7, "flops": 1.5e10, "seed": 0, "s_eval": 1, "fid": 15.0,
+             "train_img_per_s": 10.0, "sample_img_per_s": 5.0}
+        ]
+    )  # fmt: skip
+    t = tables.table_model_size(df)
+    assert list(t.mean.index) == ["T", "S"]  # by size
+    assert list(t.mean.columns) == [
+        "params (M)", "train GFLOPs/img", "FID S_eval=1", "train img/s", "sample img/s",
+    ]  # fmt: skip
+    md = t.to_markdown()
+    assert "0.85 " in md and "0.85 ±" not in md  # params never carry a seed std
+    assert "**15.00**" in md and "**250.0 ± 0.0**" in md and "**30.0 ± 0.0**" in md
+
+
+def test_bench_table_from_bench_rows():
+    rows = frame([{"s_eval": 1, "fid": 10.0}])
+    bench = pd.DataFrame(
+        [
+            {"kind": "bench", "state": "completed", "model": "T", "attention": "sdpa",
+             "precision": "fp32", "impl": "cfh", "train_img_per_s": 250.0, "mfu": 0.6},
+            {"kind": "bench", "state": "completed", "model": "T", "attention": "sdpa",
+             "precision": "fp32", "impl": "reference", "train_img_per_s": 195.0, "mfu": 0.45},
+            {"kind": "bench", "state": "completed", "model": "T", "attention": "sdpa",
+             "precision": "fp32", "impl": "cfh", "s_eval": 16, "kv_cache": True,
+             "sample_img_per_s": 30.0},
+        ]
+    )  # fmt: skip
+    t = tables.table_bench(pd.concat([rows, bench], ignore_index=True))
+    assert t.mean.loc[("T", "sdpa", "fp32", "cfh"), "train img/s"] == 250.0
+    assert "sample img/s S=16 KV" in t.mean.columns
+    assert "**250.0**" in t.to_markdown()
+
+
+def test_winners_margin_and_seed_noise():
+    w = winners(table2_input()).set_index("s_eval")
+    assert w.loc[1, "setting"] == "S_train=1" and w.loc[1, "margin"] == pytest.approx(31.0)
+    # pooled std of (10, 12) and (40, 44): sqrt((2 + 8) / 2)
+    assert w.loc[1, "pooled_std"] == pytest.approx(np.sqrt(5.0))
+    assert w.loc[1, "verdict"].startswith("yes")
+    close = frame(
+        [
+            {"ar_steps": 1, "seed": 0, "s_eval": 1, "fid": 10.0},
+            {"ar_steps": 1, "seed": 1, "s_eval": 1, "fid": 14.0},
+            {"ar_steps": 2, "seed": 0, "s_eval": 1, "fid": 12.5},
+            {"ar_steps": 2, "seed": 1, "s_eval": 1, "fid": 12.5},
+        ]
+    )
+    assert winners(close)["verdict"].iloc[0] == "no: within seed noise"
+    single = frame(
+        [{"ar_steps": 1, "s_eval": 1, "fid": 10.0}, {"ar_steps": 2, "s_eval": 1, "fid": 11.0}]
+    )
+    assert winners(single)["verdict"].iloc[0] == "single seed: noise unknown"
+
+
+def test_pooled_std():
+    assert tables.pooled_std(1.0, 2, 3.0, 2) == pytest.approx(np.sqrt(5.0))
+    assert np.isnan(tables.pooled_std(np.nan, 1, np.nan, 1))
+    assert tables.pooled_std(2.0, 3, np.nan, 1) == pytest.approx(2.0)
