@@ -268,6 +268,9 @@ def train(cfg: DictConfig) -> dict:
             f"{info.world}; use a multiple of {info.world}"
         )
     device = pick_device(cfg, info)
+    if device.type == "cpu" and os.environ.get("SLURM_CPUS_PER_TASK"):
+        # SLURM packs array tasks side by side: one thread per allotted CPU, not per core.
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     check_run_dir(cfg, run_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
