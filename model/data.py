@@ -182,7 +182,7 @@ class LatentDataset(Dataset):
         return len(self.latents)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.asarray(self.latents[i], dtype=np.float32))
+        x = torch.from_numpy(np.array(self.latents[i], dtype=np.float32))  # copy: memmap is r/o
         return x * self.scale, self.labels[i]
 
     def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

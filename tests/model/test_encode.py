@@ -1,0 +1,110 @@
+"""`cfh encode` with a tiny randomly initialised AutoencoderKL, read back as data=latents."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.data import build_dataset, reference_images
+from model.encode import decode_latents, encode_dataset
+from model.errors import UserError
+
+diffusers = pytest.importorskip("diffusers")
+
+DIGITS = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
+          "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip
+
+
+def write_image_folder(root, per_class=4):
+    """Three class folders of 20x14 RGB PNGs made from upscaled digits 0, 1, 2."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for c, name in enumerate(("ant", "bee", "cat")):
+        (root / name).mkdir(parents=True)
+        for j, img in enumerate(d.images[d.target == c][:per_class]):
+            gray = np.round(img * 255 / 16).astype(np.uint8)
+            rgb = np.stack([gray, 255 - gray, gray // 2], -1)
+            Image.fromarray(rgb).resize((20, 14), Image.NEAREST).save(root / name / f"{j}.png")
+    return root
+
+
+def folder_cfg(root, **kw):
+    return {**DIGITS, "name": "imagefolder", "root": str(root), "resolution": 12, "channels": 3,
+            "num_classes": 3, "flip": True, **kw}  # fmt: skip
+
+
+def tiny_vae(in_channels=3):
+    """A 2-level AutoencoderKL (downsamples by 2) with random weights: nothing is downloaded."""
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+    ).eval()
+
+
+def latents_cfg(root, **kw):
+    return {**DIGITS, "name": "latents", "root": str(root), "resolution": 6, "channels": 4,
+            "num_classes": 3, "latent_scale": 0.18215, "flip": False, **kw}  # fmt: skip
+
+
+def test_encode_imagefolder_and_read_back(tmp_path):
+    folder = write_image_folder(tmp_path / "train")
+    vae = tiny_vae()
+    out = encode_dataset(folder_cfg(folder), vae, tmp_path / "lat", batch_size=5)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["scale_factor"] == pytest.approx(0.18215) and meta["count"] == 12
+    assert (meta["channels"], meta["resolution"], meta["dtype"]) == (4, 6, "float16")
+    assert meta["source"]["flip"] is False and (out / "vae" / "config.json").is_file()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    ds = build_dataset(latents_cfg(out))
+    assert len(ds) == 12 and ds.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    src = build_dataset(folder_cfg(folder, flip=False))
+    x_img = torch.stack([src[i][0] for i in range(3)])
+    with torch.no_grad():
+        z = vae.encode(x_img).latent_dist.mode() * 0.18215
+    x_lat, _ = ds.get_batch(torch.arange(3))
+    assert x_lat.shape == (3, 4, 6, 6)
+    assert torch.allclose(x_lat, z, atol=2e-3 * float(z.abs().max()))  # float16 storage
+
+    with torch.no_grad():
+        expected = vae.decode(x_lat / 0.18215).sample.clamp(-1, 1)
+    decoded = decode_latents(x_lat, latents_cfg(out))  # reloads the saved copy of the VAE
+    assert decoded.shape == (3, 3, 12, 12) and torch.allclose(decoded, expected, atol=1e-5)
+
+    imgs, labels = reference_images(latents_cfg(out), "test")  # FID reference: source images
+    assert imgs.shape == (12, 12, 12, 3) and labels.tolist()[-1] == 2
+
+
+def test_encode_gray_digits_float32_from_folder_path(tmp_path):
+    vae_dir = tmp_path / "vae"
+    tiny_vae().save_pretrained(str(vae_dir))
+    out = encode_dataset(DIGITS, str(vae_dir), tmp_path / "lat", batch_size=500, dtype="float32")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["count"] == 1437 and meta["vae"]["path"] == str(vae_dir.resolve())
+    lat = np.load(out / "latents.npy", mmap_mode="r")
+    assert lat.dtype == np.float32 and lat.shape == (1437, 4, 4, 4)
+    cfg = latents_cfg(out, resolution=4, num_classes=10)
+    x, y = build_dataset(cfg)[0]
+    assert x.shape == (4, 4, 4) and y == build_dataset(DIGITS)[0][1]
+    assert decode_latents(x[None], cfg).shape == (1, 1, 8, 8)  # back to gray
+
+
+def test_encode_bad_input(tmp_path):
+    with pytest.raises(UserError, match="--vae '/nonexistent' is not a folder"):
+        encode_dataset(DIGITS, "/nonexistent", tmp_path / "x")
+    with pytest.raises(UserError, match=r"data='latents'"):
+        encode_dataset(latents_cfg(tmp_path), tiny_vae(), tmp_path / "x")
+    with pytest.raises(UserError, match=r"float16"):
+        encode_dataset(DIGITS, tiny_vae(), tmp_path / "x", dtype="int8")
