@@ -130,7 +130,9 @@ def test_classifier_metric_sanity_digits(cache):
     assert real["precision"] > 0.8 and noise["precision"] < 0.3
     assert real["extractor_weights_hash"] == noise["extractor_weights_hash"]
     assert real["kid"] < noise["kid"] and real["kid_subset_size"] == 100
-    shuffled = compute_metrics(test, ytest.roll(1), DIGITS, "classifier", cache_dir=cache)
+    shuffled = compute_metrics(  # numpy input, as read from samples.npz
+        test.numpy(), ytest.roll(1).numpy(), DIGITS, "classifier", cache_dir=cache
+    )
     assert shuffled["class_acc"] < 0.2 and shuffled["fid"] == pytest.approx(itself["fid"], abs=1e-3)
     assert len(list((cache / "fidelity").glob("cfh-digits8c1-test-n360-classifier-*"))) >= 1
 
