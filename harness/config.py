@@ -259,6 +259,8 @@ def validate_config(cfg: DictConfig | dict) -> None:
     _check_choice("eval.extractor", e.extractor, EXTRACTORS)
     _check_choice("eval.task", e.task, TASKS)
     _check_int("eval.kid_subset_size", e.kid_subset_size, 2)
+    if e.ref_num is not None:
+        _check_int("eval.ref_num", e.ref_num, 2)
     if e.weights_path is not None and not Path(str(e.weights_path)).is_file():
         raise UserError(f"eval.weights_path={e.weights_path!r}: no such file")
     _check_int("seed", cfg.seed, 0)

@@ -95,6 +95,7 @@ def eval_settings(cfg: DictConfig, ckpt_step: int, weights_hash: str | None = No
         "extractor": str(cfg.eval.extractor),
         "extractor_weights_hash": weights_hash,
         "split": str(cfg.eval.split),
+        "ref_num": cfg.eval.ref_num,
     }
 
 
@@ -222,6 +223,7 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
         split=str(cfg.eval.split),
         kid_subset_size=kid_subset,
         weights_path=cfg.eval.weights_path,
+        ref_max_n=cfg.eval.ref_num,
     )
     settings["extractor_weights_hash"] = metrics.get("extractor_weights_hash")
     record = {
