@@ -78,6 +78,7 @@ def _default_flat() -> dict[str, Any]:
     return flatten(resolve_overrides([]))
 
 
+@functools.cache
 def _is_result_key(key: str) -> bool:
     return not any(key == k or key.startswith(f"{k}.") for k in NON_RESULT_KEYS)
 

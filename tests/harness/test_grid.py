@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -10,18 +11,14 @@ import pytest
 from harness.grid import list_grids, load_grid
 from model.errors import UserError
 
-BASE = """
-base:
-  model: T
-  data: digits
-  train.steps: 10
-"""
+BASE = {"model": "T", "data": "digits", "train.steps": 10}
 
 
-def grid_file(tmp_path: Path, body: str, name: str = "g") -> Path:
-    """Write a grid file (BASE + body) and return its path."""
+def grid_file(tmp_path: Path, body: str, name: str = "g", **base) -> Path:
+    """Write a grid file (BASE, updated with `base`, then body) and return its path."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(BASE) + textwrap.dedent(body))
+    merged = {**BASE, **{k.replace("__", "."): v for k, v in base.items()}}
+    path.write_text(f"base: {json.dumps(merged)}\n" + textwrap.dedent(body))
     return path
 
 
@@ -103,8 +100,6 @@ def test_eval_axes_cross_every_run(tmp_path):
     path = grid_file(
         tmp_path,
         """
-        base:
-          sample.num: 50
         axes:
           train.ar.decay: [0.9, 0.8]
         eval:
@@ -115,6 +110,7 @@ def test_eval_axes_cross_every_run(tmp_path):
           exclude:
             - {sample.ar_steps: 4, sample.cfg: 1.5}
         """,
+        sample__num=50,
     )
     points = load_grid(str(path)).expand()
     assert len(points) == 2
@@ -138,20 +134,19 @@ def test_checkpoint_eval_points_keep_their_checkpoints(tmp_path):
     path = grid_file(
         tmp_path,
         """
-        base:
-          train.steps: 100
-          train.ckpt_every: 10
-          train.keep_checkpoints: 2
         eval:
           axes:
             sample.ckpt: [20, 50, latest]
         """,
+        train__steps=100,
+        train__ckpt_every=10,
+        train__keep_checkpoints=2,
     )
     (point,) = load_grid(str(path)).expand()
     assert len(point.evals) == 3
     assert point.config["train"]["keep_checkpoints"] == 9  # 20, 30, ..., 90, 100
     assert "train.keep_checkpoints=9" in point.overrides
-    bad = grid_file(tmp_path, "eval:\n  axes:\n    sample.ckpt: [15]\n", name="bad")
+    bad = grid_file(tmp_path, "eval:\n  axes:\n    sample.ckpt: [15]\n", "bad", train__steps=100)
     with pytest.raises(UserError, match=r"sample.ckpt=15.*multiple of train.ckpt_every=500"):
         load_grid(str(bad)).expand()
 
@@ -161,10 +156,10 @@ def test_duplicate_signatures_are_merged(tmp_path):
     path = grid_file(
         tmp_path,
         """
-        base: {train.ar.mode: uniform}
         axes:
           train.ar.steps: [1, 2]
         """,
+        train__ar__mode="uniform",
     )
     grid = load_grid(str(path))
     points = grid.expand()
@@ -231,12 +226,13 @@ def test_imagenet_grids_need_a_data_root(tmp_path):
             "resources:\n  cluster: slurm\n  gpus_per_node: 2\n",
             r"cluster.gpus_per_node=2: cluster profile 'slurm' is a CPU profile.*slurm_gpu",
         ),
-        ("base:\n  train.device: cuda\n", r"train.device=cuda: cluster profile 'local' is a CPU"),
+        ("resources: {nodes: 0}\n", r"cluster profile .local.*nodes=0 is not allowed"),
         ("axes:\n  run_dir: [a]\n", r"run_dir: the harness sets run_dir"),
         ("seeds: [a]\n", r"seeds: must be a non-empty list of integers"),
         ("axes: {seed: [1]}\nseeds: [0]\n", r"seeds: seed is also set"),
         ("axis:\n  seed: [1]\n", r"unknown key 'axis'; allowed: description, base, axes"),
         ("axes: [1, 2\n", r"does not parse"),
+        ("base: {seed: 1}\n", r"does not parse.*duplicate key 'base'"),
     ],
 )
 def test_validation_errors_name_file_and_key(tmp_path, body, pattern):
@@ -255,3 +251,9 @@ def test_grid_names_are_checked(tmp_path):
     bad.write_text("base: {}\n")
     with pytest.raises(UserError, match="may only use letters"):
         load_grid(str(bad))
+
+
+def test_cuda_on_a_cpu_profile_is_refused(tmp_path):
+    path = grid_file(tmp_path, "", train__device="cuda")
+    with pytest.raises(UserError, match="train.device=cuda: cluster profile 'local' is a CPU"):
+        load_grid(str(path)).expand()
