@@ -7,7 +7,8 @@ from __future__ import annotations
 # test session. Tests that use it carry @pytest.mark.slurm. Where it cannot start (not root, no
 # apt-get, the script fails) they skip with the reason, except under CI=true, where they fail.
 # Concurrent test sessions on one machine share the cluster: each holds a lease (a file named
-# after its pid); the last session to leave stops it if a test session started it.
+# after its pid); the last session to leave stops it if a test session started it (a cluster
+# started by hand with `scripts/slurm-local.sh start` is left running).
 import fcntl as _fcntl
 import os as _os
 import shutil as _shutil
@@ -57,6 +58,17 @@ class SlurmCluster:
         """Pids of other live test sessions that use this cluster."""
         return [p for p in _live_leases() if p != _os.getpid()]
 
+    def restart(self) -> tuple[_subprocess.CompletedProcess, _subprocess.CompletedProcess, float]:
+        """`stop` then `start` (the session still stops it at the end); (stop, start, start_s)."""
+        with _LeaseLock():
+            stop = _run_script("stop")
+            t0 = _time.monotonic()
+            start = _run_script("start")
+            seconds = _time.monotonic() - t0
+            if self.started_here:
+                (SLURM_STATE / "pytest-started").write_text(_slurmctld_pid())
+        return stop, start, seconds
+
 
 def _ci() -> bool:
     return _os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
@@ -103,6 +115,16 @@ class _LeaseLock:
         _os.close(self.fd)
 
 
+def _slurmctld_pid() -> str:
+    """The pid of the slurmctld the script started last ("" if none)."""
+    try:
+        lines = (SLURM_STATE / "pids").read_text().split("\n")
+    except OSError:
+        return ""
+    pids = [ln.split()[1] for ln in lines if ln.startswith("slurmctld ")]
+    return pids[-1] if pids else ""
+
+
 def _run_script(action: str) -> _subprocess.CompletedProcess:
     return _subprocess.run(
         ["bash", str(SLURM_SCRIPT), action], capture_output=True, text=True, timeout=600
@@ -128,15 +150,17 @@ def slurm_cluster():
         started = "already up" not in proc.stdout
         _leases().mkdir(parents=True, exist_ok=True)
         (_leases() / str(_os.getpid())).touch()
-        if started:
-            (SLURM_STATE / "pytest-started").write_text(str(_os.getpid()))
+        if started:  # names the slurmctld this session started: a later manual start is not ours
+            (SLURM_STATE / "pytest-started").write_text(_slurmctld_pid())
     cluster = SlurmCluster(started_here=started, start_s=elapsed, start_log=proc.stdout)
     yield cluster
     with _LeaseLock():
         (_leases() / str(_os.getpid())).unlink(missing_ok=True)
         marker = SLURM_STATE / "pytest-started"
-        if marker.exists() and not _live_leases():
+        started_by_tests = marker.exists() and marker.read_text() == _slurmctld_pid() != ""
+        if started_by_tests and not _live_leases():
             _run_script("stop")
+        if not started_by_tests or not _live_leases():
             marker.unlink(missing_ok=True)
 
 
