@@ -263,7 +263,8 @@ def test_script_is_idempotent_and_reports_status(slurm_cluster):
     status = subprocess.run(
         ["bash", str(ROOT / "scripts/slurm-local.sh"), "status"], text=True, capture_output=True
     )
-    assert status.returncode == 0 and "debug" in status.stdout and "idle" in status.stdout
+    assert status.returncode == 0 and "debug" in status.stdout
+    assert any(s in status.stdout for s in (" idle ", " mix ", " alloc ")), status.stdout
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the script as another user")
