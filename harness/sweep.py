@@ -229,7 +229,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     local = points[0].config["cluster"]["backend"] == "local"
     if not todo:
         print("nothing to submit")
-        return _print_status(root, grid.name) if local else 0
+        if args.wait and not local:
+            _wait(root, grid.name)
+        return _print_status(root, grid.name) if local or args.wait else 0
     submitted = submit(todo, grid, root)
     ids = [str(job.job_id) for _, job in submitted]
     if local:

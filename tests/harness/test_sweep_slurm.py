@@ -1,0 +1,208 @@
+"""`cfh sweep/status/cancel` on the real local SLURM cluster (tests/conftest.py: slurm_cluster).
+
+Tiny real runs (model T on digits, a few steps, 20 samples, classifier FID): a 4-point job
+array to completion and a no-op second sweep; USR2 + requeue resuming bitwise-exactly; a raising
+job shown failed and retried alone; cancel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.runs import read_submission
+from model.io import read_status
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TINY = {
+    "model": "T",
+    "data": "digits",
+    "train.batch_size": 16,
+    "train.ckpt_every": 2,
+    "train.log_every": 2,
+    "sample.num": 20,
+    "sample.steps": 4,
+    "sample.batch_size": 20,
+    "eval.extractor": "classifier",
+    "eval.kid_subset_size": 10,
+}
+
+
+def write_grid(path: Path, cluster, body: str, **base) -> Path:
+    """A grid file: TINY base (updated with `base`, `__` for `.`), body, the cluster's slurm
+    resources."""
+    merged = {**TINY, **{k.replace("__", "."): v for k, v in base.items()}}
+    profile = cluster.profile()
+    resources = {"cluster": "slurm"}
+    resources.update({k: v for k, v in profile.items() if k not in ("name", "backend")})
+    text = f"base: {json.dumps(merged)}\nresources: {json.dumps(resources)}\n"
+    path.write_text(text + textwrap.dedent(body))
+    return path
+
+
+def cfh(*argv: str) -> tuple[int, str]:
+    """Run `cfh` in this process; (exit code, stdout + stderr)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+def plan_sigs(root: Path, name: str) -> list[str]:
+    plan = json.loads((root / "grids" / name / "plan.json").read_text())
+    return [p["signature"] for p in plan["points"]]
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, slurm_cluster):
+    """A sweep root shared by the tests of this module (points are shared across grids)."""
+    os.environ.setdefault("CFH_CACHE", str(REPO / ".cache" / "cfh"))  # the cached classifier
+    return tmp_path_factory.mktemp("slurm") / "out"
+
+
+@pytest.fixture(scope="module")
+def four(root, slurm_cluster, tmp_path_factory):
+    """The 4-point grid swept to completion as one job array."""
+    grid = write_grid(
+        tmp_path_factory.mktemp("grids") / "four.yaml",
+        slurm_cluster,
+        """
+        axes:
+          train.ar.mode: [fixed]
+          train.ar.steps: [1, 2, 4, 8]
+        eval:
+          axes:
+            sample.ar_steps: [1, 4]
+        """,
+        train__steps=4,
+    )
+    t0 = time.perf_counter()
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--wait")
+    print(f"4-point grid on SLURM: {time.perf_counter() - t0:.0f} s\n{out}")
+    return {"grid": grid, "code": code, "out": out}
+
+
+def test_four_point_array_completes_and_second_sweep_submits_nothing(root, four):
+    assert four["code"] == 0, four["out"]
+    sigs = plan_sigs(root, "four")
+    jobs = [read_submission(root / "runs" / s)["job_id"] for s in sigs]
+    assert len({j.split("_")[0] for j in jobs}) == 1, jobs  # one job array
+    assert sorted(j.split("_")[1] for j in jobs) == ["0", "1", "2", "3"]
+    code, out = cfh("--root", str(root), "status", "four")
+    assert code == 0 and "four: 4 completed" in out, out
+    for sig in sigs:
+        status = read_status(root / "runs" / sig)
+        assert len(status["evals"]) == 2
+        assert all(isinstance(e["fid"], float) for e in status["evals"].values())
+        row = next(line for line in out.splitlines() if line.startswith(sig))
+        assert " completed " in row and "2/2" in row
+    code, out = cfh("--root", str(root), "sweep", str(four["grid"]))
+    assert "plan: 0 to submit, 4 to skip" in out and "submitted" not in out
+    assert [read_submission(root / "runs" / s)["job_id"] for s in sigs] == jobs
+
+
+def test_usr2_requeue_resumes_bitwise(root, slurm_cluster, tmp_path):
+    grid = write_grid(tmp_path / "requeue.yaml", slurm_cluster, "eval: false\n", train__steps=40)
+    ref_root = tmp_path / "reference"  # the same run, uninterrupted, under the same scheduler
+    cfh("--root", str(ref_root), "sweep", str(grid))
+    cfh("--root", str(root), "sweep", str(grid))
+    (sig,) = plan_sigs(root, "requeue")
+    rdir = root / "runs" / sig
+    job = read_submission(rdir)["job_id"]
+    wait_for(lambda: read_status(rdir).get("step", 0) >= 6, 300, "training to reach step 6")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_for(lambda: read_status(rdir).get("attempts", 0) >= 2, 240, "the requeued job to start")
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--wait")
+    code_ref, out_ref = cfh("--root", str(ref_root), "sweep", str(grid), "--wait")
+    assert "requeue: 1 completed" in out and "requeue: 1 completed" in out_ref, out + out_ref
+    assert "resumed from step" in (rdir / "log.txt").read_text()
+    assert read_submission(rdir)["job_id"] == job  # requeued, not resubmitted
+    final = "checkpoints/ckpt_00000040.pt"
+    a = torch.load(rdir / final, weights_only=True)
+    b = torch.load(ref_root / "runs" / sig / final, weights_only=True)
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after requeue"
+
+
+def test_raising_job_is_failed_and_retried_alone(root, four, slurm_cluster, tmp_path):
+    empty = tmp_path / "no_classes"
+    empty.mkdir()
+    body = f"""
+        include:
+          - {{train.ar.steps: 1}}
+          - {{data: imagefolder, data.root: {empty}, data.resolution: 8, data.patch_size: 1}}
+        eval:
+          axes:
+            sample.ar_steps: [1, 4]
+        """
+    grid = write_grid(
+        tmp_path / "raises.yaml", slurm_cluster, body, train__steps=4, train__ar__mode="fixed"
+    )
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--wait")
+    assert "plan: 1 to submit, 1 to skip" in out  # train.ar.steps=1 is a run of grid `four`
+    code, out = cfh("--root", str(root), "status", "raises")
+    assert code == 1 and "raises: 1 completed, 1 failed" in out, out
+    assert "^ UserError: data.root=" in out and "not an image folder" in out
+    assert "(log: " in out and "_log.err" in out
+    good, bad = plan_sigs(root, "raises")
+    good_job = read_submission(root / "runs" / good)["job_id"]
+    bad_job = read_submission(root / "runs" / bad)["job_id"]
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--retry", "--wait")
+    assert "plan: 1 to submit, 1 to skip" in out
+    assert read_submission(root / "runs" / good)["job_id"] == good_job
+    assert read_submission(root / "runs" / bad)["job_id"] != bad_job
+    assert read_status(root / "runs" / bad)["attempts"] == 2
+
+
+def test_cancel_leaves_points_cancelled(root, slurm_cluster, tmp_path):
+    body = """
+        axes:
+          seed: [1, 2]
+        eval: false
+        """
+    grid = write_grid(
+        tmp_path / "long.yaml", slurm_cluster, body, train__steps=100000, train__ar__mode="fixed"
+    )
+    cfh("--root", str(root), "sweep", str(grid))
+    sigs = plan_sigs(root, "long")
+    wait_for(
+        lambda: all(read_status(root / "runs" / s).get("state") == "running" for s in sigs),
+        240,
+        "both points to run",
+    )
+    code, out = cfh("--root", str(root), "cancel", "long", "train.ar.mode=fixed")
+    assert "cancelled 2 points" in out, out
+    jobs = [read_submission(root / "runs" / s)["job_id"] for s in sigs]
+
+    def gone() -> bool:
+        q = subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True)
+        return q.stdout.strip() == ""
+
+    wait_for(gone, 120, "the cancelled jobs to leave the queue")
+    code, out = cfh("--root", str(root), "status", "long")
+    assert "long: 2 cancelled" in out, out
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--dry-run")
+    assert "plan: 0 to submit, 2 to skip" in out and "cancelled; --retry resubmits it" in out
