@@ -269,12 +269,15 @@ def test_script_is_idempotent_and_reports_status(slurm_cluster):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the script as another user")
 def test_script_refuses_without_root():
+    script = (ROOT / "scripts/slurm-local.sh").read_text()  # on stdin: nobody may not read ROOT
     out = subprocess.run(
-        ["runuser", "-u", "nobody", "--", "bash", str(ROOT / "scripts/slurm-local.sh"), "start"],
+        ["runuser", "-u", "nobody", "--", "bash", "-s", "start"],
+        input=script,
         capture_output=True,
         text=True,
+        cwd="/",
     )
-    assert out.returncode != 0 and "must run as root" in out.stderr
+    assert out.returncode != 0 and "must run as root" in out.stderr, out.stderr
 
 
 @pytest.mark.slurm
