@@ -106,13 +106,22 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
             job_id=job_id,
             log=log_path,
             error=None,
-            started=old.get("started") or now_iso(),
+            # a retry after failed/cancelled starts the clock again; a requeue does not
+            started=old.get("started")
+            if old.get("state") in ("running", "requeued")
+            else now_iso(),
         )
     phase = "train"
     try:
         cfg = load_run_config(rdir)
+        if cfg.get("bench", {}).get("enabled"):  # a bench point measures instead of training
+            from harness.bench import run_bench_point
+
+            phase = "bench"
+            return run_bench_point(rdir, cfg, main)
         steps = int(cfg["train"]["steps"])
-        if not _final_checkpoint_exists(rdir, steps) or not main:
+        # Every rank sees the same checkpoint folder, so all ranks skip (or train) together.
+        if not _final_checkpoint_exists(rdir, steps):
             (train_fn or _default_train)(to_dictconfig(cfg))
         if not main:
             return {"run_dir": str(rdir), "rank": _rank(), "trained": True}

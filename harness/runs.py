@@ -97,6 +97,9 @@ def config_delta(cfg: dict) -> dict[str, Any]:
     for key, (cond, values) in CONDITIONAL_KEYS.items():
         if key in flat and flat.get(cond) not in values:
             flat[key] = default.get(key)
+    if not flat.get("bench.enabled"):  # bench.* settings only shape bench points
+        for key in [k for k in flat if k.startswith("bench.") and k != "bench.enabled"]:
+            flat[key] = default.get(key)
     aw = "train.loss.ar_weight."
     if flat.get(f"{aw}max") == flat.get(f"{aw}min"):  # the schedule only shapes a ramp
         flat[f"{aw}schedule"] = default.get(f"{aw}schedule")

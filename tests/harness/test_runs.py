@@ -73,6 +73,10 @@ def test_unused_keys_and_number_types_are_normalised():
     assert sig("train.ar.mode=fixed", "train.ar.steps=4") != sig("train.ar.mode=fixed")
     assert sig("train.ar.mode=fixed", "train.ar.decay=0.5") == sig("train.ar.mode=fixed")
     assert sig("train.ar.decay=1") == sig("train.ar.decay=1.0")
+    # bench.* settings only matter for bench points
+    if "bench" in resolve_overrides([]):
+        assert sig("bench.repeats=9") == sig()
+        assert sig("bench.enabled=true") != sig()
     # the weighting schedule only shapes a ramp: irrelevant when max == min
     assert sig("train.loss.ar_weight.schedule=cosine") == sig()
     assert sig("train.loss.ar_weight.max=2.0", "train.loss.ar_weight.schedule=cosine") != sig(
