@@ -406,8 +406,14 @@ def sample_grids(df: pd.DataFrame, out: Path, palette: Palette | None = None) ->
     s_evals = sorted({s for _, found in panels for s in found})[:4]
     from PIL import Image
 
+    with Image.open(next(iter(panels[0][1].values()))) as first:
+        aspect = first.height / max(first.width, 1)  # panels shaped like the sample grids
     with _style():
-        fig = Figure(figsize=(2.6 * len(s_evals) + 0.5, 2.4 * len(panels)))
+        width = 3.0
+        fig = Figure(
+            figsize=(width * len(s_evals) + 1.5, (width * aspect + 0.4) * len(panels) + 0.6),
+            layout="constrained",
+        )
         axes = np.atleast_2d(fig.subplots(len(panels), len(s_evals), squeeze=False))
         for r, (label, found) in enumerate(panels):
             for c, s in enumerate(s_evals):

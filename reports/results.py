@@ -343,7 +343,13 @@ def read_bench(path: Path) -> list[dict]:
     extra = {f"machine_{k}": v for k, v in machine.items() if _scalar(v)}
     extra.update(created=data.get("created"), grid=data.get("grid"))
     out = [
-        {**base, **extra, **{k: v for k, v in r.items() if _scalar(v)}, "problems": ""}
+        {
+            **base,
+            **extra,
+            **{k: v for k, v in r.items() if _scalar(v)},
+            "state": "failed" if r.get("error") else "completed",  # a measurement that raised
+            "problems": "",
+        }
         for r in rows
         if isinstance(r, dict)
     ]
@@ -386,7 +392,7 @@ def _finish(df: pd.DataFrame, curves: pd.DataFrame, grid: str | None) -> pd.Data
     """Typed columns, training stats, derived labels, model size, and a stable column order."""
     if df.empty:
         return pd.DataFrame(columns=list(LEAD_COLUMNS))
-    for col in LEAD_COLUMNS:
+    for col in (*LEAD_COLUMNS, *CONFIG_COLUMNS):  # bench-only or damaged roots lack some
         if col not in df:
             df[col] = np.nan
     if grid is not None:
@@ -494,12 +500,12 @@ def _curve_frame(records: list[dict]) -> pd.DataFrame:
 def _s_train_labels(df: pd.DataFrame) -> pd.Series:
     """S_train as the paper writes it: fixed step counts, '64 (L)', 'uniform', or 'decay 0.9'."""
     mode, steps, decay, tokens = df["ar_mode"], df["ar_steps"], df["ar_decay"], df["tokens"]
-    fixed = steps.map(lambda v: f"{v:g}" if pd.notna(v) else "?")
+    fixed = _text(steps)
     fixed = fixed.where(steps != tokens, fixed + " (L)")
     label = pd.Series(
         np.select(
             [mode == "fixed", mode == "uniform", mode == "decay"],
-            [fixed, "uniform", "decay " + decay.map(lambda v: f"{v:g}")],
+            [fixed, "uniform", "decay " + _text(decay)],
             default=None,
         ),
         index=df.index,
@@ -518,18 +524,19 @@ def _s_train_labels(df: pd.DataFrame) -> pd.Series:
 def _ar_weighting_labels(df: pd.DataFrame) -> pd.Series:
     """AR-axis loss weighting as 'max->min', with the schedule when it is not linear."""
     hi, lo, sched = df["ar_weight_max"], df["ar_weight_min"], df["ar_weight_schedule"]
-    label = hi.map(lambda v: f"{v:g}", na_action="ignore") + "->"
-    label = label + lo.map(lambda v: f"{v:g}", na_action="ignore")
-    return label.where(sched.isin(["linear"]) | sched.isna(), label + " " + sched.astype(str))
+    label = _text(hi) + "->" + _text(lo)
+    label = label.where(sched.isin(["linear"]) | sched.isna(), label + " " + _text(sched))
+    return label.where(hi.notna(), None)
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Values as compact text, object dtype even when every value is missing ('-')."""
+    return values.astype(object).map(_fmt).astype(object)
 
 
 def _key(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
     """A canonical 'col=value ...' string per row: stable across grids, for merges and CSVs."""
-    parts = [
-        f"{c}=" + df[c].astype(object).map(_fmt, na_action=None).astype(str)
-        for c in columns
-        if c in df
-    ]
+    parts = [f"{c}=" + _text(df[c]) for c in columns if c in df]
     return functools.reduce(lambda a, b: a + " " + b, parts)
 
 
@@ -548,8 +555,7 @@ def setting_labels(df: pd.DataFrame) -> pd.Series:
     }
     cols = varying + extra or ["s_train"]
     parts = [
-        (names.get(c, c) + "=" if len(cols) > 1 or c != "s_train" else "S_train=")
-        + df[c].astype(object).map(_fmt).astype(str)
+        (names.get(c, c) + "=" if len(cols) > 1 or c != "s_train" else "S_train=") + _text(df[c])
         for c in cols
     ]
     return functools.reduce(lambda a, b: a + ", " + b, parts)

@@ -51,3 +51,29 @@ def test_cli_report_prints_the_html_path(smoke_root: Path, capsys):
 def test_cli_report_unknown_grid_exits_2(tmp_path: Path, capsys):
     assert main(["--root", str(tmp_path), "report", "nope"]) == 2
     assert "no grid 'nope'" in capsys.readouterr().err
+
+
+def test_report_of_bench_rows_only(tmp_path: Path, capsys):
+    import json
+
+    rows = [
+        {"measure": "train", "impl": "cfh", "model": "T", "attention": "sdpa", "dtype": "fp32",
+         "train_img_per_s": 27.8, "mfu": 0.34, "params": 8.5e5, "speedup_vs_reference": 1.33},
+        {"measure": "sample", "impl": "cfh", "model": "T", "attention": "sdpa", "dtype": "fp32",
+         "s_eval": 16, "kv_cache": True, "sample_img_per_s": 30.0, "params": 8.5e5,
+         "speedup_vs_recompute": 3.4},
+        {"measure": "extract", "impl": "cfh", "extractor": "inception", "extract_ms_per_img": 9.0},
+        {"measure": "train", "impl": "cfh", "model": "S", "error": "out of memory"},
+    ]  # fmt: skip
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "b.json").write_text(json.dumps({"kind": "bench", "rows": rows}))
+    assert main(["--root", str(tmp_path), "report"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "train speedup vs reference" in md and "KV vs recompute S=16" in md
+    assert "extract ms/img inception" in md and "out of memory" not in md.split("## Tables")[1]
+    assert (tmp_path / "report" / "plots" / "throughput_vs_params.png").exists()
+
+
+def test_report_of_an_empty_root(tmp_path: Path, capsys):
+    assert main(["--root", str(tmp_path), "report"]) == 0
+    assert "No FID results yet" in (tmp_path / "report" / "report.md").read_text()
