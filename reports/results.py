@@ -6,20 +6,25 @@ points. Every file may be missing, half-written by a job that is still running, 
 loader never raises on them, it keeps the run as a row with its `state` and a `problems` note and
 emits one `ResultsWarning` that counts such runs.
 
-Bench rows (issue 6) come from JSON files written by `cfh bench`, at `<root>/bench/*.json` (a
-standalone bench) or `<run_dir>/bench/*.json` (a bench point run through `cfh sweep`):
+Bench rows (issue 6) come from JSON files written by `cfh bench` (harness/bench.py), at
+`<root>/bench/*.json` (a standalone bench; `cfh report GRID` shows it when its "grid" names
+GRID, `cfh report` without a grid always) or `<run_dir>/bench/*.json` (a bench point of a sweep):
 
-    {"kind": "bench", "created": iso-time, "grid": null or a grid name,
+    {"kind": "bench", "created": iso-time, "grid": null or a grid name, "command": str,
      "machine": {"cpu": str, "cores": int, "gpu": str|null, "torch": str, "peak_flops": float},
      "rows": [{"measure": "train" | "sample" | "extract", "impl": "cfh" | "reference",
-               "model": "T", "dataset": "digits", "attention": "sdpa", "precision": "fp32",
-               "batch_size": 64, "seq_len": 100.4, "train_img_per_s": .., "train_tokens_per_s": ..,
-               "mfu": .., "peak_mem_mb": .., "params": .., "flops": ..,        # measure=train
-               "s_eval": 4, "kv_cache": true, "sampler_steps": 100, "sample_img_per_s": ..,
-               "extractor": "inception", "extract_ms_per_img": ..}, ...]}   # measure=extract
+               "model": "T", "dataset": "digits", "attention": "sdpa", "dtype": "fp32",
+               "params": .., "flops": .., "batch_size": 64, "seq_len": 100.4,
+               "train_img_per_s": .., "train_tokens_per_s": .., "mfu": .., "peak_mem_mb": ..,
+               "speedup_vs_reference": ..,                                 # measure=train
+               "s_eval": 4, "kv_cache": true, "sampler_steps": 10, "sample_img_per_s": ..,
+               "speedup_vs_recompute": ..,                                 # measure=sample
+               "extractor": "inception", "extract_ms_per_img": ..,         # measure=extract
+               "error": "..."}, ...]}                                # a measurement that raised
 
-Each entry of "rows" becomes one results row with kind="bench"; its keys are results columns
-(unknown keys are kept as extra columns), machine fields become `machine_<key>` columns.
+Each entry of "rows" becomes one results row with kind="bench" (state "failed" when it has an
+error); its keys are results columns (unknown keys are kept as extra columns), machine fields
+become `machine_<key>` columns.
 """
 
 from __future__ import annotations

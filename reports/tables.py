@@ -79,7 +79,7 @@ class Table:
         return mask
 
     def cells(self, pm: str = " ± ") -> pd.DataFrame:
-        """'mean ± std' strings (mean alone for one seed, '' for no data)."""
+        """'mean ± std' strings (mean alone for one seed, '-' for no data)."""
         out = pd.DataFrame("", index=self.mean.index, columns=self.mean.columns, dtype=object)
         for col in self.mean.columns:
             d = self.decimals.get(col, 2)
@@ -88,7 +88,7 @@ class Table:
             spread = s.map(lambda v, d=d: f"{pm}{v:,.{d}f}", na_action="ignore")
             show = (n > 1) & s.notna() & (col not in self.exact)
             text = text + spread.where(show, "")
-            out[col] = text.fillna("")
+            out[col] = text.fillna("-")
         return out
 
     def seeds_note(self) -> str:
@@ -99,7 +99,7 @@ class Table:
             return "no data"
         lo, hi = int(n.min()), int(n.max())
         if hi == 1:
-            return "single seed per cell (no std)"
+            return "single seed per cell, no std"
         seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
         return f"mean ± std over {seeds} seeds"
 
@@ -114,7 +114,7 @@ class Table:
         """A GitHub markdown table; the best of each column in bold."""
         cells = self._frame("markdown")
         bold = self.best_mask().to_numpy()
-        cells = cells.mask(bold & (cells != ""), "**" + cells + "**")
+        cells = cells.mask(bold & (cells != "-"), "**" + cells + "**")
         body = cells.reset_index().to_markdown(index=False, disable_numparse=True)
         return f"**{self.title}** ({self.note or self.seeds_note()})\n\n{body}\n"
 
@@ -223,13 +223,21 @@ def table_s_train(df: pd.DataFrame) -> Table | None:
     data = final_evals(df)
     if data.empty:
         return None
-    return pivot(
+    table = pivot(
         data,
         ["s_train"],
         name="table2_s_train",
         title="FID by S_train (rows) and S_eval (columns), as paper Table 2",
         derived_from=("ar_mode", "ar_steps", "ar_decay"),
     )
+    if table.mean.index.nlevels == 1:  # keep rows of settings with no FID yet (failed, running)
+        planned = df.loc[df["kind"] == "train", "s_train"].dropna().unique()
+        rows = [r for r in table.mean.index.categories if r in set(planned)]
+        for part in ("mean", "std", "count"):
+            setattr(table, part, getattr(table, part).reindex(pd.CategoricalIndex(
+                rows, categories=table.mean.index.categories, ordered=True, name="s_train"
+            )))  # fmt: skip
+    return table
 
 
 def table_decay(df: pd.DataFrame) -> Table | None:

@@ -197,3 +197,13 @@ def test_pooled_std():
     assert tables.pooled_std(1.0, 2, 3.0, 2) == pytest.approx(np.sqrt(5.0))
     assert np.isnan(tables.pooled_std(np.nan, 1, np.nan, 1))
     assert tables.pooled_std(2.0, 3, np.nan, 1) == pytest.approx(2.0)
+
+
+def test_table2_keeps_settings_without_fid_as_dash_rows():
+    df = table2_input()
+    failed = frame([{"ar_steps": 8, "s_eval": np.nan, "fid": np.nan, "state": "failed"}])
+    df = pd.concat([df, failed], ignore_index=True)
+    df["s_train"] = pd.Categorical(df["s_train"].astype(str), categories=["1", "4", "8"])
+    t = tables.table_s_train(df)
+    assert list(t.mean.index) == ["1", "4", "8"]
+    assert "| 8         | -" in t.to_markdown()
