@@ -1,50 +1,44 @@
-"""cfh's model core: the CausalFusion network, its mask, AR axis, diffusion and sampling."""
+"""cfh's model core: the CausalFusion network, its mask, AR axis, diffusion and sampling.
 
-from model.ar import (
-    ar_generator,
-    ar_token_weights,
-    equal_group_sizes,
-    sample_group_sizes,
-    sample_num_steps,
-    token_order,
-)
-from model.diffusion import Diffusion, Sampler, causalfusion_loss, make_sampler
-from model.errors import UserError
-from model.masks import flex_block_mask, generalized_causal_mask
-from model.network import (
-    SIZES,
-    CausalFusion,
-    KVCache,
-    ModelConfig,
-    build_model,
-    count_params,
-    sequence_length,
-    train_flops_per_image,
-)
-from model.sampling import generate, sample
+Names are imported on first use (PEP 562), so `from model.errors import UserError` in a job
+controller or `cfh status` does not pay for importing torch.
+"""
 
-__all__ = [
-    "SIZES",
-    "CausalFusion",
-    "Diffusion",
-    "KVCache",
-    "ModelConfig",
-    "Sampler",
-    "UserError",
-    "ar_generator",
-    "ar_token_weights",
-    "build_model",
-    "causalfusion_loss",
-    "count_params",
-    "equal_group_sizes",
-    "flex_block_mask",
-    "generalized_causal_mask",
-    "generate",
-    "make_sampler",
-    "sample",
-    "sample_group_sizes",
-    "sample_num_steps",
-    "sequence_length",
-    "token_order",
-    "train_flops_per_image",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ar_generator": "model.ar",
+    "ar_token_weights": "model.ar",
+    "equal_group_sizes": "model.ar",
+    "sample_group_sizes": "model.ar",
+    "sample_num_steps": "model.ar",
+    "token_order": "model.ar",
+    "Diffusion": "model.diffusion",
+    "Sampler": "model.diffusion",
+    "causalfusion_loss": "model.diffusion",
+    "make_sampler": "model.diffusion",
+    "UserError": "model.errors",
+    "flex_block_mask": "model.masks",
+    "generalized_causal_mask": "model.masks",
+    "SIZES": "model.network",
+    "CausalFusion": "model.network",
+    "KVCache": "model.network",
+    "ModelConfig": "model.network",
+    "build_model": "model.network",
+    "count_params": "model.network",
+    "sequence_length": "model.network",
+    "train_flops_per_image": "model.network",
+    "generate": "model.sampling",
+    "sample": "model.sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
