@@ -6,9 +6,12 @@ skipped, a failed or cancelled one resubmitted only with --retry; points that le
 the last sweep are reported (their jobs cancelled with --prune). It prints that plan before
 submitting (--dry-run stops there), so running it twice submits nothing the second time.
 
-cluster=local runs the points here, at most `cluster.parallelism` at once, each in its own
-process (`python -m harness.jobs RUN_DIR`, log in RUN_DIR/job.log), and blocks until they end;
-cluster=slurm submits one submitit job array per resource shape and returns (--wait blocks).
+Execution goes through harness.executors (submitit): every point is one job running
+`harness.jobs.run_point(run_dir)` (train, then its eval points), wrapped in the checkpointable
+PointJob that requeues on preemption or time-out. cluster=local runs the points on this machine,
+at most `cluster.parallelism` at once, and blocks until they end, then prints the status table;
+cluster=slurm submits one job array per resource shape and returns (--wait blocks). Job pickles
+and logs live in `<root>/submitit/`; each run's submission.json records its job.
 """
 
 from __future__ import annotations
@@ -58,7 +61,6 @@ def reconcile(
 ) -> list[Decision]:
     """Decide, for every point of the grid and every point removed from it, what to do."""
     plan = {"points": [p.to_json() for p in points]}
-    backend = points[0].config["cluster"]["backend"] if points else "local"
     rows = collect(root, plan)
     out = []
     for p, row in zip(points, rows, strict=True):
@@ -72,13 +74,11 @@ def reconcile(
             action = ACTION_BY_STATE.get(state, "skip")
             reason = "" if action == "submit" else state
         out.append(Decision(p.signature, p.axes, state, action, reason, p))
-    out += _removed(grid, points, root, backend, prune)
+    out += _removed(grid, points, root, prune)
     return out
 
 
-def _removed(
-    grid: Grid, points: Sequence[TrainPoint], root: str, backend: str, prune: bool
-) -> list[Decision]:
+def _removed(grid: Grid, points: Sequence[TrainPoint], root: str, prune: bool) -> list[Decision]:
     """Points of the last sweep's plan (or its removed list) that the grid no longer has."""
     old = runs.read_plan(root, grid.name)
     current = {p.signature for p in points}
@@ -118,8 +118,11 @@ def plan_table(grid: Grid, decisions: Sequence[Decision]) -> str:
             + [d.state, action]
         )
     widths = [max([len(h)] + [len(c[i]) for c in lines]) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), *map(fmt, lines)])
+    return "\n".join(_line(cells, widths) for cells in [header, *lines])
+
+
+def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
 # ---------------------------------------------------------------- submission
@@ -240,7 +243,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         try:
             wait_local(root, submitted)
         except KeyboardInterrupt:
-            cancel_points(root, [p.signature for p, _ in submitted])
+            cancel_points(root, [p.signature for p, job in submitted if not job.done()])
             print(
                 "interrupted: the points still running were stopped and marked cancelled; "
                 f"`cfh sweep {grid.name} --retry` resumes them from their checkpoints"
