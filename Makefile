@@ -33,8 +33,13 @@ slurm-start:
 slurm-stop:
 	bash scripts/slurm-local.sh stop
 
+# After the unit and end-to-end tests, the smoke grid runs for real and its FIDs are checked
+# against reports/baselines/smoke.csv (exit 1 on a regression).
+SMOKE_ROOT ?= $(CURDIR)/.cache/smoke-check
 test: lint
 	$(PY) -m pytest -q --timeout=900
+	$(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local
+	$(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_grid.py
