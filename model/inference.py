@@ -73,7 +73,7 @@ def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
     """Everything that decides the samples."""
     s = cfg.sample
     interval = list(s.cfg_interval) if s.cfg_interval is not None else None
-    return {
+    settings = {
         "s_eval": int(s.ar_steps),
         "order": str(s.order),
         "cfg": float(s.cfg),
@@ -86,6 +86,9 @@ def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
         "ckpt_step": ckpt_step,
         "task": str(cfg.eval.task),
     }
+    if settings["task"] != "generate":  # edits start from real images of the eval split
+        settings["split"] = str(cfg.eval.split)
+    return settings
 
 
 def eval_settings(cfg: DictConfig, ckpt_step: int, weights_hash: str | None = None) -> dict:
@@ -141,6 +144,35 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
             f"sample.ar_steps={cfg.sample.ar_steps} must be in 1..L={net.num_tokens} "
             "(the tokens per image)"
         )
+    if settings["task"] == "generate":
+        images, labels, seconds, details = _generate_samples(net, train_cfg, cfg, device)
+    else:  # inpaint / outpaint / swap: real images of eval.split edited in context
+        from model.editing import task_samples
+
+        images, labels, seconds, details = task_samples(net, train_cfg, cfg, device)
+    meta = {
+        "settings": settings,
+        "num_samples": len(images),
+        "sample_img_per_s": len(images) / seconds,
+        "seconds": seconds,
+        "created": now_iso(),
+        **details,
+    }
+    buf = io.BytesIO()
+    np.savez(buf, images=images, labels=labels)
+    atomic_write_bytes(npz, buf.getvalue())
+    atomic_write_bytes(out_dir / "grid.png", image_grid_png(images))
+    atomic_write_json(out_dir / "settings.json", meta)
+    log.info(
+        "sampled %d images at %.1f img/s into %s", len(images), meta["sample_img_per_s"], out_dir
+    )
+    return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": False}
+
+
+def _generate_samples(
+    net: CausalFusion, train_cfg: Any, cfg: DictConfig, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """sample.num class-balanced samples: (uint8 NHWC images, int64 labels, seconds, {})."""
     pixels = train_cfg.data.name != "latents"  # pixels live in [-1, 1]; latents are unbounded
     sampler = make_sampler(
         Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels
@@ -166,23 +198,7 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
         )
         chunks.append(decode_to_pixels(x, train_cfg))
     seconds = time.perf_counter() - t0
-    images = to_uint8(torch.cat(chunks))
-    meta = {
-        "settings": settings,
-        "num_samples": len(images),
-        "sample_img_per_s": len(images) / seconds,
-        "seconds": seconds,
-        "created": now_iso(),
-    }
-    buf = io.BytesIO()
-    np.savez(buf, images=images, labels=labels.numpy())
-    atomic_write_bytes(npz, buf.getvalue())
-    atomic_write_bytes(out_dir / "grid.png", image_grid_png(images))
-    atomic_write_json(out_dir / "settings.json", meta)
-    log.info(
-        "sampled %d images at %.1f img/s into %s", len(images), meta["sample_img_per_s"], out_dir
-    )
-    return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": False}
+    return to_uint8(torch.cat(chunks)), labels.numpy(), seconds, {}
 
 
 def decode_to_pixels(x: torch.Tensor, train_cfg: Any) -> torch.Tensor:
