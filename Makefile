@@ -38,8 +38,10 @@ slurm-stop:
 SMOKE_ROOT ?= $(CURDIR)/.cache/smoke-check
 test: lint
 	$(PY) -m pytest -q --timeout=900
-	$(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local
-	$(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke
+	if [ -f reports/baselines/smoke.csv ]; then \
+	  $(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local && \
+	  $(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke; \
+	else echo "no reports/baselines/smoke.csv yet: smoke FID check not run"; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_grid.py
