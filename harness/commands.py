@@ -77,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     """cfh encode data=imagefolder data.root=DIR --vae VAE_DIR --out LATENTS_DIR"""
     import torch
+
     from model.encode import encode_dataset
 
     _setup_logging()
