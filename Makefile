@@ -33,14 +33,14 @@ slurm-start:
 slurm-stop:
 	bash scripts/slurm-local.sh stop
 
-# After the unit and end-to-end tests, the smoke grid runs for real and its FIDs are checked
-# against reports/baselines/smoke.csv (exit 1 on a regression).
+# After the unit and end-to-end tests, the smoke grid (~7.5 min on 2 idle cores) runs for real; FIDs are checked
+# against reports/baselines/smoke.csv (exit 1 when a mean FID is over baseline by > 10).
 SMOKE_ROOT ?= $(CURDIR)/.cache/smoke-check
 test: lint
 	$(PY) -m pytest -q --timeout=900
 	if [ -f reports/baselines/smoke.csv ]; then \
 	  $(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local && \
-	  $(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke; \
+	  $(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke --abs-tol 10; \
 	else echo "no reports/baselines/smoke.csv yet: smoke FID check not run"; fi
 
 bench: $(STAMP)
