@@ -33,14 +33,16 @@ slurm-start:
 slurm-stop:
 	bash scripts/slurm-local.sh stop
 
-# After the unit and end-to-end tests, the smoke grid (~7.5 min on 2 idle cores) runs for real; FIDs are checked
-# against reports/baselines/smoke.csv (exit 1 when a mean FID is over baseline by > 10).
+# After the unit and end-to-end tests, the smoke grid (~8 min on 2 idle cores) runs for real and its
+# FIDs are checked against reports/baselines/smoke.csv (3 seeds). At 300 steps the seed noise is
+# large (std 2.7-43 FID per entry, 21 pooled over the grid), so the check fails only when a mean
+# FID is over the baseline by more than max(60, 3 seed stds): a broken model, not a small drift.
 SMOKE_ROOT ?= $(CURDIR)/.cache/smoke-check
 test: lint
 	$(PY) -m pytest -q --timeout=900
 	if [ -f reports/baselines/smoke.csv ]; then \
 	  $(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local && \
-	  $(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke --abs-tol 10; \
+	  $(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke --abs-tol 60 --k 3; \
 	else echo "no reports/baselines/smoke.csv yet: smoke FID check not run"; fi
 
 bench: $(STAMP)

@@ -170,12 +170,14 @@ def _check_int(key: str, value: Any, lo: int, hi: float = math.inf) -> None:
         raise UserError(f"{key}={value!r} must be an integer in {span}")
 
 
-def _check_float(key: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> None:
+def _check_float(
+    key: str, value: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and (lo < value if lo_open else lo <= value) and value <= hi
+    ok = ok and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
     if not ok:
-        left = "(" if lo_open else "["
-        raise UserError(f"{key}={value!r} must be a number in {left}{lo}, {hi}]")
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise UserError(f"{key}={value!r} must be a number in {left}{lo}, {hi}{right}")
 
 
 def validate_config(cfg: DictConfig | dict) -> None:
@@ -216,12 +218,20 @@ def validate_config(cfg: DictConfig | dict) -> None:
     _check_float("train.weight_decay", t.weight_decay, 0.0, math.inf)
     _check_float("train.grad_clip", t.grad_clip, 0.0, math.inf)
     _check_float("train.ema_decay", t.ema_decay, 0.0, 1.0)
-    _check_float("train.label_dropout", t.label_dropout, 0.0, 1.0)
+    _check_float("train.label_dropout", t.label_dropout, 0.0, 1.0, hi_open=True)
     _check_choice("train.ar.mode", t.ar.mode, AR_MODES)
     _check_int("train.ar.steps", t.ar.steps, 1, L)
     _check_float("train.ar.decay", t.ar.decay, 0.0, 1.0, lo_open=True)
     _check_choice("train.order", t.order, ORDERS)
-    _check_int("train.order_block", t.order_block, 1, d.resolution // d.patch_size)
+    grid = d.resolution // d.patch_size
+    if "block_raster" in (t.order, cfg.sample.order):  # the block size matters for that order only
+        _check_int("train.order_block", t.order_block, 1, grid)
+        if grid % t.order_block:
+            raise UserError(
+                f"train.order_block={t.order_block} must divide the {grid}x{grid} token grid "
+                f"(block_raster tiles it); allowed: "
+                + ", ".join(str(k) for k in range(1, grid + 1) if grid % k == 0)
+            )
     aw = t.loss.ar_weight
     _check_float("train.loss.ar_weight.max", aw.max, 0.0, math.inf)
     _check_float("train.loss.ar_weight.min", aw.min, 0.0, math.inf)

@@ -268,6 +268,7 @@ def make_executor(cluster_cfg: Any, folder: Path, job_name: str = "cfh") -> subm
             timeout_min=p.timeout_min,
             tasks_per_node=p.tasks_per_node,
             gpus_per_node=p.gpus_per_node,
+            cpus_per_task=p.cpus_per_task,
             signal_delay_s=p.signal_delay_s,
             setup=list(p.setup),
         )
@@ -355,6 +356,11 @@ class PooledLocalExecutor(submitit.LocalExecutor):
             CUDA_VISIBLE_DEVICES=",".join(str(k) for k in range(gpus)),
             SUBMITIT_LOCAL_WITH_SHELL="",  # the controller runs as the submitted pid itself
         )
+        cpus = self.parameters.get("cpus_per_task")
+        if cpus and not gpus:
+            # like SLURM's allotment: each point's torch uses cpus_per_task threads, whatever the
+            # caller's environment says, so that a local grid computes the same numbers anywhere
+            env["OMP_NUM_THREADS"] = str(int(cpus))
         slots = self.folder / ".slots"
         slots.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-c", _SLOT_SHIM, str(slots), str(self.parallelism), "--"]
