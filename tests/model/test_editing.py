@@ -363,4 +363,7 @@ def test_eval_tasks_through_evaluate_run(trained):
     images, labels, _, _ = task_samples(net, train_cfg, cfg, torch.device("cpu"))
     assert (labels != test.labels[:60].numpy()).all()
     gen = evaluate_run(load_config(base))
-    assert gen["settings"]["task"] == "generate" and "split" not in gen["settings"]
+    assert gen["settings"]["task"] == "generate"
+    # generated samples start from noise: their settings (and cache key) name no split
+    gen_meta = json.loads((Path(gen["samples"]) / "settings.json").read_text())["settings"]
+    assert gen_meta["task"] == "generate" and "split" not in gen_meta
