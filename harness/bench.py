@@ -55,6 +55,7 @@ REFERENCE_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "reference
 MEASURES = ("train", "sample", "extract")
 BACKENDS = ("sdpa", "flex")
 EXTRACTORS = ("classifier", "inception")
+CLOCKS = ("wall", "cpu")
 EXTRACT_FEATURE = {"classifier": "feat", "inception": "2048"}  # the FID features
 
 
@@ -187,6 +188,13 @@ def validate_bench(bench: Any) -> None:
         raise UserError(f"bench.s_eval={s!r} must be a list of AR step counts (ints >= 1)")
     if any(x < 1 for x in s):
         raise UserError(f"bench.s_eval={s!r} must hold ints >= 1")
+    if b["clock"] not in CLOCKS:
+        raise UserError(f"bench.clock={b['clock']!r} must be one of {', '.join(CLOCKS)}")
+    if b["clock"] == "cpu" and b["threads"] != 1:
+        raise UserError(
+            f"bench.clock=cpu times one thread's CPU time: it needs bench.threads=1, "
+            f"not {b['threads']}"
+        )
     if not isinstance(b["reference"], bool):
         raise UserError(f"bench.reference={b['reference']!r} must be true or false")
 
@@ -211,13 +219,38 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall seconds of fn(), device work included."""
+def clock_fn(clock: str) -> Callable[[], float]:
+    """The timer: wall time, or (bench.clock=cpu) this thread's CPU time.
+
+    On a CPU shared with other jobs, wall time also counts the time the scheduler gives them;
+    with one torch thread all compute runs on the calling thread, so its CPU time is what the
+    work costs. Throughput from it is labelled (row key "clock") and is not wall-clock speed.
+    """
+    return time.thread_time if clock == "cpu" else time.perf_counter
+
+
+def timed(fn: Callable[[], Any], device: torch.device, clock: str = "wall") -> float:
+    """Seconds of fn() on `clock`, device work included."""
+    now = clock_fn(clock)
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return now() - t0
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, clock: str = "wall") -> float:
+    """A fresh matmul peak: model.perf.matmul_peak_flops uncached, or its method on `clock`."""
+    from model.perf import matmul_peak_flops
+
+    if clock == "wall":
+        return matmul_peak_flops.__wrapped__(str(device), dtype)
+    n = 1024  # the same square matmul as matmul_peak_flops on the CPU
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    times = [timed(functools.partial(torch.mm, a, b), device, clock) for _ in range(4)][1:]
+    return 2 * n**3 / median(times)
 
 
 def median(values: Sequence[float]) -> float:
@@ -341,6 +374,8 @@ def run_bench(
 
     validate_bench(cfg.bench)
     device = pick_device(cfg)
+    if device.type == "cuda" and cfg.bench.clock == "cpu":
+        raise UserError("bench.clock=cpu is for CPU runs; GPU work is timed on the wall clock")
     bench = cfg.bench
     with threads(int(bench.threads)):
         machine = machine_info(device)
@@ -359,6 +394,8 @@ def run_bench(
         if "extract" in bench.measures:
             rows += bench_extract(cfg, device)
         machine["load_end"] = round(os.getloadavg()[0], 2)
+    for row in rows:
+        row["clock"] = str(bench.clock)
     return {
         "kind": "bench",
         "created": now_iso(),
@@ -512,7 +549,6 @@ def bench_train(cfg: DictConfig, device: torch.device) -> list[dict]:
     """Training-step rows for cfh (each backend) and the reference, interleaved on equal splits."""
     from model.diffusion import Diffusion
     from model.network import train_flops_per_image
-    from model.perf import matmul_peak_flops
 
     bench = cfg.bench
     batch = int(cfg.train.batch_size)
@@ -537,16 +573,21 @@ def bench_train(cfg: DictConfig, device: torch.device) -> list[dict]:
         except (RuntimeError, NotImplementedError) as e:  # flex has no CPU backward, for one
             tr.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
     live = [tr for tr in trainees if tr.error is None]
-    peak_once = matmul_peak_flops.__wrapped__  # uncached: a fresh peak next to every repeat
+    clock = str(bench.clock)
     for r in range(int(bench.repeats)):
-        for tr in rotations(live, r):
-            seconds = 0.0
-            for sp in splits:
+        seconds = {id(tr): 0.0 for tr in live}
+        peaks = []
+        for j, sp in enumerate(splits):
+            # interleave per step, in rotating order: both see the same stretch of machine load
+            for tr in rotations(live, r + j):
+                step = functools.partial(train_step, tr, sp, x, y, diffusion, cfg, bf16)
                 with PeakMemory(device) as mem:
-                    seconds += timed(lambda: train_step(tr, sp, x, y, diffusion, cfg, bf16), device)  # noqa: B023
+                    seconds[id(tr)] += timed(step, device, clock)
                 tr.transient = max(tr.transient, mem.peak_bytes)
-            tr.times.append(seconds)
-            tr.peaks.append(peak_once(str(device), dtype))
+            peaks.append(peak_flops(device, dtype, clock))  # the peak, measured alongside
+        for tr in live:
+            tr.times.append(seconds[id(tr)])
+            tr.peaks.append(median(peaks))
     mean_len = sum(sp.seq_len for sp in splits) / len(splits)
     flops = train_flops_per_image(first.cfg, mean_len)
     ref_times = next((tr.times for tr in live if tr.impl == "reference"), None)
@@ -631,7 +672,7 @@ def bench_sample(cfg: DictConfig, device: torch.device) -> list[dict]:
         for r in range(int(bench.repeats)):
             for i in rotations(order, r):
                 fn = functools.partial(variants[i][2], generator=gen())
-                times[i].append(timed(fn, device))
+                times[i].append(timed(fn, device, str(bench.clock)))
         for i, (impl, kv, _) in enumerate(variants):
             row = {
                 "measure": "sample",
@@ -692,7 +733,8 @@ def bench_extract(cfg: DictConfig, device: torch.device) -> list[dict]:
         ctx = single_thread() if name == "classifier" else contextlib.nullcontext()
         with ctx, torch.no_grad():
             fe(images)  # warm-up
-            times = [timed(functools.partial(fe, images), device) for _ in range(bench.repeats)]
+            run = functools.partial(fe, images)
+            times = [timed(run, device, str(bench.clock)) for _ in range(bench.repeats)]
         ms = 1e3 * median(times) / B
         rows.append({**row, "batch_size": B, "repeats": len(times), "extract_ms_per_img": ms})
     return rows

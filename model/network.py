@@ -171,18 +171,31 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(width // heads)
         self.k_norm = nn.LayerNorm(width // heads)
 
-    def forward(self, x, mask=None, cache: KVCache | None = None, layer=0, append=False):
+    def forward(
+        self, x, mask=None, cache: KVCache | None = None, layer=0, append=False, rows_from=0
+    ):
+        """Attention output (B, N - rows_from, D) for the queries x[:, rows_from:].
+
+        Every row still provides keys and values; rows before `rows_from` only do that (the last
+        block of a training pass needs outputs for the noisy tokens alone).
+        """
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)  # (B, N, 3, h, hd)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, hd)
-        q, k = self.q_norm(q), self.k_norm(k)
+        h, hd, Nq = self.heads, D // self.heads, N - rows_from
+        # three projections from the one (3D, D) weight (the state dict is unchanged): q only for
+        # the rows that need outputs, and contiguous (B, N, h, hd) q and k for their LayerNorms
+        wq, wk, wv = self.qkv.weight.chunk(3)
+        q = self.q_norm(F.linear(x[:, rows_from:], wq).view(B, Nq, h, hd)).transpose(1, 2)
+        k = self.k_norm(F.linear(x, wk).view(B, N, h, hd)).transpose(1, 2)  # (B, h, N, hd)
+        v = F.linear(x, wv).view(B, N, h, hd).transpose(1, 2)  # (B, h, N, hd)
         if cache is not None:
             k, v = cache.attend(layer, k, v, append)  # (B, h, T + N, hd)
         if mask is None or isinstance(mask, torch.Tensor):
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, hd)
+            sub = mask[rows_from:] if mask is not None else None
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=sub)  # (B, h, Nq, hd)
         else:
-            o = _flex_attention(q, k, v, block_mask=mask)  # (B, h, N, hd)
-        return self.proj(o.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
+            q = F.pad(q, (0, 0, rows_from, 0))  # flex's block mask is square: pad, drop after
+            o = _flex_attention(q, k, v, block_mask=mask)[:, :, rows_from:]  # (B, h, Nq, hd)
+        return self.proj(o.transpose(1, 2).reshape(B, Nq, D))  # (B, Nq, D)
 
 
 class Block(nn.Module):
@@ -198,9 +211,13 @@ class Block(nn.Module):
             nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
         )
 
-    def forward(self, x, mask=None, cache: KVCache | None = None, layer=0, append=False):
-        x = x + self.attn(self.norm1(x), mask, cache, layer, append)  # (B, N, D)
-        return x + self.mlp(self.norm2(x))  # (B, N, D)
+    def forward(
+        self, x, mask=None, cache: KVCache | None = None, layer=0, append=False, rows_from=0
+    ):
+        """(B, N, D) -> (B, N - rows_from, D): the outputs of rows rows_from.. only."""
+        a = self.attn(self.norm1(x), mask, cache, layer, append, rows_from)  # (B, Nq, D)
+        x = x[:, rows_from:] + a  # (B, Nq, D)
+        return x + self.mlp(self.norm2(x))  # (B, Nq, D)
 
 
 class CausalFusion(nn.Module):
@@ -299,8 +316,14 @@ class CausalFusion(nn.Module):
         """Hidden states (B, n, D) -> eps predictions (B, n, P)."""
         return self.head(self.norm(h))
 
-    def run_blocks(self, h: torch.Tensor, group_sizes: list[int]) -> torch.Tensor:
-        """All blocks over a full training sequence (B, n, D) under the generalized causal mask."""
+    def run_blocks(
+        self, h: torch.Tensor, group_sizes: list[int], out_from: int = 0
+    ) -> torch.Tensor:
+        """All blocks over a full training sequence (B, n, D) under the generalized causal mask.
+
+        Returns the final hidden states of tokens out_from..n-1, (B, n - out_from, D). The last
+        block computes only those rows: earlier rows serve it as keys and values alone.
+        """
         C, n = self.cfg.num_cond_tokens, h.shape[1]
         if self.cfg.attention == "flex":
             total = -(-n // FLEX_BLOCK) * FLEX_BLOCK
@@ -309,9 +332,14 @@ class CausalFusion(nn.Module):
         else:
             mask = generalized_causal_mask(C, group_sizes, h.device)  # (n, n)
         ckpt = self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            h = checkpoint(block, h, mask, use_reentrant=False) if ckpt else block(h, mask)
-        return h[:, :n]  # (B, n, D)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            rows_from = out_from if i == last else 0
+            if ckpt:
+                h = checkpoint(block, h, mask, None, 0, False, rows_from, use_reentrant=False)
+            else:
+                h = block(h, mask, rows_from=rows_from)
+        return h[:, : n - out_from]  # (B, n - out_from, D)
 
     def run_cached(self, h: torch.Tensor, cache: KVCache, append: bool) -> torch.Tensor:
         """All blocks over new tokens (B, N, D) attending to the cache and to each other (no mask).
@@ -354,8 +382,8 @@ class CausalFusion(nn.Module):
             ],
             dim=1,
         )  # (B, n, D)
-        h = self.run_blocks(h, sizes)  # (B, n, D)
-        out = self.final(h[:, -L:])  # (B, L, P), AR order
+        h = self.run_blocks(h, sizes, out_from=h.shape[1] - L)  # (B, L, D): noisy tokens
+        out = self.final(h)  # (B, L, P), AR order
         eps = torch.empty_like(out).scatter_(1, idx, out)  # (B, L, P), raster order
         return self.unpatchify(eps)  # (B, C, H, W)
 
@@ -373,12 +401,16 @@ def train_flops_per_image(cfg: ModelConfig, mean_seq_len: float) -> float:
       embeddings: 2 (n - C) P D  (patch embedding of clean + noisy tokens)
                   + 2 L D P      (output layer on the L noisy tokens)
                   + 2 (256 D + D^2)  (timestep MLP)
+    The last block's outputs are needed for the L noisy tokens only, so for its r = n - L other
+    rows it computes keys and values alone: no query projection, attention, output projection
+    or MLP, i.e. r (4 D^2 + 4 D F + 4 n D) fewer FLOPs.
     Attention is counted dense over the whole sequence (what SDPA computes with a boolean mask).
     With a varying split, n^2 uses mean_seq_len^2, which slightly undercounts E[n^2].
     """
     n, D, P, C, L = mean_seq_len, cfg.width, cfg.token_dim, cfg.num_cond_tokens, cfg.num_tokens
     F_ = int(D * cfg.mlp_ratio)
     blocks = cfg.depth * (2 * n * (4 * D * D + 2 * D * F_) + 4 * n * n * D)
+    blocks -= (n - L) * (4 * D * D + 4 * D * F_ + 4 * n * D)  # the last block's unused rows
     embed = 2 * (n - C) * P * D + 2 * L * D * P + 2 * (TIME_FREQ_DIM * D + D * D)
     return 3.0 * (blocks + embed)
 
