@@ -174,7 +174,9 @@ def _check_float(
     key: str, value: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
 ) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+    if ok:
+        above = lo < value if lo_open else lo <= value
+        ok = above and (value < hi if hi_open else value <= hi)
     if not ok:
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
         raise UserError(f"{key}={value!r} must be a number in {left}{lo}, {hi}{right}")
