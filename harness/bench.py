@@ -239,20 +239,6 @@ def timed(fn: Callable[[], Any], device: torch.device, clock: str = "wall") -> f
     return now() - t0
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype, clock: str = "wall") -> float:
-    """A fresh matmul peak: model.perf.matmul_peak_flops uncached, or its method on `clock`."""
-    from model.perf import matmul_peak_flops
-
-    if clock == "wall":
-        return matmul_peak_flops.__wrapped__(str(device), dtype)
-    n = 1024  # the same square matmul as matmul_peak_flops on the CPU
-    gen = torch.Generator(device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    times = [timed(functools.partial(torch.mm, a, b), device, clock) for _ in range(4)][1:]
-    return 2 * n**3 / median(times)
-
-
 def median(values: Sequence[float]) -> float:
     """Median, NaN for no values."""
     return statistics.median(values) if values else float("nan")
@@ -549,6 +535,7 @@ def bench_train(cfg: DictConfig, device: torch.device) -> list[dict]:
     """Training-step rows for cfh (each backend) and the reference, interleaved on equal splits."""
     from model.diffusion import Diffusion
     from model.network import train_flops_per_image
+    from model.perf import matmul_peak_flops
 
     bench = cfg.bench
     batch = int(cfg.train.batch_size)
@@ -584,7 +571,8 @@ def bench_train(cfg: DictConfig, device: torch.device) -> list[dict]:
                 with PeakMemory(device) as mem:
                     seconds[id(tr)] += timed(step, device, clock)
                 tr.transient = max(tr.transient, mem.peak_bytes)
-            peaks.append(peak_flops(device, dtype, clock))  # the peak, measured alongside
+            # the peak, measured alongside (uncached) on the same clock
+            peaks.append(matmul_peak_flops.__wrapped__(str(device), dtype, clock=clock))
         for tr in live:
             tr.times.append(seconds[id(tr)])
             tr.peaks.append(median(peaks))
