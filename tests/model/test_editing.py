@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny_models import tiny_model, tiny_vae
 
 from harness.config import load_config
-from model import CausalFusion, Diffusion, ModelConfig, make_sampler
+from model import Diffusion, make_sampler
 from model.data import build_dataset
 from model.editing import (
     EDIT_ORDERS,
@@ -41,20 +42,6 @@ TINY_RUN = [
     "sample.batch_size=500",
 ]
 TRAIN_STEPS = 200
-
-
-def tiny(seed: int = 0, grid: int = 4) -> CausalFusion:
-    """An untrained 2-layer model on 1-channel images (weights perturbed off the zero output)."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        input_size=grid, in_channels=1, patch_size=1, width=32, depth=2, heads=2, num_classes=3
-    )
-    model = CausalFusion(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def write_run_config(run_dir: Path, *overrides: str) -> Path:
@@ -133,7 +120,7 @@ def test_nearest_order_takes_the_border_of_the_hole_first():
 
 
 def test_kept_tokens_bitwise_and_any_partition():
-    model = tiny()
+    model = tiny_model(1)
     sampler = make_sampler(Diffusion(), "ddpm", 5)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 4, 4, generator=g) * 2 - 1
@@ -153,7 +140,7 @@ def test_kept_tokens_bitwise_and_any_partition():
 
 
 def test_empty_region_returns_the_input():
-    model = tiny()
+    model = tiny_model(1)
     sampler = make_sampler(Diffusion(), "ddpm", 5)
     x = torch.rand(2, 1, 4, 4) * 2 - 1
     out, sizes = edit_images(model, sampler, x, torch.tensor([0, 1]), parse_region("none", 4, 4))
@@ -232,22 +219,12 @@ def test_inputs_from_the_split_and_from_files(tmp_path):
 
 
 def test_image_files_for_latent_runs_go_through_the_vae(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("diffusers")
     from PIL import Image
 
     from model.encode import encode_dataset
 
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-    ).eval()
+    vae = tiny_vae(in_channels=1)
     digits = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
               "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip
     lat = encode_dataset(digits, vae, tmp_path / "lat", batch_size=500)

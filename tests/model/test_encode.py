@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_vae
 
 from model.data import build_dataset, reference_images
 from model.encode import decode_latents, encode_dataset
@@ -36,21 +37,6 @@ def write_image_folder(root, per_class=4):
 def folder_cfg(root, **kw):
     return {**DIGITS, "name": "imagefolder", "root": str(root), "resolution": 12, "channels": 3,
             "num_classes": 3, "flip": True, **kw}  # fmt: skip
-
-
-def tiny_vae(in_channels=3):
-    """A 2-level AutoencoderKL (downsamples by 2) with random weights: nothing is downloaded."""
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(
-        in_channels=in_channels,
-        out_channels=in_channels,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-    ).eval()
 
 
 def latents_cfg(root, **kw):

@@ -2,31 +2,16 @@
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from model import (
-    CausalFusion,
     Diffusion,
     KVCache,
-    ModelConfig,
     equal_group_sizes,
     generate,
     make_sampler,
     sample,
 )
-
-
-def tiny(seed=0) -> CausalFusion:
-    """A 2-layer model on 4x4x2 inputs (L=16), weights perturbed away from the zero output."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        input_size=4, in_channels=2, patch_size=1, width=32, depth=2, heads=2, num_classes=3
-    )
-    model = CausalFusion(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def record(trace):
@@ -60,7 +45,7 @@ def full_pass_eps(model, images, trace, y, positions, sizes, step, cfg_scale=1.0
 
 @pytest.mark.parametrize("S", [1, 2, 4, 16])
 def test_kv_cached_sampling_equals_full_masked_forward(S):
-    model = tiny()
+    model = tiny_model(2)
     sampler = make_sampler(Diffusion(), "ddpm", 3)
     B, L = 3, model.num_tokens
     y = torch.tensor([0, 1, 2])
@@ -79,7 +64,7 @@ def test_kv_cached_sampling_equals_full_masked_forward(S):
 
 
 def test_kv_cache_equivalence_with_cfg_and_context():
-    model = tiny(1)
+    model = tiny_model(2, seed=1)
     sampler = make_sampler(Diffusion(), "ddim", 2)
     B, L, K = 2, model.num_tokens, 5
     y = torch.tensor([2, 0])
@@ -117,7 +102,7 @@ def test_kv_cache_equivalence_with_cfg_and_context():
 
 
 def test_deterministic_per_seed():
-    model = tiny()
+    model = tiny_model(2)
     sampler = make_sampler(Diffusion(), "ddpm", 3)
     y = torch.tensor([0, 1])
 
@@ -132,7 +117,7 @@ def test_deterministic_per_seed():
 
 
 def test_cfg_interval_outside_every_step_is_unguided():
-    model = tiny()
+    model = tiny_model(2)
     sampler = make_sampler(Diffusion(), "ddim", 4)
     y = torch.tensor([0, 2])
     kw = dict(order="raster", generator=None)
@@ -147,7 +132,7 @@ def test_cfg_interval_outside_every_step_is_unguided():
 
 
 def test_kv_cache_lengths_and_mode_restored():
-    model = tiny().train()
+    model = tiny_model(2).train()
     cache = KVCache(model.cfg.depth)
     assert len(cache) == 0
     model.run_cached(model.embed_cond(torch.tensor([0, 1])), cache, append=True)
@@ -161,7 +146,7 @@ def test_kv_cache_lengths_and_mode_restored():
 
 
 def test_bad_arguments():
-    model = tiny()
+    model = tiny_model(2)
     sampler = make_sampler(Diffusion(), "ddpm", 2)
     y = torch.tensor([0])
     with pytest.raises(ValueError, match=r"sample.ar_steps=17 must be in 1..L=16"):
