@@ -341,7 +341,7 @@ def machine_info(device: torch.device) -> dict:
 
 def pick_device(cfg: DictConfig) -> torch.device:
     """train.device, as the trainer reads it (auto = CUDA when present)."""
-    from model.train import DistInfo
+    from model.distributed import DistInfo
     from model.train import pick_device as trainer_device
 
     return trainer_device(cfg, DistInfo())

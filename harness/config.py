@@ -242,6 +242,7 @@ def validate_config(cfg: DictConfig | dict) -> None:
     _check_float("train.loss.min_snr_gamma", t.loss.min_snr_gamma, 0.0, math.inf, lo_open=True)
     _check_choice("train.precision", t.precision, PRECISIONS)
     _check_choice("train.device", t.device, DEVICES)
+    _check_float("train.dist_timeout_s", t.dist_timeout_s, 0.0, math.inf, lo_open=True)
     _check_int("train.ckpt_every", t.ckpt_every, 1)
     _check_int("train.keep_checkpoints", t.keep_checkpoints, 1)
     _check_int("train.log_every", t.log_every, 1)

@@ -111,11 +111,12 @@ class ClusterProfile:
     qos: str | None = None
     constraint: str | None = None
     array_parallelism: int = 16  # slurm: array tasks at once
+    tasks_per_node: int = 1  # ranks per node: one per GPU; on CPU nodes, that many gloo ranks
 
     @property
-    def tasks_per_node(self) -> int:
-        """One task per GPU (DDP), one task on CPU."""
-        return max(1, self.gpus_per_node)
+    def world_size(self) -> int:
+        """Ranks of one point: nodes x tasks per node."""
+        return self.nodes * self.tasks_per_node
 
 
 _KEYS = {
@@ -135,6 +136,7 @@ _KEYS = {
     "qos": "str or null",
     "constraint": "str or null",
     "array_parallelism": "int >= 1",
+    "tasks_per_node": "null (one per GPU, else 1) or an int >= 1, equal to gpus_per_node if > 0",
 }
 
 
@@ -197,6 +199,9 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
 
     nodes = integer("nodes", 1, 1)
     gpus = integer("gpus_per_node", 0, 0)
+    tasks = integer("tasks_per_node", 1, max(1, gpus))
+    if gpus and tasks != gpus:
+        raise bad("tasks_per_node", f" with gpus_per_node={gpus} (one task per GPU)")
     timeout_min = number("timeout_min", 60)
     assert timeout_min is not None
     signal_delay_s = integer("signal_delay_s", 0, min(60, int(timeout_min * 60) // 4))
@@ -222,6 +227,7 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
         qos=text("qos"),
         constraint=text("constraint"),
         array_parallelism=integer("array_parallelism", 1, 16),
+        tasks_per_node=tasks,
     )
     if backend == "local":
         if nodes != 1:
@@ -255,8 +261,8 @@ def make_executor(cluster_cfg: Any, folder: Path, job_name: str = "cfh") -> subm
 
     local: submitit's LocalExecutor with the profile's `parallelism` limit (see module doc).
     slurm: `submitit.AutoExecutor(cluster="slurm")` with partition, account, qos, constraint,
-    nodes, tasks_per_node = max(1, gpus_per_node), gpus_per_node, cpus_per_task, mem_gb,
-    timeout_min, array_parallelism, signal_delay_s, max_num_timeout and the setup lines.
+    nodes, tasks_per_node (one per GPU, or the profile's CPU ranks), gpus_per_node, cpus_per_task,
+    mem_gb, timeout_min, array_parallelism, signal_delay_s, max_num_timeout and the setup lines.
     """
     p = validate_profile(cluster_cfg)
     folder = Path(folder).absolute()
@@ -395,6 +401,24 @@ def submit_array(
         chunk = calls[start : start + MAX_ARRAY_SIZE]
         jobs.extend(executor.map_array(fn, *zip(*chunk, strict=True)))
     return jobs
+
+
+def export_distributed_env() -> None:
+    """In a multi-task submitit or SLURM job, export torchrun's variables for this task.
+
+    RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (submitit's
+    TorchDistributedEnvironment: the first node's host, a port drawn from the job id), so the
+    trainer and the sampler read one convention whatever launched them. Under torchrun, or in a
+    one-task job, this does nothing.
+    """
+    if "RANK" in os.environ:
+        return
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not in a job
+        return
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 # ---------------------------------------------------------------- the job wrapper

@@ -565,10 +565,19 @@ def _profile(name: str) -> dict:
 
 
 def check_cluster(cfg: dict, error: Any) -> None:
-    """Resource sanity: known backend, a valid profile, no GPUs on a CPU profile."""
+    """Resource sanity: known backend, a valid profile, no GPUs on a CPU profile, and a global
+    batch that splits evenly over the point's ranks."""
     problem = _cluster_problem(json.dumps(cfg["cluster"], sort_keys=True), cfg["train"]["device"])
     if problem:
         raise error(problem)
+    profile = validate_profile(cfg["cluster"])
+    batch = cfg["train"]["batch_size"]
+    if batch % profile.world_size:
+        raise error(
+            f"train.batch_size={batch} does not split over the point's {profile.world_size} "
+            f"ranks (cluster.nodes={profile.nodes} x {profile.tasks_per_node} tasks per node); "
+            f"use a multiple of {profile.world_size}"
+        )
 
 
 @functools.lru_cache(maxsize=256)

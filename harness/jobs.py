@@ -9,7 +9,9 @@ another grid make the run incomplete again, and the next `cfh sweep` submits it 
 status.json fields written here (merged with the trainer's): state (running, completed, failed),
 phase (train, eval, done), attempts (one per job start, requeues included), job_id, log (the
 job's stderr file), error (first line of the exception), evals ({eval key: {"file", "fid",
-"s_eval"}}). Under DDP every rank trains; only rank 0 writes status and evaluates.
+"s_eval"}}). In a multi-task job every rank trains (DDP) and draws its share of each eval
+point's samples; rank 0 writes status, gathers the samples and scores them. The first rank to
+fail writes the error (`rank R/W: Type: message`).
 """
 
 from __future__ import annotations
@@ -26,14 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import parse_override, set_key, validate_config
 from harness.runs import read_point
-from model.io import now_iso, read_status, update_status
+from model.distributed import barrier, dist_info, init_distributed
+from model.io import now_iso, read_status, record_failure, update_status
 
 TrainFn = Callable[[DictConfig], Any]
 EvalFn = Callable[[DictConfig], dict]
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def job_env() -> tuple[str | None, str | None]:
@@ -75,12 +74,6 @@ def with_overrides(cfg: dict, overrides: list[str]) -> dict:
     return out
 
 
-def first_line(e: BaseException) -> str:
-    """`Type: first line of the message` (what `cfh status` shows for a failed run)."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-
-
 def _final_checkpoint_exists(rdir: Path, steps: int) -> bool:
     return (rdir / "checkpoints" / f"ckpt_{steps:08d}.pt").exists()
 
@@ -92,8 +85,12 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
     inject others. A preemption (SystemExit from the trainer's signal hand-over) passes through
     untouched so that submitit can requeue; any other exception marks the run failed.
     """
+    from harness.executors import export_distributed_env
+
     rdir = Path(run_dir)
-    main = _rank() == 0
+    export_distributed_env()
+    info = dist_info()
+    main = info.is_main
     job_id, log_path = job_env()
     log_path = log_path or str(rdir / "log.txt")
     if main:
@@ -114,6 +111,8 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
     phase = "train"
     try:
         cfg = load_run_config(rdir)
+        init_distributed(float(cfg["train"]["dist_timeout_s"]))
+        barrier(info)  # no rank starts (or fails) before rank 0 has reset the status
         if cfg.get("bench", {}).get("enabled"):  # a bench point measures instead of training
             from harness.bench import run_bench_point
 
@@ -123,22 +122,26 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
         # Every rank sees the same checkpoint folder, so all ranks skip (or train) together.
         if not _final_checkpoint_exists(rdir, steps):
             (train_fn or _default_train)(to_dictconfig(cfg))
-        if not main:
-            return {"run_dir": str(rdir), "rank": _rank(), "trained": True}
         phase = "eval"
-        update_status(rdir, state="running", phase="eval", step=steps, total_steps=steps)
-        done = evaluate_points(rdir, cfg, eval_fn or _default_eval)
-    except Exception as e:
         if main:
-            update_status(rdir, state="failed", phase=phase, error=first_line(e), log=log_path)
+            update_status(rdir, state="running", phase="eval", step=steps, total_steps=steps)
+        done = evaluate_points(rdir, cfg, eval_fn or _default_eval, main)
+        if not main:
+            return {"run_dir": str(rdir), "rank": info.rank, "evals": len(done)}
+    except Exception as e:
+        record_failure(rdir, e, info.rank, info.world, phase=phase, log=log_path)
         traceback.print_exc(file=sys.stderr)
         raise
     status = update_status(rdir, state="completed", phase="done", error=None)
     return {"run_dir": str(rdir), "evals": done, "attempts": status.get("attempts")}
 
 
-def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn) -> dict:
-    """Evaluate every eval point of point.json not yet done; record each in status.json."""
+def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -> dict:
+    """Evaluate every eval point of point.json not yet done; record each in status.json.
+
+    Every rank calls eval_fn (each draws its share of the samples, with no collective, so a
+    rank never waits on rank 0's scoring); only rank 0 (`main`) records the results.
+    """
     point = read_point(rdir)  # re-read: a sweep may have added eval points while we trained
     evals = read_status(rdir).get("evals")
     evals = dict(evals) if isinstance(evals, dict) else {}
@@ -149,6 +152,8 @@ def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn) -> dict:
             continue  # done in an earlier attempt
         _leave_if_preempted()
         record = eval_fn(to_dictconfig(with_overrides(cfg, list(e.get("overrides", [])))))
+        if not main:
+            continue
         metrics = record.get("metrics", {})
         path = Path(record.get("path", ""))
         evals[key] = {

@@ -43,6 +43,7 @@ NON_RESULT_KEYS = (
     "train.ckpt_every",
     "train.keep_checkpoints",
     "train.device",
+    "train.dist_timeout_s",
     "train.compile",
     "train.grad_checkpointing",
     "train.max_nonfinite",

@@ -1,7 +1,8 @@
 """The AR axis: how many AR steps, how the L tokens split into groups, their order and weights.
 
-Everything random here draws from an explicit torch.Generator so that a seeded run is
-reproducible (the official code used an unseeded Python RNG; reference section 4).
+Everything random here draws from an explicit torch.Generator (or, for token orders at
+sampling time, from per-sample streams: model.noise) so that a seeded run is reproducible (the
+official code used an unseeded Python RNG; reference section 4).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from model.errors import UserError
 from model.masks import check_group_sizes
+from model.noise import NoiseSource, uniform
 
 ORDERS = ("random", "raster", "block_raster", "dilated")
 STEP_MODES = ("fixed", "uniform", "decay")
@@ -72,13 +74,14 @@ def token_order(
     kind: str,
     batch: int,
     grid: int,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     block: int = 4,
 ) -> torch.Tensor:
     """(batch, grid*grid) long: token k of the AR sequence is image position order[:, k].
 
     Positions are raster indices r * grid + c. Kinds:
-      random        a fresh permutation per sample (drawn from `generator`);
+      random        a fresh permutation per sample (drawn from `generator`: one stream, or
+                    a SampleNoise with one stream per sample);
       raster        row by row;
       block_raster  block x block tiles in raster order, raster inside each tile;
       dilated       the four stride-2 phases (even row, even col), (even, odd), (odd, even),
@@ -87,8 +90,7 @@ def token_order(
     """
     L = grid * grid
     if kind == "random":
-        device = generator.device if generator is not None else None
-        return torch.rand(batch, L, generator=generator, device=device).argsort(dim=1)
+        return uniform(generator, (batch, L)).argsort(dim=1)
     r, c = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     if kind == "raster":
         key = r * grid + c

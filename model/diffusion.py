@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from model.errors import UserError
+from model.noise import NoiseSource, normal
 
 NOISE_WEIGHTINGS = ("uniform", "high_noise", "min_snr")
 SAMPLERS = ("ddpm", "ddim")
@@ -160,7 +161,7 @@ class Sampler:
         i: int,
         x_t: torch.Tensor,
         eps_hat: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: NoiseSource = None,
     ) -> torch.Tensor:
         """x at timesteps[i] and its predicted noise -> x at the next (smaller) timestep."""
         abar, abar_prev, beta = self._abar[i], self._abar_prev[i], self._betas[i]
@@ -174,19 +175,14 @@ class Sampler:
             c0 = beta * math.sqrt(abar_prev) / (1 - abar)
             ct = (1 - abar_prev) * math.sqrt(1 - beta) / (1 - abar)
             mean = c0 * x0 + ct * x_t
-            return mean if last else mean + math.sqrt(beta) * _randn_like(x_t, generator)
+            if last:
+                return mean
+            return mean + math.sqrt(beta) * normal(generator, x_t.shape, x_t.device, x_t.dtype)
         sigma = self.eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0)) * eps_hat
         if sigma > 0 and not last:
-            x_prev = x_prev + sigma * _randn_like(x_t, generator)
+            x_prev = x_prev + sigma * normal(generator, x_t.shape, x_t.device, x_t.dtype)
         return x_prev
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn from `generator` (on its device) if given."""
-    device = generator.device if generator is not None else x.device
-    z = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-    return z.to(x.device)
 
 
 def make_sampler(

@@ -44,6 +44,7 @@ from model.diffusion import Diffusion, Sampler, make_sampler
 from model.errors import UserError
 from model.io import atomic_write_bytes, atomic_write_json, now_iso
 from model.network import CausalFusion
+from model.noise import NoiseSource, SampleNoise, uniform
 from model.sampling import generate
 
 TASKS = ("inpaint", "outpaint", "swap")
@@ -115,7 +116,7 @@ def _batched(region: torch.Tensor, batch: int) -> torch.Tensor:
     return region
 
 
-def nearest_order(region: torch.Tensor, grid: int, generator: torch.Generator | None = None):
+def nearest_order(region: torch.Tensor, grid: int, generator: NoiseSource = None):
     """(B, M) long: the region's positions, nearest to a known (non-region) token first.
 
     Distance is Euclidean on the token grid; ties (and a region with no known token) fall in a
@@ -130,8 +131,7 @@ def nearest_order(region: torch.Tensor, grid: int, generator: torch.Generator | 
         if len(known):
             dist[b] = torch.cdist(rc, known).min(1).values
     dist[~region.cpu()] = float("inf")  # known tokens sort last and are dropped below
-    device = generator.device if generator is not None else None
-    tie = torch.rand(B, L, generator=generator, device=device).argsort(1).cpu()  # random first
+    tie = uniform(generator, (B, L)).argsort(1).cpu()  # random first
     _, by_dist = dist.gather(1, tie).sort(dim=1, stable=True)  # then by distance, ties kept random
     order = tie.gather(1, by_dist)
     M = int(region[0].sum())
@@ -143,7 +143,7 @@ def region_positions(
     order: str,
     grid: int,
     batch: int,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     block: int = 4,
 ) -> torch.Tensor:
     """(B, M) long: the region's positions in generation order (`order` in EDIT_ORDERS)."""
@@ -173,7 +173,7 @@ def fill(
     group_sizes: list[int],
     cfg_scale: float = 1.0,
     cfg_interval: tuple[float, float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
 ) -> torch.Tensor:
     """Regenerate the tokens at `positions` (B, M), in that order and in `group_sizes` groups.
 
@@ -213,7 +213,7 @@ def edit_images(
     order: str = "nearest",
     cfg_scale: float = 1.0,
     cfg_interval: tuple[float, float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     block: int = 4,
 ) -> tuple[torch.Tensor, list[int]]:
     """Regenerate `region` ((L,) or (B, L) bool) of `images` under labels `y`.
@@ -498,8 +498,9 @@ def edit_run(
     outs, sizes = [], []
     bs = int(cfg.sample.batch_size)
     t0 = time.perf_counter()
-    for i, start in enumerate(range(0, len(xb), bs)):
-        gen = torch.Generator(device).manual_seed(int(cfg.sample.seed) * 100_003 + i)
+    for start in range(0, len(xb), bs):
+        stop = min(start + bs, len(xb))  # sample j * k + r is result r of input j
+        gen = SampleNoise.for_indices(int(cfg.sample.seed), range(start, stop))
         out, sizes = edit_images(
             net,
             sampler,
@@ -549,11 +550,17 @@ def edit_run(
 
 @torch.no_grad()
 def task_samples(
-    net: CausalFusion, train_cfg: Any, cfg: DictConfig, device: torch.device
+    net: CausalFusion,
+    train_cfg: Any,
+    cfg: DictConfig,
+    device: torch.device,
+    indices: range | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float, dict]:
-    """sample.num edited real images of eval.split for eval.task (inpaint | outpaint | swap).
+    """Edited real images of eval.split for eval.task (inpaint | outpaint | swap).
 
-    Returns (uint8 NHWC images, int64 labels they were generated under, seconds, details).
+    Samples `indices` of sample.num (default: all); sample i edits split image i % len(split)
+    with noise stream i. Returns (uint8 NHWC images, int64 labels they were generated under,
+    seconds, details).
     Labels are the inputs' own classes, or for swap each input's new class (y + 1 + i % (K-1)),
     so the classifier's class_acc scores the swap.
     """
@@ -565,17 +572,18 @@ def task_samples(
     region = parse_region(TASK_REGIONS[task], net.cfg.grid, pixel_resolution(train_cfg))
     ds = _eval_dataset(train_cfg, split)
     num = int(cfg.sample.num)
-    index = torch.arange(num)
+    indices = range(num) if indices is None else indices
+    index = torch.arange(indices.start, indices.stop)
     K = int(train_cfg.data.num_classes)
     sampler = _sampler(cfg, train_cfg)
     chunks, labels, sizes = [], [], []
     bs = int(cfg.sample.batch_size)
     t0 = time.perf_counter()
-    for i, start in enumerate(range(0, num, bs)):
+    for start in range(0, len(index), bs):
         idx = index[start : start + bs]
         x, y = _gather(ds, idx % len(ds))  # more samples than images: the split again, new noise
         y = swap_labels(y, idx, K) if task == "swap" else y
-        gen = torch.Generator(device).manual_seed(int(cfg.sample.seed) * 100_003 + i)
+        gen = SampleNoise.for_indices(int(cfg.sample.seed), idx.tolist())
         out, sizes = edit_images(
             net,
             sampler,

@@ -2,7 +2,8 @@
 
 Samples are keyed by their sampling settings, so `cfh evaluate` with another extractor reuses
 them; an eval record is keyed by sampling settings + extractor, so a finished evaluation is
-never recomputed.
+never recomputed. Several ranks (torchrun, a multi-task job) split the samples and rank 0
+gathers them through files (`samples/<hash>/shards/`); only rank 0 scores.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from model.diffusion import Diffusion, make_sampler
+from model.distributed import DistInfo, dist_info, shard_range
 from model.errors import UserError
 from model.io import atomic_write_bytes, atomic_write_json, now_iso
 from model.network import CausalFusion
+from model.noise import SampleNoise
 from model.sampling import sample as sample_images
 from model.train import checkpoint_paths, model_from_config
 
@@ -85,6 +89,7 @@ def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
         "ema": bool(s.ema),
         "ckpt_step": ckpt_step,
         "task": str(cfg.eval.task),
+        "noise": "per-sample",  # sample i's stream is seeded by (seed, i): model.noise
     }
     if settings["task"] != "generate":  # edits start from real images of the eval split
         settings["split"] = str(cfg.eval.split)
@@ -128,15 +133,24 @@ def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num) % num_classes
 
 
-def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
-    """Draw cfg.sample.num class-balanced samples (reused if already drawn with these settings)."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict | None:
+    """Draw cfg.sample.num class-balanced samples (reused if already drawn with these settings).
+
+    Under torchrun or a multi-task job each rank draws its contiguous share of the sample
+    indices into `shards/`; rank 0 waits for every share, writes samples.npz and returns its
+    metadata, the other ranks return None as soon as their share is written. Sample i's noise
+    comes from its own stream (model.noise), so the samples do not depend on the number of
+    ranks or on sample.batch_size; a share written by an interrupted job is reused.
+    """
+    info = dist_info()
+    device = device or _default_device(info)
     run_dir = _run_dir(cfg)
     net, step, train_cfg = load_trained(cfg, device)
     settings = sample_settings(cfg, step)
     out_dir = run_dir / "samples" / settings_hash(settings)
-    npz = out_dir / "samples.npz"
-    if npz.exists():
+    if (out_dir / "samples.npz").exists():
+        if not info.is_main:
+            return None
         meta = json.loads((out_dir / "settings.json").read_text())
         return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": True}
     if int(cfg.sample.ar_steps) > net.num_tokens:
@@ -144,35 +158,99 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
             f"sample.ar_steps={cfg.sample.ar_steps} must be in 1..L={net.num_tokens} "
             "(the tokens per image)"
         )
-    if settings["task"] == "generate":
-        images, labels, seconds, details = _generate_samples(net, train_cfg, cfg, device)
-    else:  # inpaint / outpaint / swap: real images of eval.split edited in context
-        from model.editing import task_samples
+    num = int(cfg.sample.num)
+    if num < info.world:
+        raise UserError(f"sample.num={num} must be at least the number of ranks ({info.world})")
+    mine = shard_range(num, info)
+    path = _shard_path(out_dir, mine)
+    if not path.exists():
+        if settings["task"] == "generate":
+            drawn = _generate_samples(net, train_cfg, cfg, device, mine)
+        else:  # inpaint / outpaint / swap: real images of eval.split edited in context
+            from model.editing import task_samples
 
-        images, labels, seconds, details = task_samples(net, train_cfg, cfg, device)
+            drawn = task_samples(net, train_cfg, cfg, device, mine)
+        _write_shard(path, *drawn)
+    if not info.is_main:
+        return None
+    shards = [
+        _shard_path(out_dir, shard_range(num, DistInfo(r, info.world)))
+        for r in range(1, info.world)
+    ]
+    _wait_for(shards, run_dir, float(cfg.train.dist_timeout_s))
+    images, labels, rates, details = _merge_shards([path, *shards])
     meta = {
         "settings": settings,
         "num_samples": len(images),
-        "sample_img_per_s": len(images) / seconds,
-        "seconds": seconds,
+        "sample_img_per_s": sum(rates),
+        "ranks": info.world,
         "created": now_iso(),
         **details,
     }
     buf = io.BytesIO()
     np.savez(buf, images=images, labels=labels)
-    atomic_write_bytes(npz, buf.getvalue())
+    atomic_write_bytes(out_dir / "samples.npz", buf.getvalue())
     atomic_write_bytes(out_dir / "grid.png", image_grid_png(images))
     atomic_write_json(out_dir / "settings.json", meta)
+    shutil.rmtree(out_dir / "shards", ignore_errors=True)
     log.info(
         "sampled %d images at %.1f img/s into %s", len(images), meta["sample_img_per_s"], out_dir
     )
     return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": False}
 
 
+def _default_device(info: DistInfo) -> torch.device:
+    return (
+        torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    )
+
+
+def _shard_path(out_dir: Path, indices: range) -> Path:
+    return out_dir / "shards" / f"{indices.start:08d}-{indices.stop:08d}.npz"
+
+
+def _write_shard(
+    path: Path, images: np.ndarray, labels: np.ndarray, seconds: float, details: dict
+) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, images=images, labels=labels, seconds=seconds, details=json.dumps(details))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _wait_for(paths: list[Path], run_dir: Path, timeout_s: float) -> None:
+    """Block until every file exists; fail after timeout_s, or at once when a rank failed."""
+    from model.io import read_status
+
+    deadline = time.monotonic() + timeout_s
+    while missing := [p for p in paths if not p.exists()]:
+        status = read_status(run_dir)
+        if status.get("state") == "failed":
+            raise RuntimeError(f"another rank failed while sampling: {status.get('error')}")
+        if time.monotonic() > deadline:
+            names = ", ".join(p.name for p in missing)
+            raise RuntimeError(
+                f"samples of other ranks did not appear within train.dist_timeout_s={timeout_s:g}"
+                f" s (missing: {names} in {missing[0].parent})"
+            )
+        time.sleep(0.2)
+
+
+def _merge_shards(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[float], dict]:
+    """Shards in index order -> (images, labels, img/s of each shard, details of the first)."""
+    images, labels, rates, details = [], [], [], {}
+    for path in paths:
+        with np.load(path) as f:
+            images.append(f["images"])
+            labels.append(f["labels"])
+            rates.append(len(f["images"]) / max(float(f["seconds"]), 1e-9))
+            details = details or json.loads(str(f["details"]))
+    return np.concatenate(images), np.concatenate(labels), rates, details
+
+
 def _generate_samples(
-    net: CausalFusion, train_cfg: Any, cfg: DictConfig, device: torch.device
+    net: CausalFusion, train_cfg: Any, cfg: DictConfig, device: torch.device, indices: range
 ) -> tuple[np.ndarray, np.ndarray, float, dict]:
-    """sample.num class-balanced samples: (uint8 NHWC images, int64 labels, seconds, {})."""
+    """Class-balanced samples `indices` of sample.num: (uint8 NHWC, int64 labels, seconds, {})."""
     pixels = train_cfg.data.name != "latents"  # pixels live in [-1, 1]; latents are unbounded
     sampler = make_sampler(
         Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels
@@ -182,23 +260,23 @@ def _generate_samples(
     chunks = []
     bs = int(cfg.sample.batch_size)
     t0 = time.perf_counter()
-    for i, start in enumerate(range(0, len(labels), bs)):
-        gen = torch.Generator(device).manual_seed(int(cfg.sample.seed) * 100_003 + i)
-        y = labels[start : start + bs].to(device)
+    for start in range(indices.start, indices.stop, bs):
+        batch = range(start, min(start + bs, indices.stop))
         x = sample_images(
             net,
             sampler,
-            y,
+            labels[batch.start : batch.stop].to(device),
             int(cfg.sample.ar_steps),
             order=str(cfg.sample.order),
             cfg_scale=float(cfg.sample.cfg),
             cfg_interval=interval,
-            generator=gen,
+            generator=SampleNoise.for_indices(int(cfg.sample.seed), batch),
             block=int(train_cfg.train.order_block),
         )
         chunks.append(decode_to_pixels(x, train_cfg))
     seconds = time.perf_counter() - t0
-    return to_uint8(torch.cat(chunks)), labels.numpy(), seconds, {}
+    mine = labels[indices.start : indices.stop]
+    return to_uint8(torch.cat(chunks)), mine.numpy(), seconds, {}
 
 
 def decode_to_pixels(x: torch.Tensor, train_cfg: Any) -> torch.Tensor:
@@ -228,6 +306,8 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
         record = json.loads(path.read_text())
         return {**record, "path": str(path)}
     drawn = sample_run(cfg, device)
+    if drawn is None:  # not rank 0: this rank's share of the samples is written, rank 0 scores
+        return {"path": None, "rank": dist_info().rank}
     images, labels = load_samples(drawn["dir"])
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     kid_subset = min(int(cfg.eval.kid_subset_size), len(images))

@@ -1,12 +1,19 @@
-"""Atomic file writes (temp file + rename) and the run folder's status file."""
+"""Atomic file writes (temp file + rename) and the run folder's status file.
+
+status.json is read-modified-written under an exclusive lock on `.status.lock` beside it, so
+ranks and the harness writing at once never lose each other's fields.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +98,49 @@ def read_status(run_dir: str | os.PathLike) -> dict:
         return {}
 
 
+@contextlib.contextmanager
+def status_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run folder's status lock (an OS lock: it dies with the process)."""
+    path = Path(run_dir) / ".status.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        with contextlib.suppress(OSError):  # a filesystem without locks: best effort
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def update_status(run_dir: str | os.PathLike, **fields: Any) -> dict:
     """Merge `fields` into the run's status.json atomically and return the new status."""
-    status = read_status(run_dir)
-    status.update(fields)
-    status["updated"] = now_iso()
-    atomic_write_json(Path(run_dir) / "status.json", status)
+    with status_lock(run_dir):
+        status = read_status(run_dir)
+        status.update(fields)
+        status["updated"] = now_iso()
+        atomic_write_json(Path(run_dir) / "status.json", status)
     return status
+
+
+def error_line(e: BaseException) -> str:
+    """`Type: first line of the message` (what `cfh status` shows for a failed run)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def record_failure(
+    run_dir: str | os.PathLike, e: BaseException, rank: int = 0, world: int = 1, **fields: Any
+) -> None:
+    """Mark the run failed with e's first line, unless a rank already did in this attempt.
+
+    The first rank to fail names the cause; the errors the others then get (a peer closed the
+    connection, a collective timed out) do not overwrite it. A new attempt resets the state.
+    """
+    text = error_line(e) if world == 1 else f"rank {rank}/{world}: {error_line(e)}"
+    with status_lock(run_dir):
+        status = read_status(run_dir)
+        if status.get("state") == "failed" and status.get("error"):
+            return
+        status.update(fields, state="failed", error=text, failed_rank=rank)
+        status["updated"] = now_iso()
+        atomic_write_json(Path(run_dir) / "status.json", status)

@@ -7,6 +7,11 @@
 3. The group's final clean tokens run once more, appending their keys/values to the cache.
 Because clean tokens never attend to noisy ones, this computes exactly what one forward pass with
 the generalized causal mask computes for the same tokens (tests/model/test_sampling.py).
+
+With per-sample noise (model.noise.SampleNoise) a sample does not depend on the batch it is
+computed in. On the CPU that also needs batch-invariant matmuls: MKL's small-matrix kernels
+round differently for fewer than about 12 rows (measured: 1-3, 5-7, 9-11 rows differ from the
+same rows inside a large matmul), so a batch below MIN_CPU_BATCH samples is padded to it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from model.diffusion import Sampler
 from model.errors import UserError
 from model.masks import check_group_sizes
 from model.network import CausalFusion, KVCache
+from model.noise import NoiseSource, SampleNoise, normal
+
+MIN_CPU_BATCH = 16  # every matmul then has >= 16 rows: batch-invariant rounding on CPU
 
 # callback(group, step, t, x_t, eps): x_t and the (guided) eps of a group's tokens, (B, g, P)
 StepCallback = Callable[[int, int, int, torch.Tensor, torch.Tensor], None]
@@ -45,7 +53,7 @@ def generate(
     group_sizes: list[int],
     cfg_scale: float = 1.0,
     cfg_interval: tuple[float, float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     context: torch.Tensor | None = None,
     context_positions: torch.Tensor | None = None,
     callback: StepCallback | None = None,
@@ -57,9 +65,34 @@ def generate(
     bitwise, and positions neither given nor generated stay zero. cfg_scale != 1 batch-doubles
     with null labels: eps = eps_u + s (eps_c - eps_u), only for t in the closed interval
     cfg_interval = (t_low, t_high) when given (plain conditional eps elsewhere). Noise comes from
-    `generator` (or the global RNG), so a fixed generator seed gives the same images.
-    Returns (B, C, H, W).
+    `generator`: a SampleNoise (one stream per sample, so a sample is the same in any batch), a
+    torch.Generator (one stream for the batch) or None (the global RNG). Returns (B, C, H, W).
     """
+    B = y.shape[0]
+    if isinstance(generator, SampleNoise) and y.device.type == "cpu" and B < MIN_CPU_BATCH:
+        pad = MIN_CPU_BATCH - B
+
+        def rows(a: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None else torch.cat([a, a[:1].expand(pad, *a.shape[1:])])
+
+        def real_rows(group: int, step: int, t: int, x: torch.Tensor, eps: torch.Tensor) -> None:
+            assert callback is not None
+            callback(group, step, t, x[:B], eps[:B])
+
+        padded = generate(
+            model,
+            sampler,
+            rows(y),  # type: ignore[arg-type]
+            rows(positions),  # type: ignore[arg-type]
+            group_sizes,
+            cfg_scale,
+            cfg_interval,
+            generator.padded(MIN_CPU_BATCH),
+            rows(context),
+            rows(context_positions),
+            None if callback is None else real_rows,
+        )
+        return padded[:B]
     net = _unwrap(model)
     cfg = net.cfg
     B, L, P = y.shape[0], net.num_tokens, cfg.token_dim
@@ -102,10 +135,7 @@ def generate(
             pos = positions[:, start : start + g]  # (B, g)
             start += g
             shape = (B, g, P)
-            noise_device = generator.device if generator is not None else device
-            x = torch.randn(shape, generator=generator, device=noise_device).to(
-                device, tokens.dtype
-            )
+            x = normal(generator, shape, device).to(tokens.dtype)
             for i, t in enumerate(sampler.timesteps):
                 tt = torch.full((B,), t, dtype=torch.long, device=device)
                 use_cfg = guided and (
@@ -140,7 +170,7 @@ def sample(
     order: str = "random",
     cfg_scale: float = 1.0,
     cfg_interval: tuple[float, float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     block: int = 4,
 ) -> torch.Tensor:
     """Class-conditional samples (B, C, H, W) with `ar_steps` near-equal AR groups in `order`."""

@@ -1,10 +1,11 @@
-"""The trainer: one process on CPU, DDP on GPUs; exact checkpoint/resume; metrics.jsonl.
+"""The trainer: one process, or DDP over ranks (gloo on CPU, nccl on GPUs); exact resume.
 
 `train(cfg)` trains into cfg.run_dir. Running it again on the same folder resumes from the
-latest readable checkpoint and continues bit-for-bit (RNG states and the data position are
-saved); a raised `train.steps` continues training. SIGUSR2/SIGTERM save a checkpoint at the
-next step boundary, then hand over to the handler that was installed before (submitit's, which
-requeues the job), or exit with code 124.
+latest readable checkpoint and continues bit-for-bit (every rank's RNG states and data position
+are saved); a raised `train.steps` continues training. SIGUSR2/SIGTERM reaching any rank make
+every rank save one checkpoint at the same step boundary (the caught-signal flag is reduced over
+ranks each step), then hand over to the handler installed before (the harness's, which requeues
+the job), or exit with code 124. A resume needs the world size the checkpoint was written with.
 """
 
 from __future__ import annotations
@@ -17,20 +18,33 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from model import ar
 from model.data import BatchStream, build_dataset
 from model.diffusion import Diffusion, causalfusion_loss
+from model.distributed import (
+    DistInfo,
+    barrier,
+    gather_to_all,
+    init_distributed,
+    reduce_max,
+    reduce_mean,
+)
 from model.errors import UserError
-from model.io import append_jsonl, atomic_torch_save, atomic_write_text, update_status
+from model.io import (
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_text,
+    read_status,
+    record_failure,
+    update_status,
+)
 from model.network import CausalFusion, build_model, count_params, train_flops_per_image
 from model.perf import matmul_peak_flops, mfu, peak_memory_mb
 
@@ -45,6 +59,7 @@ RESUMABLE_KEYS = (
     "train.log_every",
     "train.num_workers",
     "train.device",
+    "train.dist_timeout_s",
     "train.compile",
     "train.grad_checkpointing",
     "sample",
@@ -60,38 +75,6 @@ class TrainingFailed(RuntimeError):
 
 class Preempted(SystemExit):
     """Raised after the checkpoint on SIGUSR2/SIGTERM when no other handler takes over."""
-
-
-@dataclass
-class DistInfo:
-    """Where this process sits in the job."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group from torchrun's or SLURM's environment (single process if none)."""
-    env = os.environ
-    if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        import submitit
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    world = int(env.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
-    return info
 
 
 def pick_device(cfg: DictConfig, info: DistInfo) -> torch.device:
@@ -181,16 +164,20 @@ def load_latest_checkpoint(run_dir: Path, map_location: str = "cpu") -> dict | N
     return None
 
 
-def rng_state() -> dict:
-    """RNG states of python, numpy, torch and CUDA as plain (weights_only-loadable) values."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """RNG states of python, numpy, torch and this rank's CUDA device, as plain values.
+
+    Only the current device's CUDA state: get_rng_state_all would open a context on every
+    visible GPU from every rank.
+    """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
@@ -201,17 +188,20 @@ def set_rng_state(state: dict) -> None:
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
 
 
 # ---------------------------------------------------------------- the loop
 
 
 class _SignalCatcher:
-    """Turns SIGUSR2/SIGTERM into a flag the loop checks at step boundaries."""
+    """Turns SIGUSR2/SIGTERM into a flag the loop checks (reduced over ranks) at step boundaries."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+    # flag values, reduced with MAX over ranks: a requeue warning (USR2) outranks a stop (TERM)
+    CODES = {signal.SIGTERM: 1, signal.SIGUSR2: 2}
 
     def __init__(self) -> None:
         self.caught: int | None = None
@@ -224,16 +214,24 @@ class _SignalCatcher:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.caught = signum
+        if self.caught is None or self.CODES[signum] > self.CODES[self.caught]:
+            self.caught = signum
+
+    def code(self) -> int:
+        """This rank's flag: 0 (no signal), else the CODES value of the signal caught."""
+        return 0 if self.caught is None else self.CODES[self.caught]
+
+    @classmethod
+    def signal_of(cls, code: int) -> int:
+        return next(sig for sig, c in cls.CODES.items() if c == code)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-    def hand_over(self) -> None:
-        """After the checkpoint: let the previous handler act (submitit requeues), else exit."""
-        signum = self.caught
-        assert signum is not None
+    def hand_over(self, signum: int) -> None:
+        """After the checkpoint: let the previous handler act on `signum` (the harness requeues;
+        on a rank the signal never reached, too), else exit with 124."""
         previous = self.previous.get(signum)
         self.__exit__()
         if callable(previous):
@@ -261,7 +259,7 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.run_dir:
         raise UserError("run_dir is required: cfh train run_dir=PATH ...")
     run_dir = Path(str(cfg.run_dir))
-    info = init_distributed()
+    info = init_distributed(float(cfg.train.dist_timeout_s))
     if cfg.train.batch_size % info.world:
         raise UserError(
             f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
@@ -278,10 +276,11 @@ def train(cfg: DictConfig) -> dict:
         _attach_log_file(run_dir / "log.txt")
     try:
         return _train(cfg, run_dir, info, device)
-    except TrainingFailed as e:
-        if info.is_main:
-            update_status(run_dir, state="failed", error=str(e), log=str(run_dir / "log.txt"))
-        log.error("%s", e)
+    except Exception as e:
+        # the first rank to fail names the cause; the others then fail on its missing collectives
+        record_failure(run_dir, e, info.rank, info.world, log=str(run_dir / "log.txt"))
+        if isinstance(e, TrainingFailed):
+            log.error("%s", e)
         raise
 
 
@@ -327,17 +326,16 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
     step = 0
     ckpt = load_latest_checkpoint(run_dir)
     if ckpt is not None:
+        per_rank = _rank_states(ckpt, info.world, run_dir)
         net.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
-        stream.load_state_dict(ckpt["data"])
-        set_rng_state(ckpt["rng"][info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        stream.load_state_dict(per_rank["data"][info.rank])
+        set_rng_state(per_rank["rng"][info.rank])
         step = int(ckpt["step"])
         log.info("resumed from step %d", step)
     attempts = 1
     if info.is_main:
-        from model.io import read_status
-
         attempts = int(read_status(run_dir).get("attempts", 0)) + 1
         update_status(
             run_dir, state="running", phase="train", step=step, total_steps=int(t_cfg.steps)
@@ -359,21 +357,23 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
     aw = t_cfg.loss.ar_weight
 
     def save(at_step: int) -> None:
+        # every rank sends its RNG states and data position (a collective), rank 0 writes
+        per_rank = gather_to_all({"rng": rng_state(device), "data": stream.state_dict()}, info)
         if info.is_main:
-            _save_checkpoint(run_dir, cfg, net, ema, opt, stream, at_step, info)
-        if info.world > 1:
-            dist.barrier()
+            _save_checkpoint(run_dir, cfg, net, ema, opt, per_rank, at_step)
+        barrier(info)
 
     window = _Window()
     bar = _progress(step, int(t_cfg.steps), info)
     t_start = time.perf_counter()
     with _SignalCatcher() as signals:
         while step < t_cfg.steps:
-            if signals.caught is not None:
+            caught = reduce_max(signals.code(), info, device)  # the same answer on every rank
+            if caught:
                 save(step)
                 if info.is_main:
                     update_status(run_dir, state="requeued", step=step, attempts=attempts)
-                signals.hand_over()
+                signals.hand_over(signals.signal_of(caught))
             t0 = time.perf_counter()
             x, y = stream.next_batch()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -440,10 +440,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
 
 
 def _all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
-    ok = torch.isfinite(loss.detach()).float()
-    if info.world > 1:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
+    bad = int(not torch.isfinite(loss.detach()).item())
+    return reduce_max(bad, info, loss.device) == 0
 
 
 @torch.no_grad()
@@ -459,22 +457,17 @@ def _save_checkpoint(
     net: torch.nn.Module,
     ema: torch.nn.Module,
     opt: torch.optim.Optimizer,
-    stream: Any,
+    per_rank: list[dict],
     step: int,
-    info: DistInfo,
 ) -> None:
-    rngs: Any = rng_state()
-    if info.world > 1:
-        gathered: list[Any] = [None] * info.world
-        dist.all_gather_object(gathered, rngs)
-        rngs = gathered
     state = {
         "model": net.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": opt.state_dict(),
         "step": step,
-        "rng": rngs,
-        "data": stream.state_dict(),
+        "world_size": len(per_rank),
+        "rng": [r["rng"] for r in per_rank],  # index = rank
+        "data": [r["data"] for r in per_rank],
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     ckpt_dir = run_dir / "checkpoints"
@@ -482,6 +475,25 @@ def _save_checkpoint(
     for old in checkpoint_paths(run_dir)[: -int(cfg.train.keep_checkpoints)]:
         old.unlink(missing_ok=True)
     log.info("checkpoint at step %d", step)
+
+
+def _rank_states(ckpt: dict, world: int, run_dir: Path) -> dict[str, list]:
+    """The checkpoint's per-rank RNG states and data positions; refuses another world size.
+
+    Each rank's noise, timesteps, label dropout and AR splits come from its own streams, so
+    continuing with another number of ranks would not continue the same run.
+    """
+    rng, data = ckpt["rng"], ckpt["data"]
+    if not isinstance(rng, list):  # written by a single process before per-rank lists
+        rng, data = [rng], [data]
+    saved = int(ckpt.get("world_size", len(rng)))
+    if saved != world:
+        raise UserError(
+            f"run_dir={run_dir} was checkpointed by {saved} rank(s) (world size {saved}) at step "
+            f"{ckpt['step']}; this job has world size {world}. Resume with {saved} rank(s) "
+            "(cluster.nodes x tasks per node, or torchrun --nproc_per_node), or start a new run_dir"
+        )
+    return {"rng": rng, "data": data}
 
 
 class _Window:
@@ -518,9 +530,7 @@ class _Window:
         device: torch.device,
         t_start: float,
     ) -> dict:
-        loss = torch.stack(self.losses).float().mean()
-        if info.world > 1:
-            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        loss = reduce_mean(torch.stack(self.losses).float().mean(), info)
         img_s = self.images / max(self.seconds, 1e-9)
         row = {
             "step": step,
