@@ -1,4 +1,8 @@
-"""Single-run subcommands: `cfh train`, `cfh sample`, `cfh evaluate`, `cfh encode`."""
+"""Single-run subcommands: `cfh train`, `cfh sample`, `cfh evaluate`, `cfh encode`.
+
+train, sample and evaluate run as one rank each under torchrun, `srun` or a multi-task
+submitit job (the environment says which); only rank 0 prints the result.
+"""
 
 from __future__ import annotations
 
@@ -32,18 +36,29 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _join_job() -> bool:
+    """Export torchrun's variables for a multi-task job; True on rank 0 (the one that prints)."""
+    from harness.executors import export_distributed_env
+    from model.distributed import dist_info
+
+    export_distributed_env()
+    return dist_info().is_main
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """cfh train run_dir=R [key=value ...]"""
     from model.train import TrainingFailed, train
 
     _setup_logging()
     cfg = load_config(args.overrides)
+    main = _join_job()
     try:
         summary = train(cfg)
     except TrainingFailed as e:
         print(f"error: training failed: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(summary))
+    if main:
+        print(json.dumps(summary))
     return 0
 
 
@@ -53,7 +68,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     _setup_logging()
     cfg = load_config(args.overrides)
+    if not _join_job():
+        sample_run(cfg)  # this rank's share
+        return 0
     result = sample_run(cfg)
+    assert result is not None
     print(
         f"wrote {result['num_samples']} samples to {result['dir']} "
         f"({result['sample_img_per_s']:.1f} img/s; grid: {result['grid']})"
@@ -67,6 +86,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _setup_logging()
     cfg = load_config(args.overrides)
+    if not _join_job():
+        evaluate_run(cfg)  # this rank's share of the samples; rank 0 scores
+        return 0
     record = evaluate_run(cfg)
     m = record["metrics"]
     shown = {k: m[k] for k in ("fid", "kid", "precision", "recall", "class_acc") if k in m}

@@ -29,6 +29,8 @@ _EXPORTS = {
     "count_params": "model.network",
     "sequence_length": "model.network",
     "train_flops_per_image": "model.network",
+    "SampleNoise": "model.noise",
+    "sample_stream": "model.noise",
     "generate": "model.sampling",
     "sample": "model.sampling",
 }

@@ -1,8 +1,8 @@
 """Per-sample random streams: sample i's noise depends on (seed, i) alone.
 
 Every sampling path (generation, editing, evaluation tasks) draws each sample's token order and
-diffusion noise from that sample's own generator, seeded by `sample_seed(sample.seed, i)`, so a
-sample is the same whatever batch, chunk or rank computes it. `normal` and `uniform` also take a
+diffusion noise from that sample's own stream, `sample_stream(sample.seed, i)`, so a sample is
+the same whatever batch, chunk or rank computes it. `normal` and `uniform` also take a
 plain torch.Generator (one stream for the whole batch) or None (torch's global RNG), which the
 trainer and the low-level tests use.
 """
@@ -11,51 +11,53 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
-INDEX_BITS = 32  # sample indices below 2**32; seeds below 2**31 keep the product in 63 bits
 
+def sample_stream(seed: int, index: int) -> np.random.Generator:
+    """Sample `index`'s stream under sampling seed `seed`: PCG64 from SeedSequence([seed, index]).
 
-def sample_seed(seed: int, index: int) -> int:
-    """The generator seed of sample `index` under sampling seed `seed` (distinct for each pair)."""
-    if not 0 <= index < 2**INDEX_BITS:
-        raise ValueError(f"sample index {index} outside 0..2**{INDEX_BITS}-1")
-    return (int(seed) << INDEX_BITS) + int(index)
+    numpy's seed sequence hashes the pair to the full generator state, so no two (seed, index)
+    pairs share a stream (a torch.Generator keeps only 32 bits of its seed).
+    """
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed {seed} and sample index {index} must be >= 0")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index)])))
 
 
 class SampleNoise:
-    """One CPU generator per sample of a batch; draws are stacked along a leading batch axis.
+    """One random stream per sample of a batch; draws are stacked along a leading batch axis.
 
-    CPU generators on every device make a sample's noise the same on CPU and on CUDA.
+    The streams live on the CPU whatever the device, so a sample's noise is the same on CPU and
+    on CUDA.
     """
 
-    def __init__(self, seeds: Sequence[int]):
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    def __init__(self, streams: Sequence[np.random.Generator]):
+        self.streams = list(streams)
 
     @classmethod
     def for_indices(cls, seed: int, indices: Iterable[int]) -> SampleNoise:
         """Streams of the samples `indices` under sampling seed `seed`."""
-        return cls([sample_seed(seed, int(i)) for i in indices])
+        return cls([sample_stream(seed, int(i)) for i in indices])
 
     def __len__(self) -> int:
-        return len(self.generators)
+        return len(self.streams)
 
     def padded(self, total: int) -> SampleNoise:
         """These streams plus throwaway ones up to `total` (rows whose results are discarded)."""
-        out = SampleNoise([])
-        out.generators = list(self.generators)
-        out.generators += [torch.Generator().manual_seed(0) for _ in range(total - len(self))]
-        return out
+        extra = [np.random.default_rng(0) for _ in range(total - len(self))]
+        return SampleNoise(self.streams + extra)
 
     def normal(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype):
         """(B, *shape) standard normal noise, row b from sample b's stream."""
-        rows = [torch.randn(tuple(shape), generator=g) for g in self.generators]
-        return torch.stack(rows).to(device, dtype)
+        rows = [g.standard_normal(tuple(shape), dtype=np.float32) for g in self.streams]
+        return torch.from_numpy(np.stack(rows)).to(device, dtype)
 
     def uniform(self, shape: Sequence[int], device: torch.device | None = None):
         """(B, *shape) uniform [0, 1) draws, row b from sample b's stream."""
-        rows = [torch.rand(tuple(shape), generator=g) for g in self.generators]
-        return torch.stack(rows).to(device)
+        rows = [g.random(tuple(shape), dtype=np.float32) for g in self.streams]
+        return torch.from_numpy(np.stack(rows)).to(device)
 
 
 NoiseSource = SampleNoise | torch.Generator | None

@@ -5,8 +5,10 @@ import torch
 from tiny_models import tiny_model
 
 from model import (
+    CausalFusion,
     Diffusion,
     KVCache,
+    ModelConfig,
     equal_group_sizes,
     generate,
     make_sampler,
@@ -163,3 +165,33 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="overlap"):
         ctx = torch.zeros(1, 2, 4, 4)
         generate(model, sampler, y, pos[:, :4], [4], context=ctx, context_positions=pos[:, 2:6])
+
+
+@pytest.mark.parametrize("order,cfg_scale,S", [("random", 1.0, 16), ("dilated", 2.0, 3)])
+def test_per_sample_noise_makes_samples_independent_of_the_batch(order, cfg_scale, S):
+    """Sample i is bitwise the same alone, in batches of 7, or in one batch of 40 (on CPU)."""
+    from model import SampleNoise
+
+    model = CausalFusion(ModelConfig(input_size=8, in_channels=1, patch_size=1, width=64,
+                                     depth=2, heads=2, num_classes=10)).eval()  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    sampler = make_sampler(Diffusion(), "ddpm", 3)
+    y = torch.arange(40) % 10
+
+    def batched(size: int) -> torch.Tensor:
+        parts = []
+        for start in range(0, 40, size):
+            idx = range(start, min(start + size, 40))
+            noise = SampleNoise.for_indices(5, idx)
+            parts.append(sample(model, sampler, y[start : idx.stop], S, order, cfg_scale, None,
+                                noise))  # fmt: skip
+        return torch.cat(parts)
+
+    whole = batched(40)
+    assert torch.equal(whole, batched(7))
+    assert torch.equal(whole[:3], batched(1)[:3])
+    other_seed = sample(model, sampler, y, S, order, cfg_scale, None,
+                        SampleNoise.for_indices(6, range(40)))  # fmt: skip
+    assert not torch.allclose(whole, other_seed)
