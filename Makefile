@@ -46,6 +46,7 @@ test: lint
 bench: $(STAMP)
 	$(PY) benchmarks/bench_grid.py
 	$(PY) benchmarks/bench_report.py
+	$(PY) benchmarks/bench_ddp.py
 
 clean:
 	rm -rf $(VENV) .cache outputs

@@ -41,7 +41,6 @@ from model.io import (
     append_jsonl,
     atomic_torch_save,
     atomic_write_text,
-    read_status,
     record_failure,
     update_status,
 )
@@ -334,9 +333,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
         set_rng_state(per_rank["rng"][info.rank])
         step = int(ckpt["step"])
         log.info("resumed from step %d", step)
-    attempts = 1
     if info.is_main:
-        attempts = int(read_status(run_dir).get("attempts", 0)) + 1
         update_status(
             run_dir, state="running", phase="train", step=step, total_steps=int(t_cfg.steps)
         )
@@ -372,7 +369,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
             if caught:
                 save(step)
                 if info.is_main:
-                    update_status(run_dir, state="requeued", step=step, attempts=attempts)
+                    update_status(run_dir, state="requeued", step=step)
                 signals.hand_over(signals.signal_of(caught))
             t0 = time.perf_counter()
             x, y = stream.next_batch()

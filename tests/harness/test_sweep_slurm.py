@@ -40,13 +40,15 @@ TINY = {
 }
 
 
-def write_grid(path: Path, cluster, body: str, **base) -> Path:
+def write_grid(path: Path, cluster, body: str, resources: dict | None = None, **base) -> Path:
     """A grid file: TINY base (updated with `base`, `__` for `.`), body, the cluster's slurm
-    resources."""
+    resources (updated with `resources`; cluster=None: those alone, on the local executor)."""
     merged = {**TINY, **{k.replace("__", "."): v for k, v in base.items()}}
-    profile = cluster.profile()
-    resources = {"cluster": "slurm"}
-    resources.update({k: v for k, v in profile.items() if k not in ("name", "backend")})
+    if cluster is None:
+        resources = dict(resources or {})
+    else:
+        profile = {k: v for k, v in cluster.profile().items() if k not in ("name", "backend")}
+        resources = {"cluster": "slurm", **profile, **(resources or {})}
     text = f"base: {json.dumps(merged)}\nresources: {json.dumps(resources)}\n"
     path.write_text(text + textwrap.dedent(body))
     return path
@@ -206,3 +208,47 @@ def test_cancel_leaves_points_cancelled(root, slurm_cluster, tmp_path):
     assert "long: 2 cancelled" in out, out
     code, out = cfh("--root", str(root), "sweep", str(grid), "--dry-run")
     assert "plan: 0 to submit, 2 to skip" in out and "cancelled; --retry resubmits it" in out
+
+
+def test_two_task_point_trains_evaluates_and_requeue_resumes_exactly(root, slurm_cluster, tmp_path):
+    """A point of 2 gloo ranks (cluster.tasks_per_node=2): USR2 mid-training requeues it, and
+    it ends bitwise equal to the same 2-rank point run without interruption on the local
+    executor (which runs its ranks as submitit local tasks)."""
+    body = """
+        eval:
+          axes:
+            sample.ar_steps: [1, 2]
+        """
+    ranks = {"tasks_per_node": 2, "cpus_per_task": 1}
+    grid = write_grid(tmp_path / "ranks.yaml", slurm_cluster, body, ranks, train__steps=40)
+    (tmp_path / "local").mkdir()
+    local = write_grid(tmp_path / "local" / "ranks.yaml", None, body, ranks, train__steps=40)
+    code, out = cfh("--root", str(root), "sweep", str(grid))
+    assert code == 0 and "submitted" in out, out
+    (sig,) = plan_sigs(root, "ranks")
+    rdir = root / "runs" / sig
+    job = read_submission(rdir)["job_id"]
+    wait_for(lambda: read_status(rdir).get("step", 0) >= 6, 300, "training to reach step 6")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    ref_root = tmp_path / "reference"
+    code, out = cfh("--root", str(ref_root), "sweep", str(local), "--wait")
+    assert code == 0 and "[1/1]" in out and " completed" in out, out
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--wait")
+    assert "ranks: 1 completed" in out, out
+    status = read_status(rdir)
+    assert status["attempts"] == 2 and read_submission(rdir)["job_id"] == job, status
+    assert "resumed from step" in (rdir / "log.txt").read_text()
+    final = "checkpoints/ckpt_00000040.pt"
+    a = torch.load(rdir / final, weights_only=True)
+    b = torch.load(ref_root / "runs" / sig / final, weights_only=True)
+    assert a["world_size"] == b["world_size"] == 2
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after requeue"
+    for key, state in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][key][n]) for n, v in state.items())
+    ref = read_status(ref_root / "runs" / sig)
+    assert len(status["evals"]) == 2
+    assert {k: e["fid"] for k, e in status["evals"].items()} == {
+        k: e["fid"] for k, e in ref["evals"].items()
+    }
