@@ -113,10 +113,11 @@ class ClusterProfile:
     array_parallelism: int = 16  # slurm: array tasks at once
     tasks_per_node: int = 1  # ranks per node: one per GPU; on CPU nodes, that many gloo ranks
 
-    @property
-    def world_size(self) -> int:
-        """Ranks of one point: nodes x tasks per node."""
-        return self.nodes * self.tasks_per_node
+
+def world_size(cluster: Mapping) -> int:
+    """Ranks of one point: nodes x tasks per node (one per GPU, else tasks_per_node, else 1)."""
+    per_node = cluster.get("gpus_per_node") or cluster.get("tasks_per_node") or 1
+    return int(cluster.get("nodes") or 1) * int(per_node)
 
 
 _KEYS = {

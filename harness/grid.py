@@ -59,7 +59,7 @@ from harness.config import (
     set_key,
     validate_config,
 )
-from harness.executors import validate_profile
+from harness.executors import validate_profile, world_size
 from model.errors import UserError
 
 GRIDS_DIR = EXPERIMENTS_DIR / "grids"
@@ -570,13 +570,11 @@ def check_cluster(cfg: dict, error: Any) -> None:
     problem = _cluster_problem(json.dumps(cfg["cluster"], sort_keys=True), cfg["train"]["device"])
     if problem:
         raise error(problem)
-    profile = validate_profile(cfg["cluster"])
-    batch = cfg["train"]["batch_size"]
-    if batch % profile.world_size:
+    ranks, batch = world_size(cfg["cluster"]), cfg["train"]["batch_size"]
+    if batch % ranks:
         raise error(
-            f"train.batch_size={batch} does not split over the point's {profile.world_size} "
-            f"ranks (cluster.nodes={profile.nodes} x {profile.tasks_per_node} tasks per node); "
-            f"use a multiple of {profile.world_size}"
+            f"train.batch_size={batch} does not split over the point's {ranks} ranks "
+            f"(cluster.nodes x tasks per node); use a multiple of {ranks}"
         )
 
 

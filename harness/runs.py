@@ -1,9 +1,10 @@
 """Signatures, run folders and grid folders: where every point's state lives on disk.
 
 A run's signature is a short hash of its resolved config's delta from the default config,
-restricted to keys that change results (dora's idea): the same training in two grids is one run
-folder, `<root>/runs/<signature>/`, trained once. A grid keeps `<root>/grids/<name>/plan.json`
-(its expanded points as last swept) and `runs/<signature>` symlinks to its run folders.
+restricted to keys that change results (dora's idea), plus the number of ranks when it is not
+1: the same training in two grids is one run folder, `<root>/runs/<signature>/`, trained once.
+A grid keeps `<root>/grids/<name>/plan.json` (its expanded points as last swept) and
+`runs/<signature>` symlinks to its run folders.
 
 Files in a run folder written here (the trainer and jobs.py own status.json and the rest):
     config.yaml      resolved config with run_dir set; written once, when the folder is made
@@ -111,7 +112,16 @@ def config_delta(cfg: dict) -> dict[str, Any]:
         value = _canonical(flat.get(key), default.get(key))
         if value != _canonical(default.get(key), default.get(key)) or key not in default:
             delta[key] = value
+    ranks = _world_size(cfg.get("cluster") or {})
+    if ranks != 1:  # each rank has its own random streams: another rank count, another run
+        delta["world_size"] = ranks
     return delta
+
+
+def _world_size(cluster: dict) -> int:
+    from harness.executors import world_size
+
+    return world_size(cluster)
 
 
 def signature(cfg: dict) -> str:

@@ -277,7 +277,7 @@ def train(cfg: DictConfig) -> dict:
         return _train(cfg, run_dir, info, device)
     except Exception as e:
         # the first rank to fail names the cause; the others then fail on its missing collectives
-        record_failure(run_dir, e, info.rank, info.world, log=str(run_dir / "log.txt"))
+        record_failure(run_dir, e, info.rank, info.world)
         if isinstance(e, TrainingFailed):
             log.error("%s", e)
         raise

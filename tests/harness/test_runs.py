@@ -67,6 +67,15 @@ def test_result_keys_change_the_signature(override):
     assert sig(override) != sig()
 
 
+def test_the_number_of_ranks_is_in_the_signature():
+    # one rank keeps the signatures of before; 2 ranks train with other random streams
+    assert sig("cluster.tasks_per_node=1") == sig()
+    two = sig("cluster.tasks_per_node=2")
+    assert two != sig()
+    assert sig("cluster=slurm", "cluster.nodes=2") == two
+    assert sig("cluster=slurm_gpu", "cluster.gpus_per_node=2", "cluster.tasks_per_node=2") == two
+
+
 def test_unused_keys_and_number_types_are_normalised():
     # train.ar.steps only matters when mode=fixed; train.ar.decay only when mode=decay
     assert sig("train.ar.mode=uniform", "train.ar.steps=4") == sig("train.ar.mode=uniform")
