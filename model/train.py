@@ -273,6 +273,8 @@ def train(cfg: DictConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         _attach_log_file(run_dir / "log.txt")
+        update_status(run_dir, state="running", phase="train", error=None)
+    barrier(info)  # the folder exists and an earlier failure is cleared before any rank works
     try:
         return _train(cfg, run_dir, info, device)
     except Exception as e:
