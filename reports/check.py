@@ -9,6 +9,7 @@ UserError so that cfh prints one line and exits 2.
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +63,17 @@ def read_baseline(path: str | os.PathLike) -> pd.DataFrame:
     except FileNotFoundError:
         raise UserError(
             f"baseline {path} does not exist; create it with "
-            "`cfh check GRID --update-baseline` after a good sweep"
+            "`cfh check GRID --update-baseline --baseline PATH` after a good sweep"
         ) from None
     except (OSError, ValueError) as e:
         raise UserError(f"baseline {path} is not a readable CSV: {e}") from None
     missing = [c for c in REQUIRED if c not in base]
     if missing:
         raise UserError(f"baseline {path} lacks column(s) {', '.join(missing)}")
+    for col in ("fid_mean", "fid_std", "n_seeds"):
+        if col in base and not pd.api.types.is_numeric_dtype(base[col]):
+            bad = next(v for v in base[col] if pd.isna(pd.to_numeric(v, errors="coerce")))
+            raise UserError(f"baseline {path}: column {col} holds {bad!r}; expected numbers")
     for col, default in (("fid_std", np.nan), ("n_seeds", 1)):
         if col not in base:
             base[col] = default
@@ -165,6 +170,13 @@ def _pm(mean: pd.Series, std: pd.Series, n: pd.Series) -> pd.Series:
     return text + spread.where(n.fillna(0) > 1, "")
 
 
+def check_tolerances(abs_tol: float, k: float) -> None:
+    """UserError unless both tolerances are finite and >= 0 (NaN would let everything pass)."""
+    for flag, value in (("--abs-tol", abs_tol), ("--k", k)):
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{flag}={value} is not allowed; expected a finite number >= 0")
+
+
 def run_check(
     results: pd.DataFrame,
     baseline_path: str | os.PathLike,
@@ -172,8 +184,7 @@ def run_check(
     k: float = DEFAULT_K,
 ) -> CheckResult:
     """Compare a results table with a baseline file; UserError when nothing is comparable."""
-    if abs_tol < 0 or k < 0:
-        raise UserError(f"--abs-tol ({abs_tol}) and --k ({k}) must be >= 0")
+    check_tolerances(abs_tol, k)
     baseline = read_baseline(baseline_path)
     current = current_summary(results)
     if current.empty:

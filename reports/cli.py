@@ -7,9 +7,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from model.errors import UserError
 from reports.check import (
     DEFAULT_ABS_TOL,
     DEFAULT_K,
+    check_tolerances,
     default_baseline,
     format_result,
     run_check,
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--update-baseline",
         action="store_true",
-        help="write the current results as the new baseline instead of comparing",
+        help="write the current results to --baseline PATH instead of comparing",
     )
     c.set_defaults(func=cmd_check)
 
@@ -75,6 +77,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Compare with (or update) the baseline; return the exit code."""
     grid = check_name(args.grid)
+    if args.update_baseline and not args.baseline:
+        raise UserError(
+            "--update-baseline needs --baseline PATH (where to write; the shipped baselines live "
+            f"in the package, e.g. {default_baseline(grid)})"
+        )
+    check_tolerances(args.abs_tol, args.k)
     baseline = Path(args.baseline) if args.baseline else default_baseline(grid)
     set_size_cache(Path(args.root) / ".cache" / "reports" / "model_sizes.json")
     with warnings.catch_warnings(record=True) as caught:
@@ -88,8 +96,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     result = run_check(results, baseline, args.abs_tol, args.k)
     print(format_result(result), end="")
     if result.exit_code == 2:
-        from model.errors import UserError
-
         raise UserError(f"no entry of grid {grid!r} matches the baseline {baseline}")
     return result.exit_code
 

@@ -120,3 +120,30 @@ def test_current_summary_averages_seeds(smoke_root: Path):
         warnings.simplefilter("ignore")
         summary = current_summary(load_results(smoke_root, "smoke"))
     assert len(summary) == 6 and (summary["n_seeds"] == 2).all()
+
+
+@pytest.mark.parametrize("flag", ["--abs-tol", "--k"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+def test_non_finite_or_negative_tolerances_exit_2(with_baseline, capsys, flag, value):
+    root, base = with_baseline
+    bump_fid(root, 4, 4, by=+25.0)  # a real regression that NaN would let through
+    capsys.readouterr()
+    assert check(root, "--baseline", str(base), f"{flag}={value}") == 2
+    err = capsys.readouterr().err
+    assert f"{flag}={float(value)}" in err and "finite number >= 0" in err, err
+
+
+def test_update_baseline_needs_an_explicit_path(smoke_root: Path, capsys):
+    assert check(smoke_root, "--update-baseline") == 2
+    assert "--update-baseline needs --baseline PATH" in capsys.readouterr().err
+
+
+def test_a_baseline_with_text_for_numbers_exits_2(with_baseline, capsys):
+    root, base = with_baseline
+    table = pd.read_csv(base)
+    table["fid_mean"] = table["fid_mean"].astype(object)
+    table.loc[0, "fid_mean"] = "oops"
+    table.to_csv(base, index=False)
+    capsys.readouterr()
+    assert check(root, "--baseline", str(base)) == 2
+    assert "column fid_mean holds 'oops'; expected numbers" in capsys.readouterr().err
