@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
     args.overrides = list(getattr(args, "overrides", []) or []) + extra
     try:
+        if os.path.exists(args.root) and not os.path.isdir(args.root):
+            raise UserError(f"--root {args.root} is a file; the root must be a folder (or absent)")
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

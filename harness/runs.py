@@ -17,10 +17,14 @@ Files in a run folder written here (the trainer and jobs.py own status.json and 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +248,44 @@ def evals_done(rdir: str | os.PathLike, status: dict | None = None) -> set[str]:
 
 
 # ---------------------------------------------------------------- grid folder
+
+
+@contextlib.contextmanager
+def grid_lock(root: str | os.PathLike, name: str, command: str) -> Iterator[None]:
+    """Hold `<root>/grids/<name>/.lock` exclusively (an OS lock: it dies with the process).
+
+    `cfh sweep` (plan, run folders, submission), `cfh cancel` and `--prune` run under it, so two
+    of them on one grid never act on the same stale plan. A second one waits, saying who holds it.
+    """
+    folder = grid_dir(root, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            print(f"waiting for {path}: held by {holder}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({command})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_grid_file(root: str | os.PathLike, grid: Any) -> None:
+    """Refuse a grid file whose name another grid file already uses in this root."""
+    swept = read_plan(root, grid.name).get("file")
+    if not swept:
+        return
+    old, new = Path(swept).resolve(), Path(grid.path).resolve()
+    if old != new and old.exists():
+        raise UserError(
+            f"grid name {grid.name!r} in root {root} belongs to {old}; {new} has the same name. "
+            "Rename one of the files, or use another --root"
+        )
 
 
 def read_plan(root: str | os.PathLike, name: str) -> dict:

@@ -202,40 +202,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid, args.overrides)
     points = grid.expand()
     root = args.root
-    decisions = reconcile(grid, points, root, retry=args.retry, prune=args.prune)
-    print(f"grid {grid.name} ({grid.path}): {len(points)} points; root {root}")
-    if grid.description:
-        print(grid.description)
-    for note in grid.notes:
-        print(f"note: {note}")
-    print(plan_table(grid, decisions))
-    todo = [d.point for d in decisions if d.action in ("submit", "retry") and d.point]
-    to_cancel = [d for d in decisions if d.action == "cancel"]
-    pruned = [d for d in decisions if d.action in ("cancel", "prune")]
-    n_removed = sum(d.action in ("removed", "cancel", "prune") for d in decisions)
-    n_skip = sum(d.action == "skip" for d in decisions)
-    removed_text = f", {n_removed} removed from the grid" if n_removed else ""
-    print(f"plan: {len(todo)} to submit, {n_skip} to skip{removed_text}")
+    runs.check_grid_file(root, grid)
     if args.dry_run:
+        _plan(grid, points, args)
         print("dry run: nothing submitted")
         return 0
-    for p in points:
-        runs.write_run(root, grid.name, p)
-    removed = [
-        {"signature": d.signature, "axes": d.axes} for d in decisions if d.action == "removed"
-    ]
-    runs.write_plan(root, grid, points, removed)
-    if to_cancel:
-        cancel_points(root, [d.signature for d in to_cancel])
-    for d in pruned:  # the run folder stays: other grids may share it, results are kept
-        runs.unlink(root, grid.name, d.signature)
+    with runs.grid_lock(root, grid.name, "cfh sweep"):  # plan and submit as one step
+        todo, submitted = _plan_and_submit(grid, points, args)
     local = points[0].config["cluster"]["backend"] == "local"
     if not todo:
         print("nothing to submit")
         if args.wait and not local:
             _wait(root, grid.name)
         return _print_status(root, grid.name) if local or args.wait else 0
-    submitted = submit(todo, grid, root)
     ids = [str(job.job_id) for _, job in submitted]
     if local:
         parallel = todo[0].config["cluster"].get("parallelism", 1)
@@ -257,6 +236,45 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _print_status(root, grid.name)
     print(f"watch with: cfh --root {root} status {grid.name} --watch")
     return 0
+
+
+def _plan(grid: Grid, points: list[TrainPoint], args: argparse.Namespace) -> list[Decision]:
+    """Reconcile the grid with the root and print the plan."""
+    decisions = reconcile(grid, points, args.root, retry=args.retry, prune=args.prune)
+    print(f"grid {grid.name} ({grid.path}): {len(points)} points; root {args.root}")
+    if grid.description:
+        print(grid.description)
+    for note in grid.notes:
+        print(f"note: {note}")
+    print(plan_table(grid, decisions))
+    n_todo = sum(d.action in ("submit", "retry") and d.point is not None for d in decisions)
+    n_removed = sum(d.action in ("removed", "cancel", "prune") for d in decisions)
+    n_skip = sum(d.action == "skip" for d in decisions)
+    removed_text = f", {n_removed} removed from the grid" if n_removed else ""
+    print(f"plan: {n_todo} to submit, {n_skip} to skip{removed_text}")
+    return decisions
+
+
+def _plan_and_submit(
+    grid: Grid, points: list[TrainPoint], args: argparse.Namespace
+) -> tuple[list[TrainPoint], list[tuple[TrainPoint, Any]]]:
+    """Plan, write the run folders and the plan, cancel/prune, submit (under the grid lock)."""
+    root = args.root
+    decisions = _plan(grid, points, args)
+    todo = [d.point for d in decisions if d.action in ("submit", "retry") and d.point]
+    for p in points:
+        runs.write_run(root, grid.name, p)
+    removed = [
+        {"signature": d.signature, "axes": d.axes} for d in decisions if d.action == "removed"
+    ]
+    runs.write_plan(root, grid, points, removed)
+    to_cancel = [d.signature for d in decisions if d.action == "cancel"]
+    if to_cancel:
+        cancel_points(root, to_cancel)
+    for d in decisions:  # the run folder stays: other grids may share it, results are kept
+        if d.action in ("cancel", "prune"):
+            runs.unlink(root, grid.name, d.signature)
+    return todo, submit(todo, grid, root) if todo else []
 
 
 def _compress(ids: Sequence[str]) -> str:
@@ -352,16 +370,17 @@ def matches_filters(point: dict, filters: Sequence[tuple[str, Any]]) -> bool:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """cfh cancel GRID [key=value filters]"""
     name = _grid_name(args.grid)
-    plan = runs.read_plan(args.root, name)
-    if not plan.get("points"):
+    if not runs.read_plan(args.root, name).get("points"):
         raise UserError(f"grid {name} has not been swept under {args.root}; nothing to cancel")
     filters = [parse_override(f) for f in args.overrides]
-    chosen = [p for p in plan["points"] if matches_filters(p, filters)]
-    if not chosen:
-        raise UserError(f"no point of grid {name} matches {' '.join(args.overrides)}")
-    rows = collect(args.root, {**plan, "points": chosen})
-    active = [r.signature for r in rows if r.state in ACTIVE]
-    ids = cancel_points(args.root, active)
+    with runs.grid_lock(args.root, name, "cfh cancel"):
+        plan = runs.read_plan(args.root, name)
+        chosen = [p for p in plan["points"] if matches_filters(p, filters)]
+        if not chosen:
+            raise UserError(f"no point of grid {name} matches {' '.join(args.overrides)}")
+        rows = collect(args.root, {**plan, "points": chosen})
+        active = [r.signature for r in rows if r.state in ACTIVE]
+        ids = cancel_points(args.root, active)
     print(
         f"cancelled {len(active)} points (jobs {_compress(ids) or 'none'}); "
         f"{len(rows) - len(active)} matching points were not active"

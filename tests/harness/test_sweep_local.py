@@ -191,3 +191,22 @@ def test_cancel_stops_a_running_local_point(tmp_path):
 
 def _all(swept) -> list[str]:
     return [p["signature"] for p in plan(swept["root"], "tiny")["points"]]
+
+
+def test_another_grid_file_with_the_same_name_is_refused(swept, tmp_path):
+    other = tmp_path / "elsewhere" / "tiny.yaml"
+    other.parent.mkdir()
+    other.write_text("base: {model: T}\n")  # a different grid: --prune would drop every point
+    links = sorted((swept["root"] / "grids" / "tiny" / "runs").iterdir())
+    for extra in ([], ["--dry-run"], ["--prune"]):
+        code, out = cfh("--root", str(swept["root"]), "sweep", str(other), *extra)
+        assert code == 2, out
+        assert str(swept["grid"].resolve()) in out and str(other.resolve()) in out, out
+    assert sorted((swept["root"] / "grids" / "tiny" / "runs").iterdir()) == links
+
+
+def test_a_root_that_is_a_file_is_a_user_error(tmp_path):
+    root = tmp_path / "a_file"
+    root.write_text("")
+    code, out = cfh("--root", str(root), "status", "smoke")
+    assert code == 2 and "is a file" in out and "Traceback" not in out, out
