@@ -75,7 +75,10 @@ def with_overrides(cfg: dict, overrides: list[str]) -> dict:
 
 
 def _final_checkpoint_exists(rdir: Path, steps: int) -> bool:
-    return (rdir / "checkpoints" / f"ckpt_{steps:08d}.pt").exists()
+    """The final checkpoint is there and passes its checksum (else training redoes it)."""
+    from model.checkpoint import checkpoint_path, damage
+
+    return damage(checkpoint_path(rdir, steps)) is None
 
 
 def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | None = None) -> dict:

@@ -21,6 +21,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from model.checkpoint import (
+    DamagedCheckpoints,
+    checkpoint_path,
+    checkpoint_paths,
+    good_checkpoints,
+    read_checkpoint,
+    step_of,
+)
 from model.diffusion import Diffusion, make_sampler
 from model.distributed import DistInfo, dist_info, shard_range
 from model.errors import UserError
@@ -28,7 +36,7 @@ from model.io import atomic_write_bytes, atomic_write_json, now_iso
 from model.network import CausalFusion
 from model.noise import SampleNoise
 from model.sampling import sample as sample_images
-from model.train import checkpoint_paths, model_from_config
+from model.train import model_from_config
 
 log = logging.getLogger("cfh.inference")
 
@@ -49,15 +57,21 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 
 def resolve_checkpoint(run_dir: Path, ckpt: Any) -> Path:
-    """The checkpoint file for sample.ckpt (latest or a step number)."""
+    """The checkpoint file for sample.ckpt: the newest good one for latest, or that step's."""
     paths = checkpoint_paths(run_dir)
     if not paths:
         raise UserError(f"run_dir={run_dir} has no checkpoint; train it first (cfh train)")
     if ckpt == "latest":
-        return paths[-1]
-    wanted = run_dir / "checkpoints" / f"ckpt_{int(ckpt):08d}.pt"
+        good = good_checkpoints(run_dir)
+        if not good:
+            raise DamagedCheckpoints(
+                f"run_dir={run_dir}: every checkpoint is damaged "
+                f"({', '.join(p.name for p in paths)}); train again (cfh train) to rewrite them"
+            )
+        return good[-1]
+    wanted = checkpoint_path(run_dir, int(ckpt))
     if wanted not in paths:
-        steps = ", ".join(str(int(p.stem.split("_")[1])) for p in paths)
+        steps = ", ".join(str(step_of(p)) for p in paths)
         raise UserError(f"sample.ckpt={ckpt}: no checkpoint at that step; available: {steps}")
     return wanted
 
@@ -67,7 +81,7 @@ def load_trained(cfg: DictConfig, device: torch.device) -> tuple[CausalFusion, i
     run_dir = _run_dir(cfg)
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     path = resolve_checkpoint(run_dir, cfg.sample.ckpt)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     net = model_from_config(train_cfg)  # type: ignore[arg-type]
     net.load_state_dict(state["ema" if cfg.sample.ema else "model"])
     return net.to(device).eval(), int(state["step"]), train_cfg  # type: ignore[return-value]
@@ -299,7 +313,7 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     from model.evaluate import compute_metrics
 
     run_dir = _run_dir(cfg)
-    step = int(resolve_checkpoint(run_dir, cfg.sample.ckpt).stem.split("_")[1])
+    step = step_of(resolve_checkpoint(run_dir, cfg.sample.ckpt))
     settings = eval_settings(cfg, step)
     path = run_dir / "eval" / f"{settings_hash(settings)}.json"
     if path.exists():

@@ -85,6 +85,30 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def cut_jsonl(path: str | os.PathLike, max_step: int) -> int:
+    """Drop the rows whose "step" is above max_step (atomically); return how many were dropped.
+
+    A resumed run cuts metrics.jsonl back to its checkpoint's step, so that the steps it logs
+    again appear once.
+    """
+    p = Path(path)
+    if not p.exists():
+        return 0
+    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn line
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, int) and step <= max_step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(p, "".join(f"{line}\n" for line in kept))
+    return len(lines) - len(kept)
+
+
 def now_iso() -> str:
     """Current UTC time as ISO-8601 text."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

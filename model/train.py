@@ -26,6 +26,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from model import ar
+from model.checkpoint import (
+    checkpoint_path,
+    checkpoint_paths,
+    load_latest_checkpoint,
+    rank_states,
+    remove_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from model.data import BatchStream, build_dataset
 from model.diffusion import Diffusion, causalfusion_loss
 from model.distributed import (
@@ -39,8 +49,8 @@ from model.distributed import (
 from model.errors import UserError
 from model.io import (
     append_jsonl,
-    atomic_torch_save,
     atomic_write_text,
+    cut_jsonl,
     record_failure,
     update_status,
 )
@@ -65,7 +75,6 @@ RESUMABLE_KEYS = (
     "eval",
     "cluster",
 )
-CKPT_GLOB = "ckpt_*.pt"
 
 
 class TrainingFailed(RuntimeError):
@@ -141,55 +150,6 @@ def _get(d: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Checkpoints of a run, oldest first."""
-    return sorted((run_dir / "checkpoints").glob(CKPT_GLOB))
-
-
-def load_latest_checkpoint(run_dir: Path, map_location: str = "cpu") -> dict | None:
-    """The newest checkpoint that loads; a corrupt or truncated one is skipped with a warning."""
-    for path in reversed(checkpoint_paths(run_dir)):
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file means "try the previous"
-            msg = f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); using the previous"
-            log.warning(msg)
-            print(f"warning: {msg}", file=sys.stderr)
-    return None
-
-
-def rng_state(device: torch.device | None = None) -> dict:
-    """RNG states of python, numpy, torch and this rank's CUDA device, as plain values.
-
-    Only the current device's CUDA state: get_rng_state_all would open a context on every
-    visible GPU from every rank.
-    """
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-    }
-    if device is not None and device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() saved."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
 
 
 # ---------------------------------------------------------------- the loop
@@ -327,7 +287,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
     step = 0
     ckpt = load_latest_checkpoint(run_dir)
     if ckpt is not None:
-        per_rank = _rank_states(ckpt, info.world, run_dir)
+        per_rank = rank_states(ckpt, info.world, run_dir)
         net.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -335,6 +295,10 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
         set_rng_state(per_rank["rng"][info.rank])
         step = int(ckpt["step"])
         log.info("resumed from step %d", step)
+    if info.is_main:
+        dropped = cut_jsonl(run_dir / "metrics.jsonl", step)  # steps after it are logged again
+        if dropped:
+            log.info("metrics.jsonl: dropped %d rows after step %d", dropped, step)
     if info.is_main:
         update_status(
             run_dir, state="running", phase="train", step=step, total_steps=int(t_cfg.steps)
@@ -469,30 +433,10 @@ def _save_checkpoint(
         "data": [r["data"] for r in per_rank],
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    ckpt_dir = run_dir / "checkpoints"
-    atomic_torch_save(ckpt_dir / f"ckpt_{step:08d}.pt", state)
+    save_checkpoint(checkpoint_path(run_dir, step), state)
     for old in checkpoint_paths(run_dir)[: -int(cfg.train.keep_checkpoints)]:
-        old.unlink(missing_ok=True)
+        remove_checkpoint(old)
     log.info("checkpoint at step %d", step)
-
-
-def _rank_states(ckpt: dict, world: int, run_dir: Path) -> dict[str, list]:
-    """The checkpoint's per-rank RNG states and data positions; refuses another world size.
-
-    Each rank's noise, timesteps, label dropout and AR splits come from its own streams, so
-    continuing with another number of ranks would not continue the same run.
-    """
-    rng, data = ckpt["rng"], ckpt["data"]
-    if not isinstance(rng, list):  # written by a single process before per-rank lists
-        rng, data = [rng], [data]
-    saved = int(ckpt.get("world_size", len(rng)))
-    if saved != world:
-        raise UserError(
-            f"run_dir={run_dir} was checkpointed by {saved} rank(s) (world size {saved}) at step "
-            f"{ckpt['step']}; this job has world size {world}. Resume with {saved} rank(s) "
-            "(cluster.nodes x tasks per node, or torchrun --nproc_per_node), or start a new run_dir"
-        )
-    return {"rng": rng, "data": data}
 
 
 class _Window:

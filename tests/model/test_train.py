@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from harness.config import load_config
+from model.checkpoint import checkpoint_paths
 from model.errors import UserError
 from model.io import read_jsonl, read_status
-from model.train import TrainingFailed, checkpoint_paths, train
+from model.train import TrainingFailed, train
 
 TINY = [
     "model=T",
@@ -66,7 +67,8 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path: Path, capsys) -> None:
     assert [p.name for p in paths] == ["ckpt_00000010.pt", "ckpt_00000020.pt"]
     paths[-1].write_bytes(paths[-1].read_bytes()[:1000])  # truncated, as by a crash mid-copy
     train(_cfg(run, "train.steps=25", "train.ckpt_every=10"))
-    assert "unreadable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ckpt_00000020.pt is damaged: sha256" in err and "using the previous" in err
     assert _final_state(run)["step"] == 25
 
 
