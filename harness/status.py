@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.runs import read_submission, run_dir
-from model.io import read_status
+from model.io import load_status
 
-STATES = ("pending", "running", "completed", "failed", "requeued", "cancelled", "missing")
+# "damaged": status.json exists but is not what a job writes (the row says why)
+STATES = (
+    "pending", "running", "completed", "failed", "requeued", "cancelled", "missing", "damaged"
+)  # fmt: skip
+FAILING = ("failed", "damaged")
 ACTIVE = ("pending", "running", "requeued")
 WAITING = ("pending", "requeued")  # job states (harness.executors.job_states) of a queued job
 
@@ -120,9 +124,19 @@ def row_for(
 ) -> Row:
     """The status row of one point (state, progress, latest FID, elapsed)."""
     rdir = run_dir(root, sig)
-    status = read_status(rdir)
+    status, problem = load_status(rdir)
     sub = read_submission(rdir)
     job_id = sub.get("job_id") or status.get("job_id")
+    if problem:
+        return Row(
+            signature=sig,
+            axes=axes,
+            state="damaged",
+            job_id=str(job_id) if job_id else None,
+            evals_total=len(eval_keys),
+            error=f"damaged: status.json: {problem}",
+            log=str(rdir / "status.json"),
+        )
     state = derive_state(status, sub, sched.get(str(job_id)) if job_id else None, eval_keys)
     evals = status.get("evals") if isinstance(status.get("evals"), dict) else {}
     # Trained by the last job, which ended before eval points that a grid added since: the
@@ -225,6 +239,8 @@ def render(rows: Sequence[Row], axis_keys: Sequence[str]) -> str:
         cells += [f"{r.evals_done}/{r.evals_total}", _fmt(r.elapsed_s, "time")]
         if r.state == "failed":
             notes[len(lines)] = f"  ^ {r.error or 'failed'} (log: {r.log or '-'})"
+        elif r.state == "damaged":
+            notes[len(lines)] = f"  ^ {r.error}"
         lines.append(cells)
     widths = [
         max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)

@@ -27,7 +27,7 @@ from typing import Any
 from harness import runs
 from harness.config import parse_override, resolve_overrides
 from harness.grid import Grid, TrainPoint, format_value, get_value, load_grid
-from harness.status import ACTIVE, collect, render, row_for, short_key, summary
+from harness.status import ACTIVE, FAILING, collect, render, row_for, short_key, summary
 from model.errors import UserError
 from model.io import now_iso
 
@@ -65,7 +65,7 @@ def reconcile(
     out = []
     for p, row in zip(points, rows, strict=True):
         state = row.state
-        if state in ("failed", "cancelled"):
+        if state in ("failed", "cancelled", "damaged"):
             action = "retry" if retry else "skip"
             reason = "" if retry else f"{state}; --retry resubmits it"
         elif row.extra.get("evals_missing"):
@@ -310,7 +310,7 @@ def _print_status(root: str, name: str) -> int:
             f"{len(plan['removed'])} points removed from the grid "
             "(cfh sweep --prune cancels and unlinks them)"
         )
-    return 1 if any(r.state == "failed" for r in rows) else 0
+    return 1 if any(r.state in FAILING for r in rows) else 0
 
 
 def _wait(root: str, name: str, poll_s: float = 5.0) -> None:

@@ -114,12 +114,27 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def read_status(run_dir: str | os.PathLike) -> dict:
-    """The run's status.json as a dict ({} when absent or unreadable)."""
+def load_status(run_dir: str | os.PathLike) -> tuple[dict, str | None]:
+    """(status.json as a dict, None), or ({}, why it is damaged); ({}, None) when absent."""
+    from model.records import status_problem
+
     try:
-        return json.loads((Path(run_dir) / "status.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+        text = (Path(run_dir) / "status.json").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError) as e:
+        return {}, f"unreadable ({type(e).__name__})"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        return {}, f"not JSON ({e.msg} at line {e.lineno})"
+    problem = status_problem(data)
+    return ({}, problem) if problem else (data, None)
+
+
+def read_status(run_dir: str | os.PathLike) -> dict:
+    """The run's status.json as a dict ({} when absent or damaged: writers then replace it)."""
+    return load_status(run_dir)[0]
 
 
 @contextlib.contextmanager

@@ -45,7 +45,8 @@ import pandas as pd
 import yaml
 
 from model.errors import UserError
-from model.io import atomic_write_json
+from model.io import atomic_write_json, load_status
+from model.records import eval_record_problem, metrics_row_problem
 
 # Results column <- dotted key of the resolved run config.
 CONFIG_COLUMNS = {
@@ -282,19 +283,18 @@ def read_run(
     if not run_dir.is_dir():
         axes = {**(planned_axes or {})}
         return [{**base, **_axis_columns(axes, {}), "state": "missing", "problems": ""}], []
-    status, bad = _read_json(run_dir / "status.json")
+    status, bad = load_status(run_dir)
     if bad:
-        problems.append(bad)
+        problems.append(f"damaged: status.json: {bad}")
     cfg, bad = _read_yaml(run_dir / "config.yaml")
     if bad:
-        problems.append(bad)
+        problems.append(f"damaged: config.yaml: {bad}")
     point, bad = _read_json(run_dir / "point.json")
     if bad and "missing" not in bad:  # point.json only exists for grid points
-        problems.append(bad)
-    status = status if isinstance(status, dict) else {}
+        problems.append(f"damaged: point.json: {bad}")
     cfg = cfg if isinstance(cfg, dict) else {}
     axes = {**(planned_axes or {}), **(point_axes(point) if isinstance(point, dict) else {})}
-    state = status.get("state")
+    state = "damaged" if _status_damaged(problems) else status.get("state")
     base.update(
         state=state if isinstance(state, str) and state else "unknown",
         phase=status.get("phase"),
@@ -314,9 +314,10 @@ def read_run(
     rows = []
     for path in _eval_files(run_dir, status, eval_keys):
         record, bad = _read_json(path)
-        row = _eval_columns(record)
+        bad = bad or eval_record_problem(record)
+        row = None if bad else _eval_columns(record)
         if bad or row is None:
-            problems.append(bad or f"unusable {path.parent.name}/{path.name}")
+            problems.append(f"damaged: {path.parent.name}/{path.name}: {bad or 'no metrics'}")
             continue
         rows.append({**base, **row, "eval_file": path.name})
     note = "; ".join(problems)
@@ -741,7 +742,12 @@ def _read_json(path: Path) -> tuple[Any, str]:
     except FileNotFoundError:
         return None, f"missing {path.name}"
     except (OSError, ValueError) as e:
-        return None, f"corrupt {path.name} ({type(e).__name__})"
+        return None, f"not JSON ({type(e).__name__})"
+
+
+def _status_damaged(problems: list[str]) -> bool:
+    """Whether a run's problem notes say its status.json is damaged."""
+    return any(p.startswith("damaged: status.json") for p in problems)
 
 
 def _read_yaml(path: Path) -> tuple[Any, str]:
@@ -751,23 +757,30 @@ def _read_yaml(path: Path) -> tuple[Any, str]:
     except FileNotFoundError:
         return None, f"missing {path.name}"
     except (OSError, ValueError, yaml.YAMLError) as e:
-        return None, f"corrupt {path.name} ({type(e).__name__})"
+        return None, f"not YAML ({type(e).__name__})"
 
 
 def _read_jsonl(path: Path, problems: list[str]) -> list[Any]:
-    """JSON lines, skipping torn or corrupt lines (noted once in `problems`)."""
+    """Metrics lines, skipping torn or malformed ones (noted once in `problems`, with the first
+    reason)."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
-    out, bad = [], 0
-    for line in lines:
+    out, bad = [], []
+    for n, line in enumerate(lines, 1):
         try:
-            out.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            bad += 1
+            bad.append(f"line {n} is not JSON")
+            continue
+        problem = metrics_row_problem(row)
+        if problem:
+            bad.append(f"line {n}: {problem}")
+        else:
+            out.append(row)
     if bad:
-        problems.append(f"{bad} corrupt line(s) in {path.name}")
+        problems.append(f"damaged: {path.name}: {len(bad)} bad line(s), first {bad[0]}")
     return out
 
 

@@ -210,3 +210,31 @@ def test_a_root_that_is_a_file_is_a_user_error(tmp_path):
     root.write_text("")
     code, out = cfh("--root", str(root), "status", "smoke")
     assert code == 2 and "is a file" in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("[]", "expected a JSON object, found list"),
+        ('{"state": "completed", "loss": "low"}', "loss='low' is not a number"),
+        ('{"state": "running", "started": "2026-12-01T10:00:00"}', "with a timezone"),
+        ('{"state": "done-ish"}', "state='done-ish' is not one of"),
+        ("\x00\x01garbage", "not JSON"),
+    ],
+)
+def test_a_damaged_status_json_is_one_damaged_row(swept, text, reason):
+    root = swept["root"]
+    sig = sigs_by_state(root)["completed"][0]
+    path = root / "runs" / sig / "status.json"
+    good = path.read_text()
+    try:
+        path.write_text(text)
+        code, out = cfh("--root", str(root), "status", "tiny")
+        assert code == 1 and "Traceback" not in out, out
+        row = next(line for line in out.splitlines() if line.startswith(sig))
+        assert " damaged " in row, out
+        assert "^ damaged: status.json: " in out and reason in out, out
+        code, out = cfh("--root", str(root), "sweep", str(swept["grid"]), "--dry-run")
+        assert "damaged; --retry resubmits it" in out, out
+    finally:
+        path.write_text(good)

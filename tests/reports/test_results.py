@@ -86,14 +86,19 @@ def test_failed_corrupt_and_missing_runs_are_rows_with_one_warning(smoke_root: P
     assert "1 failed" in message and "1 missing" in message and "with unreadable files" in message
     states = df.drop_duplicates("signature").set_index("signature")["state"]
     assert states["notstarted01"] == "missing"
-    assert states[ok[2].name] == "unknown"
+    assert states[ok[2].name] == "damaged"
     assert (states == "failed").sum() == 1
     by_run = df.groupby("signature")
     assert by_run.size()[ok[0].name] == 1  # the torn eval dropped, the good one kept
-    assert "corrupt" in df.loc[df["signature"] == ok[0].name, "problems"].iloc[0]
+    assert "damaged: eval/" in df.loc[df["signature"] == ok[0].name, "problems"].iloc[0]
     assert "config.yaml" in df.loc[df["signature"] == ok[1].name, "problems"].iloc[0]
     assert math.isnan(df.loc[df["signature"] == ok[3].name, "train_img_per_s"].iloc[0])
-    assert "corrupt line" in df.loc[df["signature"] == ok[4].name, "problems"].iloc[0]
+    note = df.loc[df["signature"] == ok[4].name, "problems"].iloc[0]
+    assert "damaged: metrics.jsonl: 1 bad line(s), first line" in note and "not JSON" in note
+    assert (
+        "damaged: status.json: not JSON"
+        in df.loc[df["signature"] == ok[2].name, "problems"].iloc[0]
+    )
     assert df.loc[df["signature"] == "notstarted01", "ar_steps"].iloc[0] == 8
     failed = df[df["state"] == "failed"].iloc[0]
     assert failed["error"] == "RuntimeError: loss is NaN at step 151"
