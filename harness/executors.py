@@ -159,7 +159,9 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
     if isinstance(cluster_cfg, ClusterProfile):
         return cluster_cfg
     d = _as_dict(cluster_cfg)
-    name = str(d.get("name") or "?")
+    if not isinstance(d.get("name"), str) or not d["name"]:
+        raise UserError(f"cluster.name={d.get('name')!r} is not allowed; expected a profile name")
+    name = d["name"]
     where = f"cluster profile '{name}' (experiments/cluster/{name}.yaml)"
 
     def bad(key: str, why: str = "") -> UserError:
@@ -204,7 +206,8 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
     if gpus and tasks != gpus:
         raise bad("tasks_per_node", f" with gpus_per_node={gpus} (one task per GPU)")
     timeout_min = number("timeout_min", 60)
-    assert timeout_min is not None
+    if timeout_min is None:
+        raise bad("timeout_min")
     signal_delay_s = integer("signal_delay_s", 0, min(60, int(timeout_min * 60) // 4))
     if signal_delay_s >= timeout_min * 60:
         raise bad("signal_delay_s", f" with timeout_min={timeout_min}")

@@ -29,7 +29,7 @@ dataset. Command-line overrides (`cfh sweep GRID key=value`) extend `base`; they
 axis key. Checkpoint-step eval points (`sample.ckpt: [500, 1000]`) must be multiples of
 train.ckpt_every (or train.steps); train.keep_checkpoints is raised to keep them.
 
-Every point is validated (config.validate_config plus cluster checks) while expanding; any
+Every point is validated (schema.validate_config plus cluster checks) while expanding; any
 problem is a UserError naming the grid file, the key and what is allowed.
 """
 
@@ -53,13 +53,12 @@ from harness.config import (
     CONFIG_GROUPS,
     EXPERIMENTS_DIR,
     group_options,
-    num_tokens,
     parse_override,
     resolve_overrides,
     set_key,
-    validate_config,
 )
 from harness.executors import validate_profile, world_size
+from harness.schema import num_tokens, validate_config
 from model.errors import UserError
 
 GRIDS_DIR = EXPERIMENTS_DIR / "grids"
@@ -499,22 +498,25 @@ def _show(values: dict[str, Any]) -> str:
 
 
 def _eval_base_key(cfg: dict) -> str:
-    """What eval validation depends on besides the eval overrides: L and the sample/eval base."""
-    return json.dumps([num_tokens(_Dot(cfg)), cfg["sample"], cfg["eval"]], sort_keys=True)
+    """What eval validation depends on besides the eval overrides: the data (its tokens and
+    splits), the block size of block_raster orders, and the sample/eval base."""
+    block = cfg["train"]["order_block"]
+    return json.dumps([cfg["data"], block, cfg["sample"], cfg["eval"]], sort_keys=True)
 
 
 @functools.lru_cache(maxsize=4096)
 def _checked_eval_settings_cached(
     base_key: str, items: tuple[tuple[str, str], ...]
 ) -> tuple[dict | None, str | None]:
-    L, sample, evaluation = json.loads(base_key)
+    data, block, sample, evaluation = json.loads(base_key)
     sub = {"sample": sample, "eval": evaluation}
     for key, text in items:
         _, value = parse_override(f"{key}={text}")
         set_key(sub, key, value)
     # validate_config needs a whole config: check the sample/eval part against a minimal one.
-    probe = plain_copy(_probe_config(L))
-    probe["sample"], probe["eval"] = sub["sample"], sub["eval"]
+    probe = plain_copy(_default_config())
+    probe["data"], probe["sample"], probe["eval"] = data, sub["sample"], sub["eval"]
+    probe["train"]["order_block"] = block
     try:
         validate_config(probe)
     except UserError as e:
@@ -537,13 +539,9 @@ def _checked_eval_settings(
 
 
 @functools.cache
-def _probe_config(L: int) -> dict:
-    """A default config whose data has L tokens (to validate eval settings on their own)."""
-    cfg = resolve_overrides([])
-    side = int(L**0.5)
-    cfg["data"].update(resolution=side, patch_size=1, root=None)
-    cfg["train"].update(order_block=1)
-    return cfg
+def _default_config() -> dict:
+    """The default config, to validate eval settings (with the point's data) on their own."""
+    return resolve_overrides([])
 
 
 def eval_key(settings: dict) -> str:

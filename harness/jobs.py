@@ -26,8 +26,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import parse_override, set_key, validate_config
+from harness.config import parse_override, resolve_overrides, set_key
 from harness.runs import read_point
+from harness.schema import validate_config
 from model.distributed import barrier, dist_info, init_distributed
 from model.io import now_iso, read_status, record_failure, update_status
 
@@ -50,12 +51,25 @@ def job_env() -> tuple[str | None, str | None]:
 
 
 def load_run_config(rdir: Path) -> dict:
-    """The run folder's config.yaml as a plain dict, run_dir pointed at this folder, validated."""
+    """The run folder's config.yaml as a plain dict, run_dir pointed at this folder, validated.
+
+    Keys added to cfh after the folder was written get their defaults (a new key's default
+    keeps the behaviour from before it existed).
+    """
     cfg = OmegaConf.to_container(OmegaConf.load(rdir / "config.yaml"), resolve=True)
     assert isinstance(cfg, dict)
+    _fill_missing(cfg, resolve_overrides([]))
     cfg["run_dir"] = str(rdir)
     validate_config(cfg)
     return cfg
+
+
+def _fill_missing(cfg: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if key not in cfg:
+            cfg[key] = json.loads(json.dumps(value))
+        elif isinstance(value, dict) and isinstance(cfg[key], dict):
+            _fill_missing(cfg[key], value)
 
 
 def to_dictconfig(cfg: dict) -> DictConfig:

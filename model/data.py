@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -104,6 +105,72 @@ def _expect(data_cfg: Any, key: str, allowed: tuple) -> Any:
             f"allowed: {', '.join(map(str, allowed))}"
         )
     return value
+
+
+def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
+    """The dataset checks that need no data: geometry, classes, folder layout, splits.
+
+    Run before anything is written or submitted (harness.schema.validate_config) and again by
+    build_dataset; UserError names the key, the value and what the dataset allows.
+    """
+    name = _name(data_cfg)
+    for split in splits:
+        _check_split(name, split)
+    if name == "digits":
+        for key, allowed in (("resolution", (8,)), ("channels", (1,)), ("num_classes", (10,))):
+            _expect(data_cfg, key, allowed)
+    elif name == "mnist":
+        _expect(data_cfg, "resolution", MNIST_RESOLUTIONS)
+        _expect(data_cfg, "channels", (1,))
+        _expect(data_cfg, "num_classes", (10,))
+    elif name == "imagefolder":
+        _expect(data_cfg, "channels", (1, 3))
+        root = _root(data_cfg)
+        classes = _class_folders(str(root))
+        if not classes:
+            raise UserError(
+                f"data.root={str(root)!r} is not an image folder (root/<class>/<img>): "
+                "it has no class folders"
+            )
+        num_classes = cfg_get(data_cfg, "num_classes")
+        if classes != num_classes:
+            raise UserError(
+                f"data.num_classes={num_classes!r} but data.root={str(root)!r} has {classes} "
+                f"class folders; set data.num_classes={classes}"
+            )
+    else:
+        _check_latents(data_cfg)
+
+
+@functools.lru_cache(maxsize=64)
+def _class_folders(root: str) -> int:
+    """How many class folders an image folder has (listed once per process)."""
+    with os.scandir(root) as entries:
+        return sum(1 for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def _check_latents(data_cfg: Any) -> dict:
+    """A latents folder against the config: meta.json's geometry, scale; no flips."""
+    root = _root(data_cfg)
+    meta = read_latent_meta(root)
+    if cfg_get(data_cfg, "flip", False):
+        raise UserError(
+            "data.flip=true is not supported for data=latents (a flipped latent is not the "
+            "latent of the flipped image); allowed: false"
+        )
+    for key in ("channels", "resolution", "num_classes"):
+        if cfg_get(data_cfg, key) != meta[key]:
+            raise UserError(
+                f"data.{key}={cfg_get(data_cfg, key)!r} does not match {root / 'meta.json'} "
+                f"({key}={meta[key]}); set data.{key}={meta[key]}"
+            )
+    scale = cfg_get(data_cfg, "latent_scale")
+    if scale is None or not math.isclose(float(scale), meta["scale_factor"], rel_tol=1e-6):
+        raise UserError(
+            f"data.latent_scale={scale!r} does not match meta.json's scale_factor="
+            f"{meta['scale_factor']}; set data.latent_scale={meta['scale_factor']}"
+        )
+    return meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,24 +387,7 @@ def read_latent_meta(root: Path) -> dict:
 def _latents(data_cfg: Any) -> LatentDataset:
     """Pre-encoded latents, checked against meta.json."""
     root = _root(data_cfg)
-    meta = read_latent_meta(root)
-    if cfg_get(data_cfg, "flip", False):
-        raise UserError(
-            "data.flip=true is not supported for data=latents (a flipped latent is not the "
-            "latent of the flipped image); allowed: false"
-        )
-    for key in ("channels", "resolution", "num_classes"):
-        if cfg_get(data_cfg, key) != meta[key]:
-            raise UserError(
-                f"data.{key}={cfg_get(data_cfg, key)!r} does not match {root / 'meta.json'} "
-                f"({key}={meta[key]}); set data.{key}={meta[key]}"
-            )
-    scale = cfg_get(data_cfg, "latent_scale")
-    if scale is None or not math.isclose(float(scale), meta["scale_factor"], rel_tol=1e-6):
-        raise UserError(
-            f"data.latent_scale={scale!r} does not match meta.json's scale_factor="
-            f"{meta['scale_factor']}; set data.latent_scale={meta['scale_factor']}"
-        )
+    meta = _check_latents(data_cfg)
     ds = LatentDataset(root, float(meta["scale_factor"]))
     shape = tuple(ds.latents.shape[1:])
     if shape != (meta["channels"], meta["resolution"], meta["resolution"]):

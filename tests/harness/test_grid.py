@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.grid import list_grids, load_grid
@@ -198,6 +199,12 @@ def test_imagenet_grids_need_a_data_root(tmp_path):
             load_grid(name).expand()
     root = tmp_path / "latents"
     root.mkdir()
+    with pytest.raises(UserError, match="has no latents.npy; write latents with `cfh encode`"):
+        load_grid("imagenet256_ablation", [f"data.root={root}"]).expand()  # checked up front
+    np.save(root / "latents.npy", np.zeros((2, 4, 32, 32), np.float16))
+    np.save(root / "labels.npy", np.zeros(2, np.int64))
+    meta = {"channels": 4, "resolution": 32, "num_classes": 1000, "scale_factor": 0.18215}
+    (root / "meta.json").write_text(json.dumps(meta))
     points = load_grid("imagenet256_ablation", [f"data.root={root}"]).expand()
     assert all(p.config["cluster"]["gpus_per_node"] > 0 for p in points)
     assert all(e.settings["eval"]["extractor"] == "inception" for e in points[0].evals)
@@ -210,14 +217,29 @@ def test_imagenet_grids_need_a_data_root(tmp_path):
     ("body", "pattern"),
     [
         ("axes:\n  train.foo: [1]\n", r"axes.train.foo: unknown config key 'train.foo'"),
-        ("axes:\n  train.steps: [ten]\n", r"train.steps='ten' must be an integer"),
-        ("axes:\n  train.ar.steps: [128]\n", r"train.ar.steps=128 must be an integer in 1..64"),
-        ("axes:\n  train.ar.decay: [1.5]\n", r"train.ar.decay=1.5 must be a number in \(0.0"),
-        ("axes:\n  train.ar.decay: [0]\n", r"train.ar.decay=0 must be a number in \(0.0"),
+        (
+            "axes:\n  train.steps: [ten]\n",
+            r"train.steps='ten' is not allowed; expected an int",
+        ),
+        (
+            "axes:\n  train.ar.steps: [128]\n",
+            r"train.ar.steps=128 .*expected 1..L=64",
+        ),
+        (
+            "axes:\n  train.ar.decay: [1.5]\n",
+            r"train.ar.decay=1.5 .*a number in \(0, 1\]",
+        ),
+        (
+            "axes:\n  train.ar.decay: [0]\n",
+            r"train.ar.decay=0 .*a number in \(0, 1\]",
+        ),
         ("axes:\n  model: [T, Q]\n", r"unknown model='Q'; allowed: .*XL"),
         ("axes:\n  data: [svhn]\n", r"unknown data='svhn'; allowed: digits"),
         ("axes:\n  train.ar.steps: 4\n", r"axes.train.ar.steps: an axis must be a non-empty list"),
-        ("eval:\n  axes:\n    sample.ar_steps: [100]\n", r"sample.ar_steps=100 must be an int"),
+        (
+            "eval:\n  axes:\n    sample.ar_steps: [100]\n",
+            r"sample.ar_steps=100 .*1..L=64",
+        ),
         ("eval:\n  axes:\n    train.steps: [1]\n", r"eval.axes.train.steps: eval points may"),
         ("axes:\n  sample.cfg: [1.0]\n", r"axes.sample.cfg: sample.\* and eval.\* keys belong"),
         ("zip:\n  - {train.lr: [1, 2], seed: [1]}\n", r"zip\[0\]: zipped lists must have equal"),

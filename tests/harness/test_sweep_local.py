@@ -74,9 +74,13 @@ def swept(tmp_path_factory):
     """A local sweep of two good points and one failing point, run to the end."""
     os.environ.setdefault("CFH_CACHE", str(REPO / ".cache" / "cfh"))  # the cached classifier
     tmp = tmp_path_factory.mktemp("local")
-    empty = tmp / "no_classes"
-    empty.mkdir()
-    bad = f"  - {{data: imagefolder, data.root: {empty}, data.resolution: 8, data.patch_size: 1}}"
+    empty = tmp / "broken_images"  # valid up front; the job fails reading the image
+    (empty / "a").mkdir(parents=True)
+    (empty / "a" / "x.png").write_bytes(b"not a png")
+    bad = (
+        f"  - {{data: imagefolder, data.root: {empty}, data.resolution: 8, data.patch_size: 1, "
+        "data.num_classes: 1}"
+    )
     grid = write_grid(tmp / "tiny.yaml", GOOD + [bad])
     root = tmp / "out"
     t0 = time.perf_counter()
@@ -98,7 +102,7 @@ def test_first_sweep_runs_everything_and_prints_status(swept):
     out = swept["out"]
     assert "plan: 3 to submit, 0 to skip" in out
     assert "tiny: 2 completed, 1 failed" in out
-    assert "^ UserError: data.root=" in out and "not an image folder" in out
+    assert "^ UnidentifiedImageError: cannot identify image file" in out and "x.png" in out
     assert "(log: " in out
     states = sigs_by_state(swept["root"])
     assert len(states["completed"]) == 2 and len(states["failed"]) == 1

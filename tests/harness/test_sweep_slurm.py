@@ -150,12 +150,14 @@ def test_usr2_requeue_resumes_bitwise(root, slurm_cluster, tmp_path):
 
 
 def test_raising_job_is_failed_and_retried_alone(root, four, slurm_cluster, tmp_path):
-    empty = tmp_path / "no_classes"
-    empty.mkdir()
+    empty = tmp_path / "broken_images"  # valid up front; the job fails reading the image
+    (empty / "a").mkdir(parents=True)
+    (empty / "a" / "x.png").write_bytes(b"not a png")
     body = f"""
         include:
           - {{train.ar.steps: 1}}
-          - {{data: imagefolder, data.root: {empty}, data.resolution: 8, data.patch_size: 1}}
+          - {{data: imagefolder, data.root: {empty}, data.resolution: 8, data.patch_size: 1,
+             data.num_classes: 1}}
         eval:
           axes:
             sample.ar_steps: [1, 4]
@@ -167,7 +169,7 @@ def test_raising_job_is_failed_and_retried_alone(root, four, slurm_cluster, tmp_
     assert "plan: 1 to submit, 1 to skip" in out  # train.ar.steps=1 is a run of grid `four`
     code, out = cfh("--root", str(root), "status", "raises")
     assert code == 1 and "raises: 1 completed, 1 failed" in out, out
-    assert "^ UserError: data.root=" in out and "not an image folder" in out
+    assert "^ UnidentifiedImageError: cannot identify image file" in out and "x.png" in out
     assert "(log: " in out and "_log.err" in out
     good, bad = plan_sigs(root, "raises")
     good_job = read_submission(root / "runs" / good)["job_id"]

@@ -169,13 +169,13 @@ def _check(run_dir: Path, *overrides: str):
         (["edit.task=swap", "edit.class=3", "edit.region=box:0:0:4:4"], r"covers the whole"),
         (["edit.task=swap"], r"edit.task=swap needs edit.class=<the new class, 0..9>"),
         (["edit.class=10"], r"edit.class=10 is outside the run's classes; allowed: 0..9"),
-        (["edit.task=erase"], r"edit.task='erase' is not allowed; choose one of: inpaint"),
-        (["edit.order=spiral"], r"edit.order='spiral' is not allowed; choose one of: nearest"),
-        (["edit.samples=0"], r"edit.samples=0 must be an integer >= 1"),
-        (["edit.input=[]"], r"edit.input=.* must be a dataset index"),
+        (["edit.task=erase"], r"edit.task='erase' is not allowed; expected one of inpaint"),
+        (["edit.order=spiral"], r"edit.order='spiral' is not allowed; expected one of nearest"),
+        (["edit.samples=0"], r"edit.samples=0 is not allowed; expected an integer >= 1"),
+        (["edit.input=[]"], r"edit.input=\[\] is not allowed; expected a split index"),
         (["edit.input=[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]"], r"at most 100 fit"),
         (["edit.region=box:0:0:5:1"], r"outside the 4x4 token grid"),
-        (["edit.out=grid.jpg"], r"edit.out='grid.jpg' must be null or a .png path"),
+        (["edit.out=grid.jpg"], r"edit.out='grid.jpg' is not allowed; expected a .png path"),
     ],
 )
 def test_bad_edit_config(tmp_path, overrides, match):

@@ -1,0 +1,318 @@
+"""The one schema of cfh's config: every key's type, range or choices, then the cross-key rules.
+
+`validate_config` is what `cfh train|sample|evaluate|edit|bench`, `cfh sweep` (and --dry-run)
+and grid expansion all call before anything is written or submitted. Every key of
+experiments/config.yaml and of its groups has an entry in SCHEMA (a test walks them all);
+`cluster.*` is checked by the cluster profile's own table (harness.executors.validate_profile),
+and the dataset-specific rules by model.data.check_data_config. A bad value raises one
+UserError line: `key=value is not allowed; expected ...`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from model.errors import UserError
+
+AR_MODES = ("fixed", "uniform", "decay")
+ORDERS = ("random", "raster", "block_raster", "dilated")
+EDIT_ORDERS = ("nearest", *ORDERS)
+AR_SCHEDULES = ("linear", "cosine")
+NOISE_WEIGHTINGS = ("uniform", "high_noise", "min_snr")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = ("ddpm", "ddim")
+EXTRACTORS = ("classifier", "inception")
+TASKS = ("generate", "inpaint", "outpaint", "swap")
+EDIT_TASKS = ("inpaint", "outpaint", "swap")
+DATASETS = ("digits", "mnist", "imagefolder", "latents")
+ATTENTIONS = ("sdpa", "flex")
+POS_EMBEDS = ("sincos", "learned")
+BENCH_MEASURES = ("train", "sample", "extract")
+BENCH_CLOCKS = ("wall", "cpu")
+NUM_DIFFUSION_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one key accepts: `test` on a non-null value; null only when `null`."""
+
+    what: str
+    test: Callable[[Any], bool]
+    null: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        return self.null if value is None else bool(self.test(value))
+
+    def describe(self) -> str:
+        return f"{self.what} or null" if self.null else self.what
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(lo: int, hi: float = math.inf, null: bool = False) -> Spec:
+    span = f"an integer >= {lo}" if hi == math.inf else f"an integer in {lo}..{int(hi)}"
+    return Spec(span, lambda v: _int(v) and lo <= v <= hi, null)
+
+
+def number(
+    lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False, null=False
+) -> Spec:
+    left, right = "(" if lo_open else "[", ")" if hi_open or hi == math.inf else "]"
+    above = (lambda v: v > lo) if lo_open else (lambda v: v >= lo)
+    below = (lambda v: v < hi) if hi_open else (lambda v: v <= hi)
+    what = f"a number in {left}{lo}, {hi}{right}"
+    return Spec(what, lambda v: _num(v) and above(v) and below(v), null)
+
+
+def boolean() -> Spec:
+    return Spec("true or false", lambda v: isinstance(v, bool))
+
+
+def choice(*options: str, null: bool = False) -> Spec:
+    return Spec(f"one of {', '.join(options)}", lambda v: v in options, null)
+
+
+def text(null: bool = False) -> Spec:
+    return Spec("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "", null)
+
+
+def subset(options: tuple[str, ...], min_len: int = 1) -> Spec:
+    some = "a non-empty list" if min_len else "a list"
+    return Spec(
+        f"{some} of {', '.join(options)}",
+        lambda v: isinstance(v, list) and len(v) >= min_len and all(x in options for x in v),
+    )
+
+
+def int_list(lo: int) -> Spec:
+    return Spec(
+        f"a non-empty list of integers >= {lo}",
+        lambda v: isinstance(v, list) and bool(v) and all(_int(x) and x >= lo for x in v),
+    )
+
+
+def pair(lo: float, hi: float, null: bool = False) -> Spec:
+    return Spec(
+        f"[low, high] with {lo} <= low <= high <= {hi}",
+        lambda v: (
+            isinstance(v, list)
+            and len(v) == 2
+            and all(_num(x) for x in v)
+            and lo <= v[0] <= v[1] <= hi
+        ),
+        null,
+    )
+
+
+def _edit_input(v: Any) -> bool:
+    items = v if isinstance(v, list) else [v]
+    return bool(items) and all((_int(x) and x >= 0) or (isinstance(x, str) and x) for x in items)
+
+
+SCHEMA: dict[str, Spec] = {
+    "seed": integer(0),
+    "run_dir": text(null=True),
+    # model (experiments/model/*.yaml); model.name is checked against the size registry
+    "model.name": text(),
+    "model.num_cond_tokens": integer(1),
+    "model.pos_embed": choice(*POS_EMBEDS),
+    "model.attention": choice(*ATTENTIONS),
+    # data (experiments/data/*.yaml); the dataset's own rules: model.data.check_data_config
+    "data.name": choice(*DATASETS),
+    "data.root": text(null=True),
+    "data.resolution": integer(1),
+    "data.channels": integer(1),
+    "data.num_classes": integer(1),
+    "data.patch_size": integer(1),
+    "data.flip": boolean(),
+    "data.latent_scale": number(0, lo_open=True),
+    # train
+    "train.steps": integer(1),
+    "train.batch_size": integer(1),
+    "train.lr": number(0, 1, lo_open=True),
+    "train.lr_ref_batch": integer(1, null=True),
+    "train.warmup_steps": integer(0),
+    "train.betas": Spec(
+        "[beta1, beta2] with each in [0, 1)",
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v),
+    ),
+    "train.weight_decay": number(0),
+    "train.grad_clip": number(0),
+    "train.ema_decay": number(0, 1),
+    "train.label_dropout": number(0, 1, hi_open=True),
+    "train.ar.mode": choice(*AR_MODES),
+    "train.ar.steps": integer(1),
+    "train.ar.decay": number(0, 1, lo_open=True),
+    "train.order": choice(*ORDERS),
+    "train.order_block": integer(1),
+    "train.loss.ar_weight.max": number(0),
+    "train.loss.ar_weight.min": number(0),
+    "train.loss.ar_weight.schedule": choice(*AR_SCHEDULES),
+    "train.loss.noise_weighting": choice(*NOISE_WEIGHTINGS),
+    "train.loss.min_snr_gamma": number(0, lo_open=True),
+    "train.precision": choice(*PRECISIONS),
+    "train.compile": boolean(),
+    "train.grad_checkpointing": boolean(),
+    "train.ckpt_every": integer(1),
+    "train.keep_checkpoints": integer(1),
+    "train.log_every": integer(1),
+    "train.num_workers": integer(0),
+    "train.device": choice(*DEVICES),
+    "train.dist_timeout_s": number(0, lo_open=True),
+    "train.max_nonfinite": integer(0),
+    # sample
+    "sample.num": integer(1),
+    "sample.ar_steps": integer(1),
+    "sample.order": choice(*ORDERS),
+    "sample.cfg": number(0),
+    "sample.cfg_interval": pair(0, NUM_DIFFUSION_STEPS - 1, null=True),
+    "sample.steps": integer(1, NUM_DIFFUSION_STEPS),
+    "sample.sampler": choice(*SAMPLERS),
+    "sample.batch_size": integer(1),
+    "sample.seed": integer(0),
+    "sample.ema": boolean(),
+    "sample.ckpt": Spec(
+        "latest or a step (an integer >= 0)", lambda v: v == "latest" or (_int(v) and v >= 0)
+    ),
+    # eval; eval.split is checked against the dataset's splits
+    "eval.extractor": choice(*EXTRACTORS),
+    "eval.split": text(),
+    "eval.weights_path": text(null=True),
+    "eval.kid_subset_size": integer(2),
+    "eval.ref_num": integer(2, null=True),
+    "eval.task": choice(*TASKS),
+    # bench (harness.bench)
+    "bench.enabled": boolean(),
+    "bench.backends": subset(ATTENTIONS),
+    "bench.reference": boolean(),
+    "bench.measures": subset(BENCH_MEASURES),
+    "bench.repeats": integer(1),
+    "bench.splits": integer(1),
+    "bench.threads": integer(0),
+    "bench.clock": choice(*BENCH_CLOCKS),
+    "bench.s_eval": int_list(1),
+    "bench.sample_batch": integer(1),
+    "bench.sample_steps": integer(1),
+    "bench.extractors": subset(EXTRACTORS, min_len=0),
+    "bench.extract_batch": integer(1),
+    # edit (model.editing); regions and classes are checked against the run being edited
+    "edit.task": choice(*EDIT_TASKS),
+    "edit.region": text(null=True),
+    "edit.class": integer(0, null=True),
+    "edit.input": Spec("a split index (int >= 0), an image path, or a list of them", _edit_input),
+    "edit.order": choice(*EDIT_ORDERS),
+    "edit.samples": integer(1),
+    "edit.out": Spec(
+        "a .png path", lambda v: isinstance(v, str) and v.lower().endswith(".png"), null=True
+    ),
+}
+SCHEMA_SECTIONS = ("cluster",)  # checked as a whole by their own validators
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (lists are values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in SCHEMA_SECTIONS:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def num_tokens(cfg: Any) -> int:
+    """L: tokens per image for the configured data resolution and patch size."""
+    return (int(cfg.data.resolution) // int(cfg.data.patch_size)) ** 2
+
+
+class _Attr(dict):
+    """Read-only attribute access over a nested plain dict."""
+
+    def __getattr__(self, name: str) -> Any:
+        value = self[name]
+        return _Attr(value) if isinstance(value, dict) else value
+
+
+def validate_config(cfg: DictConfig | dict) -> None:
+    """Check every value a job will use; raise UserError naming key, value and what is allowed."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    assert isinstance(cfg, dict)
+    for key, value in flatten(cfg).items():
+        if key in SCHEMA_SECTIONS:
+            continue
+        spec = SCHEMA.get(key)
+        if spec is None:
+            raise UserError(f"unknown config key {key!r} (no schema entry)")
+        if not spec.accepts(value):
+            raise UserError(f"{key}={value!r} is not allowed; expected {spec.describe()}")
+    _cross_checks(_Attr(cfg))
+
+
+def _cross_checks(cfg: _Attr) -> None:
+    from harness.executors import validate_profile
+    from model.data import check_data_config
+    from model.network import SIZES  # the model package owns the size registry
+
+    if cfg.model.name not in SIZES:
+        allowed = ", ".join(SIZES)
+        raise UserError(f"model={cfg.model.name!r} is not allowed; choose one of: {allowed}")
+    d = cfg.data
+    if d.root == "???":
+        raise UserError(f"data.root is required for data={d.name} (a folder path)")
+    if d.root is not None and not Path(str(d.root)).expanduser().exists():
+        raise UserError(f"data.root={d.root!r}: no such file or folder")
+    if d.patch_size > d.resolution or d.resolution % d.patch_size:
+        raise UserError(
+            f"data.patch_size={d.patch_size} must divide data.resolution={d.resolution}"
+        )
+    check_data_config(d, (str(cfg.eval.split),))
+    L, grid = num_tokens(cfg), d.resolution // d.patch_size
+    for key, value in (
+        ("train.ar.steps", cfg.train.ar.steps),
+        ("sample.ar_steps", cfg.sample.ar_steps),
+    ):
+        if value > L:
+            raise UserError(f"{key}={value} is not allowed; expected 1..L={L} (tokens per image)")
+    t = cfg.train
+    if "block_raster" in (t.order, cfg.sample.order):  # the block size matters for that order only
+        if t.order_block > grid or grid % t.order_block:
+            raise UserError(
+                f"train.order_block={t.order_block} must divide the {grid}x{grid} token grid "
+                f"(block_raster tiles it); allowed: "
+                + ", ".join(str(k) for k in range(1, grid + 1) if grid % k == 0)
+            )
+    b = cfg.bench
+    if b.clock == "cpu" and b.threads != 1:
+        raise UserError(
+            f"bench.clock=cpu times one thread's CPU time: it needs bench.threads=1, "
+            f"not {b.threads}"
+        )
+    if cfg.eval.weights_path is not None and not Path(str(cfg.eval.weights_path)).is_file():
+        raise UserError(f"eval.weights_path={cfg.eval.weights_path!r}: no such file")
+    run_dir = cfg.run_dir
+    if run_dir is not None and Path(str(run_dir)).exists() and not Path(str(run_dir)).is_dir():
+        raise UserError(f"run_dir={run_dir} is a file; expected a folder (or a new path)")
+    from harness.config import group_options
+
+    profiles = group_options("cluster")
+    if cfg.cluster.get("name") not in profiles:
+        raise UserError(
+            f"cluster.name={cfg.cluster.get('name')!r} is not allowed; expected the name of a "
+            f"profile in experiments/cluster: {', '.join(profiles)}"
+        )
+    validate_profile(cfg.cluster)
