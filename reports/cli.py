@@ -66,6 +66,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.report import write_report  # plotting imports are slow: only when asked
 
     grid = check_name(args.grid) if args.grid else None
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file; the report needs a folder (or a new path)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResultsWarning)
         path = write_report(args.root, grid, args.out)

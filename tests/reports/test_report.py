@@ -77,3 +77,11 @@ def test_report_of_bench_rows_only(tmp_path: Path, capsys):
 def test_report_of_an_empty_root(tmp_path: Path, capsys):
     assert main(["--root", str(tmp_path), "report"]) == 0
     assert "No FID results yet" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_report_out_that_is_a_file_exits_2(tmp_path: Path, capsys):
+    out = tmp_path / "a_file"
+    out.write_text("")
+    assert main(["--root", str(tmp_path), "report", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "Traceback" not in err
