@@ -59,6 +59,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, data)
 
 
+def remove_stale_temps(run_dir: Path) -> int:
+    """Delete temp files of checkpoint writes a killed process left (call before training)."""
+    stale = list((Path(run_dir) / "checkpoints").glob(".ckpt_*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def remove_checkpoint(path: Path) -> None:
     """Delete a checkpoint and its checksum file."""
     path.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from model.checkpoint import (
     load_latest_checkpoint,
     rank_states,
     remove_checkpoint,
+    remove_stale_temps,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -285,6 +286,9 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
     )
 
     step = 0
+    if info.is_main and remove_stale_temps(run_dir):
+        log.info("removed the temp files of an interrupted checkpoint write")
+    barrier(info)
     ckpt = load_latest_checkpoint(run_dir)
     if ckpt is not None:
         per_rank = rank_states(ckpt, info.world, run_dir)
