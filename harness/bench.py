@@ -49,13 +49,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import load_config
+from harness.schema import ATTENTIONS, BENCH_MEASURES
 from model.errors import UserError
 
 REFERENCE_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "reference.py"
-MEASURES = ("train", "sample", "extract")
-BACKENDS = ("sdpa", "flex")
-EXTRACTORS = ("classifier", "inception")
-CLOCKS = ("wall", "cpu")
+MEASURES = BENCH_MEASURES
+BACKENDS = ATTENTIONS
 EXTRACT_FEATURE = {"classifier": "feat", "inception": "2048"}  # the FID features
 
 
@@ -160,43 +159,6 @@ def run_bench_point(run_dir: str | os.PathLike, cfg: dict, main: bool = True) ->
 
 
 # ---------------------------------------------------------------- settings
-
-
-def validate_bench(bench: Any) -> None:
-    """Check the bench.* section; UserError naming key, value and what is allowed."""
-    b = OmegaConf.to_container(bench) if isinstance(bench, DictConfig) else dict(bench)
-
-    def nat(key: str, lo: int) -> None:
-        v = b[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise UserError(f"bench.{key}={v!r} must be an integer >= {lo}")
-
-    def subset(key: str, allowed: Sequence[str], empty_ok: bool) -> None:
-        v = b[key]
-        if not isinstance(v, list) or (not v and not empty_ok) or any(x not in allowed for x in v):
-            raise UserError(f"bench.{key}={v!r} must be a list of {', '.join(allowed)}")
-
-    for key, lo in (("repeats", 1), ("splits", 1), ("threads", 0), ("sample_batch", 1)):
-        nat(key, lo)
-    for key in ("sample_steps", "extract_batch"):
-        nat(key, 1)
-    subset("backends", BACKENDS, empty_ok=False)
-    subset("measures", MEASURES, empty_ok=False)
-    subset("extractors", EXTRACTORS, empty_ok=True)
-    s = b["s_eval"]
-    if not isinstance(s, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in s):
-        raise UserError(f"bench.s_eval={s!r} must be a list of AR step counts (ints >= 1)")
-    if any(x < 1 for x in s):
-        raise UserError(f"bench.s_eval={s!r} must hold ints >= 1")
-    if b["clock"] not in CLOCKS:
-        raise UserError(f"bench.clock={b['clock']!r} must be one of {', '.join(CLOCKS)}")
-    if b["clock"] == "cpu" and b["threads"] != 1:
-        raise UserError(
-            f"bench.clock=cpu times one thread's CPU time: it needs bench.threads=1, "
-            f"not {b['threads']}"
-        )
-    if not isinstance(b["reference"], bool):
-        raise UserError(f"bench.reference={b['reference']!r} must be true or false")
 
 
 @functools.cache
@@ -358,8 +320,7 @@ def run_bench(
     from model.io import now_iso
     from model.perf import matmul_peak_flops
 
-    validate_bench(cfg.bench)
-    device = pick_device(cfg)
+    device = pick_device(cfg)  # cfg passed harness.schema.validate_config (load_config)
     if device.type == "cuda" and cfg.bench.clock == "cpu":
         raise UserError("bench.clock=cpu is for CPU runs; GPU work is timed on the wall clock")
     bench = cfg.bench
