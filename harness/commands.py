@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("sample", cmd_sample, "draw samples from a trained run at any S_eval"),
         ("evaluate", cmd_evaluate, "sample (or reuse samples) and compute FID/KID/P/R"),
         ("encode", cmd_encode, "encode an image dataset to VAE latents for data=latents"),
+        ("stats", cmd_stats, "write a split's FID reference statistics (+ images) to an .npz"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("overrides", nargs="*", help="hydra-style key=value config overrides")
@@ -30,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--out", required=True, help="output folder for data=latents")
             p.add_argument("--batch-size", type=int, default=64)
             p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        if name == "stats":
+            p.add_argument("--out", required=True, help="the .npz to write (mu, sigma, arr_0)")
+            p.add_argument(
+                "--images",
+                type=int,
+                default=10_000,
+                help="reference images kept as arr_0 for precision/recall (default 10000)",
+            )
 
 
 def _setup_logging() -> None:
@@ -93,6 +102,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     m = record["metrics"]
     shown = {k: m[k] for k in ("fid", "kid", "precision", "recall", "class_acc") if k in m}
     print(json.dumps({"eval": record["path"], **shown}, default=float))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """cfh stats data=... eval.extractor=... eval.split=... [eval.ref_num=N] --out F.npz"""
+    from pathlib import Path
+
+    from model.errors import UserError
+    from model.metrics import write_split_statistics
+
+    _setup_logging()
+    cfg = load_config(args.overrides)
+    out = Path(args.out)
+    if out.suffix != ".npz" or out.is_dir():
+        raise UserError(f"--out {args.out} must be a .npz file path")
+    if args.images < 0:
+        raise UserError(f"--images={args.images} must be >= 0")
+    e = cfg.eval
+    meta = write_split_statistics(
+        cfg.data, str(e.split), e.ref_num, str(e.extractor), out, e.weights_path, args.images
+    )
+    print(f"wrote {out}: {json.dumps(meta)}")
     return 0
 
 

@@ -70,7 +70,7 @@ EVAL_PREFIXES = ("sample.", "eval.")
 TOKEN_KEYS = ("train.ar.steps", "sample.ar_steps")  # accept the symbol L
 CLUSTER_BACKENDS = ("local", "slurm")
 # Sample keys that change how fast, not what, is sampled: left out of an eval point's key.
-EVAL_KEY_EXCLUDE = ("sample.batch_size",)
+EVAL_KEY_EXCLUDE = ("sample.batch_size", "sample.adm_npz")
 
 
 class _Loader(yaml.SafeLoader):

@@ -184,6 +184,7 @@ SCHEMA: dict[str, Spec] = {
     "sample.batch_size": integer(1),
     "sample.seed": integer(0),
     "sample.ema": boolean(),
+    "sample.adm_npz": boolean(),
     "sample.ckpt": Spec(
         "latest or a step (an integer >= 0)", lambda v: v == "latest" or (_int(v) and v >= 0)
     ),
@@ -193,6 +194,8 @@ SCHEMA: dict[str, Spec] = {
     "eval.weights_path": text(null=True),
     "eval.kid_subset_size": integer(2),
     "eval.ref_num": integer(2, null=True),
+    "eval.reference": text(null=True),
+    "eval.bootstrap": Spec("0 (none) or an integer >= 2", lambda v: _int(v) and (v == 0 or v >= 2)),
     "eval.task": choice(*TASKS),
     # bench (harness.bench)
     "bench.enabled": boolean(),
@@ -302,8 +305,10 @@ def _cross_checks(cfg: _Attr) -> None:
             f"bench.clock=cpu times one thread's CPU time: it needs bench.threads=1, "
             f"not {b.threads}"
         )
-    if cfg.eval.weights_path is not None and not Path(str(cfg.eval.weights_path)).is_file():
-        raise UserError(f"eval.weights_path={cfg.eval.weights_path!r}: no such file")
+    for key in ("weights_path", "reference"):
+        value = cfg.eval[key]
+        if value is not None and not Path(str(value)).expanduser().is_file():
+            raise UserError(f"eval.{key}={value!r}: no such file")
     run_dir = cfg.run_dir
     if run_dir is not None and Path(str(run_dir)).exists() and not Path(str(run_dir)).is_dir():
         raise UserError(f"run_dir={run_dir} is a file; expected a folder (or a new path)")

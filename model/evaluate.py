@@ -1,4 +1,4 @@
-"""Samples -> FID, KID, precision/recall (torch-fidelity 0.4.0) and class accuracy.
+"""The feature extractors of FID and friends (torch-fidelity 0.4.0); model/metrics.py uses them.
 
 Two feature extractors (`eval.extractor`):
 
@@ -13,8 +13,8 @@ Two feature extractors (`eval.extractor`):
 
 `extractor_weights_hash` is the sha256 of the feature-producing tensors (names, dtypes, shapes,
 bytes; inception's fc excluded), so it does not depend on how the file was serialised.
-Reference statistics and features are cached by torch-fidelity under `<cache>/fidelity`, keyed
-by a name holding dataset, split, reference size, extractor and weights hash.
+Reference features are cached under `<cache>/fidelity`, keyed by a name holding dataset, split,
+reference size, extractor and weights hash.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from model.data import build_dataset, cfg_get, dataset_key, image_source_cfg, reference_dataset
+from model.data import build_dataset, cfg_get, dataset_key, image_source_cfg
 from model.errors import UserError
 from model.io import atomic_torch_save
 
@@ -401,45 +401,6 @@ def classifier_extractor_class() -> type:
 # metrics
 
 
-class _Images(Dataset):
-    """uint8 (N, H, W, C) images as torch-fidelity's uint8 (C, H, W) items (1 -> 3 channels)."""
-
-    def __init__(self, images: torch.Tensor, rgb: bool):
-        self.images = images
-        self.rgb = rgb
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        x = self.images[i].permute(2, 0, 1)
-        return x.expand(3, -1, -1).contiguous() if self.rgb and x.shape[0] == 1 else x
-
-
-class _Rgb(Dataset):
-    """Repeat a 1-channel uint8 (C, H, W) dataset to 3 channels (Inception's input)."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        x = self.dataset[i]
-        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
-
-
-def _as_uint8_nhwc(images: Any) -> torch.Tensor:
-    """Validate samples: uint8 (N, H, W, C) as a tensor."""
-    t = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
-    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"images must be uint8 (N, H, W, C) with C 1 or 3, got {t.dtype} {t.shape}"
-        )
-    return t.cpu()
-
-
 def extractor_weights(
     extractor: str,
     data_cfg: Any,
@@ -468,77 +429,3 @@ def class_accuracy(images: torch.Tensor, labels: Any, classifier_path: str | os.
         logits = model(x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0)[1]
         correct += int((logits.argmax(1) == y).sum())
     return correct / len(labels)
-
-
-def compute_metrics(
-    images_uint8: Any,
-    labels: Any,
-    data_cfg: Any,
-    extractor: str,
-    split: str = "test",
-    kid_subset_size: int = 100,
-    weights_path: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    ref_max_n: int | None = None,
-    batch_size: int = 64,
-) -> dict:
-    """FID, KID, precision/recall (and class_acc for the classifier) of samples vs `split`.
-
-    `images_uint8`: uint8 (N, H, W, C) samples (the samples.npz layout); `labels`: their
-    requested classes (or None). The reference is `split` of the data (for latents: the images
-    they were encoded from), all of it or a fixed subset of `ref_max_n`. `kid_subset_size` is
-    capped at the smaller set's size.
-    """
-    import torch_fidelity
-
-    if extractor not in EXTRACTORS:
-        raise UserError(
-            f"eval.extractor={extractor!r} is unknown; allowed: {', '.join(EXTRACTORS)}"
-        )
-    images = _as_uint8_nhwc(images_uint8)
-    ref = reference_dataset(data_cfg, split, ref_max_n)
-    ref_shape = tuple(ref[0].shape)
-    if tuple(images.shape[1:]) != (ref_shape[1], ref_shape[2], ref_shape[0]):
-        raise ValueError(
-            f"samples have shape (H, W, C)={tuple(images.shape[1:])}, the reference images "
-            f"{(ref_shape[1], ref_shape[2], ref_shape[0])}"
-        )
-    if len(images) < 4 or len(ref) < 4:  # precision/recall use the 3rd nearest neighbour
-        raise UserError(f"sample.num={len(images)} is too small for FID/KID/P/R; allowed: >= 4")
-    fe_name, path, whash = extractor_weights(extractor, data_cfg, weights_path, cache_dir)
-    rgb = extractor == "inception"
-    ref_name = f"cfh-{dataset_key(data_cfg)}-{split}-n{len(ref)}-{extractor}-{whash[:16]}"
-    kid = max(2, min(int(kid_subset_size), len(images), len(ref)))
-    threads = single_thread() if extractor == "classifier" else contextlib.nullcontext()
-    with threads:
-        metrics = torch_fidelity.calculate_metrics(
-            input1=_Images(images, rgb),
-            input2=_Rgb(ref) if rgb else ref,
-            input2_cache_name=ref_name,
-            cache_root=str(cache_root(cache_dir) / "fidelity"),
-            fid=True,
-            kid=True,
-            prc=True,
-            feature_extractor=fe_name,
-            feature_extractor_weights_path=str(path),
-            kid_subset_size=kid,
-            batch_size=batch_size,
-            save_cpu_ram=True,
-            cuda=torch.cuda.is_available(),
-            verbose=False,
-        )
-    class_acc = None
-    if extractor == "classifier" and labels is not None:
-        class_acc = class_accuracy(images, labels, path)
-    return {
-        "fid": float(metrics["frechet_inception_distance"]),
-        "kid": float(metrics["kernel_inception_distance_mean"]),
-        "kid_std": float(metrics["kernel_inception_distance_std"]),
-        "precision": float(metrics["precision"]),
-        "recall": float(metrics["recall"]),
-        "class_acc": class_acc,
-        "extractor_weights_hash": whash,
-        "num_samples": len(images),
-        "num_reference": len(ref),
-        "kid_subset_size": kid,
-    }

@@ -110,15 +110,30 @@ def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
     return settings
 
 
-def eval_settings(cfg: DictConfig, ckpt_step: int, weights_hash: str | None = None) -> dict:
-    """Sampling settings plus the feature extractor that scores them."""
-    return {
+def eval_settings(cfg: DictConfig, ckpt_step: int, train_data: Any) -> dict:
+    """Everything that decides an eval record's numbers: the samples' settings, the extractor
+    and a hash of its actual weights (and the classifier's recipe), the reference (split and
+    ref_num, or the statistics file's sha256), the KID subset size and the bootstrap count."""
+    from model.evaluate import classifier_recipe, extractor_weights
+    from model.metrics import file_sha256
+
+    extractor = str(cfg.eval.extractor)
+    _, _, weights_hash = extractor_weights(extractor, train_data, cfg.eval.weights_path)
+    reference = cfg.eval.reference
+    settings = {
         **sample_settings(cfg, ckpt_step),
-        "extractor": str(cfg.eval.extractor),
+        "extractor": extractor,
         "extractor_weights_hash": weights_hash,
         "split": str(cfg.eval.split),
         "ref_num": cfg.eval.ref_num,
+        "reference_sha256": None if reference is None else file_sha256(str(reference)),
+        "kid_subset_size": int(cfg.eval.kid_subset_size),
+        "bootstrap": int(cfg.eval.bootstrap),
+        "prc_reference": "equal-size",  # P/R against as many reference images as samples
     }
+    if extractor == "classifier":
+        settings["classifier_recipe"] = settings_hash(classifier_recipe(train_data))
+    return settings
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -165,6 +180,8 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict | No
     if (out_dir / "samples.npz").exists():
         if not info.is_main:
             return None
+        if cfg.sample.adm_npz:
+            write_adm_npz(out_dir)
         meta = json.loads((out_dir / "settings.json").read_text())
         return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": True}
     if int(cfg.sample.ar_steps) > net.num_tokens:
@@ -204,6 +221,8 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict | No
     buf = io.BytesIO()
     np.savez(buf, images=images, labels=labels)
     atomic_write_bytes(out_dir / "samples.npz", buf.getvalue())
+    if cfg.sample.adm_npz:
+        write_adm_npz(out_dir)
     atomic_write_bytes(out_dir / "grid.png", image_grid_png(images))
     atomic_write_json(out_dir / "settings.json", meta)
     shutil.rmtree(out_dir / "shards", ignore_errors=True)
@@ -211,6 +230,18 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict | No
         "sampled %d images at %.1f img/s into %s", len(images), meta["sample_img_per_s"], out_dir
     )
     return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": False}
+
+
+def write_adm_npz(sample_dir: Path) -> Path:
+    """samples_adm.npz beside samples.npz: arr_0 uint8 NHWC images, arr_1 labels, the layout
+    of ADM's sample files that its evaluator (guided-diffusion evaluations/evaluator.py) reads."""
+    path = sample_dir / "samples_adm.npz"
+    if not path.exists():
+        images, labels = load_samples(sample_dir)
+        buf = io.BytesIO()
+        np.savez(buf, arr_0=images, arr_1=labels)
+        atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def _default_device(info: DistInfo) -> torch.device:
@@ -310,11 +341,12 @@ def load_samples(sample_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     """Sample (or reuse samples) and score them; write and return run_dir/eval/<hash>.json."""
-    from model.evaluate import compute_metrics
+    from model.metrics import compute_metrics
 
     run_dir = _run_dir(cfg)
     step = step_of(resolve_checkpoint(run_dir, cfg.sample.ckpt))
-    settings = eval_settings(cfg, step)
+    train_cfg = OmegaConf.load(run_dir / "config.yaml")
+    settings = eval_settings(cfg, step, train_cfg.data)
     path = run_dir / "eval" / f"{settings_hash(settings)}.json"
     if path.exists():
         record = json.loads(path.read_text())
@@ -323,24 +355,25 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     if drawn is None:  # not rank 0: this rank's share of the samples is written, rank 0 scores
         return {"path": None, "rank": dist_info().rank}
     images, labels = load_samples(drawn["dir"])
-    train_cfg = OmegaConf.load(run_dir / "config.yaml")
-    kid_subset = min(int(cfg.eval.kid_subset_size), len(images))
     metrics = compute_metrics(
         images,
         labels,
         train_cfg.data,
         str(cfg.eval.extractor),
         split=str(cfg.eval.split),
-        kid_subset_size=kid_subset,
+        kid_subset_size=int(cfg.eval.kid_subset_size),
         weights_path=cfg.eval.weights_path,
         ref_max_n=cfg.eval.ref_num,
+        reference=cfg.eval.reference,
+        bootstrap=int(cfg.eval.bootstrap),
+        bootstrap_seed=int(cfg.sample.seed),
     )
-    settings["extractor_weights_hash"] = metrics.get("extractor_weights_hash")
     record = {
         "settings": settings,
         "metrics": {**metrics, "sample_img_per_s": drawn["sample_img_per_s"]},
         "ckpt_step": step,
         "samples": drawn["dir"],
+        "reference": None if cfg.eval.reference is None else str(cfg.eval.reference),
         "created": now_iso(),
     }
     atomic_write_json(path, record)

@@ -1,9 +1,10 @@
 """`cfh check`: mean FID per (train setting, eval setting) against a baseline CSV.
 
-A regression is a current mean FID above the baseline's by more than
-max(abs_tol, k x pooled seed std of baseline and current). Exit codes: 0 nothing regressed,
-1 a regression, 2 unusable input (missing or malformed baseline, no overlap), the last raised as
-UserError so that cfh prints one line and exits 2.
+A regression is a current mean FID above the baseline's by more than max(abs_tol, k x noise),
+where noise is the larger of the pooled std over training seeds (baseline and current) and FID's
+sampling bootstrap std (eval records' fid_bootstrap_std, mean over seeds). Exit codes: 0
+nothing regressed, 1 a regression, 2 unusable input (missing or malformed baseline, no
+overlap), the last raised as UserError so that cfh prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -49,8 +50,13 @@ def default_baseline(grid: str) -> Path:
 def current_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Current FID per (train_key, eval_key) in baseline form: fid_mean, fid_std, n_seeds."""
     summary = seed_summary(results)
-    summary = summary.rename(columns={"mean": "fid_mean", "std": "fid_std", "n": "n_seeds"})
+    summary = summary.rename(
+        columns={"mean": "fid_mean", "std": "fid_std", "n": "n_seeds", "boot": "fid_boot_std"}
+    )
+    if "fid_boot_std" not in summary:
+        summary["fid_boot_std"] = np.nan
     lead = ["train_key", "eval_key", "setting", "s_train", "fid_mean", "fid_std", "n_seeds"]
+    lead.append("fid_boot_std")
     rest = [c for c in EVAL_KEY_COLUMNS if c in summary]
     return summary[lead + rest].sort_values(["train_key", "eval_key"]).reset_index(drop=True)
 
@@ -96,7 +102,7 @@ def compare(
     k: float = DEFAULT_K,
 ) -> CheckResult:
     """Compare current and baseline summaries entry by entry (outer join on the keys)."""
-    cols = ["train_key", "eval_key", "fid_mean", "fid_std", "n_seeds", "setting"]
+    cols = ["train_key", "eval_key", "fid_mean", "fid_std", "n_seeds", "fid_boot_std", "setting"]
     base = baseline[[c for c in cols if c in baseline]]
     both = current.merge(
         base, on=["train_key", "eval_key"], how="outer", suffixes=("", "_base"), indicator=True
@@ -104,7 +110,11 @@ def compare(
     pooled = pooled_std(
         both["fid_std"], both["n_seeds"], both["fid_std_base"], both["n_seeds_base"]
     )
-    both["tolerance"] = np.maximum(abs_tol, k * np.nan_to_num(pooled))
+    # the larger of the two noises: over training seeds (pooled) and of the sampling (bootstrap)
+    nan = pd.Series(np.nan, index=both.index)
+    boot = np.fmax(both.get("fid_boot_std", nan), both.get("fid_boot_std_base", nan))
+    noise = np.fmax(np.nan_to_num(pooled), np.nan_to_num(boot))
+    both["tolerance"] = np.maximum(abs_tol, k * noise)
     both["delta"] = both["fid_mean"] - both["fid_mean_base"]
     both["status"] = np.select(
         [

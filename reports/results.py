@@ -85,7 +85,10 @@ EVAL_COLUMNS = {
     "extractor_weights_hash": "extractor_weights_hash",
     "task": "task",
 }
-METRIC_COLUMNS = ("fid", "kid", "kid_std", "precision", "recall", "class_acc", "sample_img_per_s")
+METRIC_COLUMNS = (
+    "fid", "fid_bootstrap_std", "kid", "kid_std", "precision", "recall", "class_acc",
+    "sample_img_per_s",
+)  # fmt: skip
 # What identifies a training setting (seed excluded: seeds are what the tables average over).
 TRAIN_KEY_COLUMNS = (
     "model",

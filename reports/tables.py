@@ -52,6 +52,9 @@ BETTER = {
 }
 
 
+BOOT_MARK = "*"  # marks a ± that is FID's sampling bootstrap std, not a spread over seeds
+
+
 @dataclass
 class Table:
     """Aligned mean/std/count frames of one table, with the better direction of each column."""
@@ -65,6 +68,7 @@ class Table:
     decimals: dict = field(default_factory=dict)  # column -> digits (default 2)
     exact: tuple = ()  # columns that do not vary over seeds (params, FLOPs): no "± 0"
     note: str = ""
+    boot: pd.DataFrame | None = None  # FID's sampling bootstrap std (mean over seeds)
 
     def best_mask(self) -> pd.DataFrame:
         """True where a cell holds its column's best mean (ties all marked)."""
@@ -79,7 +83,9 @@ class Table:
         return mask
 
     def cells(self, pm: str = " ± ") -> pd.DataFrame:
-        """'mean ± std' strings (mean alone for one seed, '-' for no data)."""
+        """'mean ± std' strings: the std over training seeds where a cell has several, else
+        FID's sampling bootstrap std marked with BOOT_MARK; the mean alone when neither exists,
+        '-' for no data."""
         out = pd.DataFrame("", index=self.mean.index, columns=self.mean.columns, dtype=object)
         for col in self.mean.columns:
             d = self.decimals.get(col, 2)
@@ -88,6 +94,10 @@ class Table:
             spread = s.map(lambda v, d=d: f"{pm}{v:,.{d}f}", na_action="ignore")
             show = (n > 1) & s.notna() & (col not in self.exact)
             text = text + spread.where(show, "")
+            if self.boot is not None and col in self.boot:
+                b = self.boot[col]
+                boot = b.map(lambda v, d=d: f"{pm}{v:,.{d}f}{BOOT_MARK}", na_action="ignore")
+                text = text + boot.where(~show & b.notna() & m.notna(), "")
             out[col] = text.fillna("-")
         return out
 
@@ -98,10 +108,12 @@ class Table:
         if n.size == 0:
             return "no data"
         lo, hi = int(n.min()), int(n.max())
+        boot = self.boot is not None and self.boot.notna().to_numpy().any()
+        sampling = f"; {BOOT_MARK}: sampling bootstrap std of one seed's FID" if boot else ""
         if hi == 1:
-            return "single seed per cell, no std"
+            return f"single seed per cell{sampling}" if boot else "single seed per cell, no std"
         seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
-        return f"mean ± std over {seeds} seeds"
+        return f"mean ± std over {seeds} training seeds{sampling}"
 
     def _frame(self, fmt: str) -> pd.DataFrame:
         """Cell strings with labelled rows and columns for `fmt` (markdown | latex | html)."""
@@ -211,11 +223,15 @@ def pivot(
     for c in rows + cols:  # pivot_table drops NaN keys: name them instead
         if data[c].isna().any() and not isinstance(data[c].dtype, pd.CategoricalDtype):
             data[c] = data[c].astype(object).where(data[c].notna(), "-")
-    stats = data.groupby(rows + cols, observed=True)[value].agg(["mean", "std", "count"])
+    grouped = data.groupby(rows + cols, observed=True)
+    stats = grouped[value].agg(["mean", "std", "count"])
     wide = stats.unstack(cols)  # a pivot that keeps an all-NaN std (every cell a single seed)
     mean, std, count = wide["mean"], wide["std"], wide["count"].fillna(0)
+    boot = None
+    if value == "fid" and "fid_bootstrap_std" in data:
+        boot = grouped["fid_bootstrap_std"].mean().unstack(cols).reindex_like(mean)
     better = dict.fromkeys(mean.columns, BETTER.get(value))
-    return Table(name=name, title=title, mean=mean, std=std, count=count, better=better)
+    return Table(name=name, title=title, mean=mean, std=std, count=count, better=better, boot=boot)
 
 
 def table_s_train(df: pd.DataFrame) -> Table | None:
@@ -420,13 +436,18 @@ def all_tables(df: pd.DataFrame) -> list[Table]:
 
 def seed_summary(df: pd.DataFrame, value: str = "fid") -> pd.DataFrame:
     """Mean, std and seed count of `value` per (train setting, eval setting), with readable
-    setting columns kept alongside the canonical keys."""
+    setting columns kept alongside the canonical keys; for FID also the mean sampling bootstrap
+    std (`boot`)."""
     rows = df[(df["kind"] == "train") & df[value].notna()]
     keep = [c for c in ("setting", "s_train", *EVAL_KEY_COLUMNS) if c in rows]
+    extra = {}
+    if value == "fid" and "fid_bootstrap_std" in rows:
+        extra["boot"] = ("fid_bootstrap_std", "mean")
     out = rows.groupby(["train_key", "eval_key"], observed=True, sort=False).agg(
         mean=(value, "mean"),
         std=(value, "std"),
         n=(value, "count"),
+        **extra,
         **{c: (c, "first") for c in keep},
     )
     return out.reset_index()

@@ -13,13 +13,13 @@ from model.errors import UserError
 from model.evaluate import (
     classifier_checkpoint,
     classifier_extractor_class,
-    compute_metrics,
     convert_fid_helper_inception,
     fid_helper_model_path,
     inception_weights,
     load_classifier,
     weights_hash,
 )
+from model.metrics import compute_metrics
 
 DIGITS = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
           "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip

@@ -62,7 +62,7 @@ def test_table2_mean_std_and_best_marks():
     assert "| 42.00 ± 2.83 " in md  # not best: no bold
     assert "**18.00**" in md  # single seed: no ± and still marked best
     assert "S_eval=1" in md and "S_train" in md
-    assert "mean ± std over 1-2 seeds" in md
+    assert "mean ± std over 1-2 training seeds" in md
     tex = t.to_latex()
     assert r"\textbf{11.00 $\pm$ 1.41}" in tex and r"\textbf{18.00}" in tex
     assert r"\toprule" in tex and r"$S_\mathrm{eval}$=4" in tex

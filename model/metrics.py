@@ -1,0 +1,334 @@
+"""Samples -> features -> FID (with a bootstrap std), KID, precision/recall, class accuracy.
+
+Every metric is computed from features with torch-fidelity's own functions
+(`fid_features_to_statistics`, `fid_statistics_to_metric`, `kid_features_to_metric`,
+`prc_features_to_metric`), so the sample features are extracted once and reused:
+
+- FID: sample statistics against the reference's: the whole `eval.split` (or `eval.ref_num`
+  images of it, a fixed seeded subset), or the `mu`/`sigma` of an `eval.reference` file.
+- `fid_bootstrap_std`: the standard deviation of FID over `eval.bootstrap` resamplings (with
+  replacement, seeded) of the sample features against the same reference: the sampling noise of
+  that one FID, not the spread over training seeds.
+- precision/recall: k-NN manifolds (k = 3) of two sets of equal size: the samples and a seeded
+  subset of the reference of the same size (or `eval.ref_num` images), because both numbers
+  move with the set sizes. A reference file contributes its `arr_0` images; without them P/R
+  (and KID) are skipped with the reason in the record.
+- KID: mean and std over 100 subsets of `kid_subset_size` against the whole reference.
+
+Reference statistics files (`cfh stats`, or ADM's reference batches): npz with `mu`, `sigma`
+and optionally `arr_0` (uint8 NHWC images). cfh's files add `extractor` and `weights_hash`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from model.data import dataset_key, reference_dataset
+from model.errors import UserError
+from model.evaluate import (
+    EXTRACTORS,
+    INCEPTION_FE,
+    cache_root,
+    class_accuracy,
+    extractor_weights,
+    single_thread,
+)
+from model.io import atomic_torch_save, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+FEATURE_LAYER = {"classifier": "feat", "inception": "2048"}
+PRC_SEED = 0  # the reference subset that precision/recall compare with
+KID_SUBSETS = 100
+
+
+class Images(Dataset):
+    """uint8 (N, H, W, C) images as torch-fidelity's uint8 (C, H, W) items (1 -> 3 for RGB)."""
+
+    def __init__(self, images: torch.Tensor, rgb: bool):
+        self.images = images
+        self.rgb = rgb
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.images[i].permute(2, 0, 1)
+        return x.expand(3, -1, -1).contiguous() if self.rgb and x.shape[0] == 1 else x
+
+
+class Rgb(Dataset):
+    """Repeat a 1-channel uint8 (C, H, W) dataset to 3 channels (Inception's input)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.dataset[i]
+        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+def as_uint8_nhwc(images: Any) -> torch.Tensor:
+    """Validate samples: uint8 (N, H, W, C) as a CPU tensor."""
+    t = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be uint8 (N, H, W, C) with C 1 or 3, got {t.dtype} {t.shape}"
+        )
+    return t.cpu()
+
+
+def extract_features(dataset: Dataset, extractor: str, weights: Path, batch_size: int = 64):
+    """(N, D) float32 features of a uint8 (C, H, W) dataset (torch-fidelity's extractor)."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+    layer = FEATURE_LAYER[extractor]
+    name = INCEPTION_FE if extractor == "inception" else "cfh-classifier"
+    cuda = torch.cuda.is_available()
+    threads = single_thread() if extractor == "classifier" else contextlib.nullcontext()
+    with threads:
+        fe = create_feature_extractor(
+            name, [layer], cuda=cuda, feature_extractor_weights_path=str(weights), verbose=False
+        )
+        feats = get_featuresdict_from_dataset(dataset, fe, batch_size, cuda, True, False)
+    return feats[layer].to(torch.float32)
+
+
+def statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
+    """mu and sigma (float64) of (N, D) features: torch-fidelity's FID statistics."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    stats = fid_features_to_statistics(features.to(torch.float64))
+    return {k: np.asarray(stats[k], np.float64) for k in ("mu", "sigma")}
+
+
+def fid(stats_a: dict, stats_b: dict) -> float:
+    """Frechet distance between two statistics (torch-fidelity's function)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    a = {k: np.asarray(stats_a[k], np.float64) for k in ("mu", "sigma")}
+    b = {k: np.asarray(stats_b[k], np.float64) for k in ("mu", "sigma")}
+    if a["mu"].shape != b["mu"].shape:
+        raise UserError(
+            f"the reference statistics have {b['mu'].shape[0]} features, the samples' extractor "
+            f"{a['mu'].shape[0]}: the reference was made with another eval.extractor"
+        )
+    return float(fid_statistics_to_metric(a, b, False)[KEY_METRIC_FID])
+
+
+def bootstrap_fid_std(features: torch.Tensor, ref_stats: dict, count: int, seed: int) -> float:
+    """Std (ddof 1) of FID over `count` resamplings with replacement of the sample features."""
+    if count < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    n = len(features)
+    values = [fid(statistics(features[rng.integers(0, n, n)]), ref_stats) for _ in range(count)]
+    return float(np.std(values, ddof=1))
+
+
+def subset(features: torch.Tensor, size: int, seed: int = PRC_SEED) -> torch.Tensor:
+    """A fixed seeded subset of `size` rows (all rows when there are not more)."""
+    if size >= len(features):
+        return features
+    g = torch.Generator().manual_seed(seed)
+    return features[torch.randperm(len(features), generator=g)[:size].sort().values]
+
+
+def _kid(sample: torch.Tensor, ref: torch.Tensor, subset_size: int) -> dict:
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    out = kid_features_to_metric(
+        sample, ref, kid_subsets=KID_SUBSETS, kid_subset_size=subset_size, verbose=False
+    )
+    return {"kid": float(out["kernel_inception_distance_mean"]),
+            "kid_std": float(out["kernel_inception_distance_std"])}  # fmt: skip
+
+
+def _prc(sample: torch.Tensor, ref: torch.Tensor) -> dict:
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    out = prc_features_to_metric(sample, ref, save_cpu_ram=True, verbose=False)
+    return {"precision": float(out["precision"]), "recall": float(out["recall"])}
+
+
+# ---------------------------------------------------------------- references
+
+
+def reference_features(
+    data_cfg: Any, split: str, ref_num: int | None, extractor: str, weights: Path, whash: str,
+    cache_dir: str | os.PathLike | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Features of `split` (or its seeded ref_num subset), cached by dataset, size and weights."""
+    ref = reference_dataset(data_cfg, split, ref_num)
+    name = f"cfh-{dataset_key(data_cfg)}-{split}-n{len(ref)}-{extractor}-{whash[:16]}"
+    path = cache_root(cache_dir) / "fidelity" / f"{name}-features.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    log.info("extracting %s features of %d reference images (%s)", extractor, len(ref), split)
+    feats = extract_features(Rgb(ref) if extractor == "inception" else ref, extractor, weights)
+    atomic_torch_save(path, feats)
+    return feats
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_reference(path: str | os.PathLike) -> dict:
+    """A statistics file: {"mu", "sigma", "images" (uint8 NHWC or None), "meta"}; UserError."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "mu" not in f or "sigma" not in f:
+                raise UserError(f"eval.reference={path}: no mu/sigma arrays (keys: {f.files})")
+            meta = json.loads(str(f["meta"])) if "meta" in f else {}
+            images = f["arr_0"] if "arr_0" in f else None
+            return {"mu": f["mu"], "sigma": f["sigma"], "images": images, "meta": meta}
+    except (OSError, ValueError) as e:
+        raise UserError(f"eval.reference={path} is not a readable .npz ({e})") from None
+
+
+def write_reference(
+    out: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, images: np.ndarray | None,
+    meta: dict,
+) -> None:  # fmt: skip
+    """Write a statistics file in ADM's reference-batch layout plus cfh's meta (atomically)."""
+    import io
+
+    arrays = {"mu": mu, "sigma": sigma, "meta": np.asarray(json.dumps(meta))}
+    if images is not None:
+        arrays["arr_0"] = images
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(out, buf.getvalue())
+
+
+# ---------------------------------------------------------------- the record's metrics
+
+
+def compute_metrics(
+    images_uint8: Any,
+    labels: Any,
+    data_cfg: Any,
+    extractor: str,
+    split: str = "test",
+    kid_subset_size: int = 100,
+    weights_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    ref_max_n: int | None = None,
+    reference: str | os.PathLike | None = None,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+) -> dict:
+    """FID (+ bootstrap std), KID, precision/recall and class_acc of samples (module doc).
+
+    `images_uint8`: uint8 (N, H, W, C) samples; `labels`: their requested classes (or None).
+    """
+    if extractor not in EXTRACTORS:
+        allowed = ", ".join(EXTRACTORS)
+        raise UserError(f"eval.extractor={extractor!r} is unknown; allowed: {allowed}")
+    images = as_uint8_nhwc(images_uint8)
+    if len(images) < 4:  # precision/recall use the 3rd nearest neighbour
+        raise UserError(f"sample.num={len(images)} is too small for FID/KID/P/R; allowed: >= 4")
+    ref = read_reference(reference) if reference is not None else None
+    if ref is None:
+        first = reference_dataset(data_cfg, split, ref_max_n)[0]  # (C, H, W)
+        _check_shape(images, first.permute(1, 2, 0)[None])
+    elif ref["images"] is not None:
+        _check_shape(images, as_uint8_nhwc(ref["images"][:1]))
+    _, weights, whash = extractor_weights(extractor, data_cfg, weights_path, cache_dir)
+    rgb = extractor == "inception"
+    sample_feats = extract_features(Images(images, rgb), extractor, weights)
+    out: dict[str, Any] = {"extractor_weights_hash": whash, "num_samples": len(images)}
+    if ref is not None:
+        made_by = ref["meta"].get("extractor", "inception")  # ADM's files: TF Inception pool3
+        if made_by != extractor:
+            raise UserError(
+                f"eval.reference={reference} holds {made_by} statistics; eval.extractor="
+                f"{extractor} needs {extractor} ones (cfh stats eval.extractor={extractor})"
+            )
+        ref_stats = {"mu": ref["mu"], "sigma": ref["sigma"]}
+        ref_feats = None
+        if ref["images"] is not None:
+            ref_imgs = as_uint8_nhwc(ref["images"])
+            ref_feats = extract_features(Images(ref_imgs, rgb), extractor, weights)
+        out["num_reference"] = int(ref["meta"].get("num", 0)) or None
+    else:
+        ref_feats = reference_features(
+            data_cfg, split, ref_max_n, extractor, weights, whash, cache_dir
+        )
+        ref_stats = statistics(ref_feats)
+        out["num_reference"] = len(ref_feats)
+    out["fid"] = fid(statistics(sample_feats), ref_stats)
+    out["fid_bootstrap_std"] = bootstrap_fid_std(sample_feats, ref_stats, bootstrap, bootstrap_seed)
+    out["fid_bootstrap_n"] = bootstrap
+    if ref_feats is None:
+        out["skipped"] = "KID, precision and recall: the reference file has no arr_0 images"
+    else:
+        kid = max(2, min(int(kid_subset_size), len(images), len(ref_feats)))
+        out.update(_kid(sample_feats, ref_feats, kid), kid_subset_size=kid)
+        prc_ref = subset(ref_feats, int(ref_max_n) if ref_max_n else len(sample_feats))
+        out.update(_prc(sample_feats, prc_ref), prc_num_reference=len(prc_ref))
+    if extractor == "classifier" and labels is not None:
+        out["class_acc"] = class_accuracy(images, labels, weights)
+    else:
+        out["class_acc"] = None
+    return out
+
+
+def _check_shape(samples: torch.Tensor, reference: torch.Tensor) -> None:
+    if tuple(samples.shape[1:]) != tuple(reference.shape[1:]):
+        raise ValueError(
+            f"samples have shape (H, W, C)={tuple(samples.shape[1:])}, the reference images "
+            f"{tuple(reference.shape[1:])}"
+        )
+
+
+def write_split_statistics(
+    data_cfg: Any,
+    split: str,
+    ref_num: int | None,
+    extractor: str,
+    out: str | os.PathLike,
+    weights_path: str | os.PathLike | None = None,
+    num_images: int = 10_000,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict:
+    """`cfh stats`: mu/sigma of a split's features and up to num_images of its images (arr_0,
+    a seeded subset, in split order) into a reference file; returns its meta."""
+    _, weights, whash = extractor_weights(extractor, data_cfg, weights_path, cache_dir)
+    feats = reference_features(data_cfg, split, ref_num, extractor, weights, whash, cache_dir)
+    stats = statistics(feats)
+    ref = reference_dataset(data_cfg, split, ref_num)
+    keep = range(len(ref))
+    if num_images < len(ref):
+        g = torch.Generator().manual_seed(PRC_SEED)
+        keep = torch.randperm(len(ref), generator=g)[:num_images].sort().values.tolist()
+    images = np.stack([ref[i].permute(1, 2, 0).numpy() for i in keep]) if num_images else None
+    meta = {
+        "extractor": extractor,
+        "weights_hash": whash,
+        "dataset": dataset_key(data_cfg),
+        "split": split,
+        "num": len(feats),
+        "num_images": 0 if images is None else len(images),
+    }
+    write_reference(out, stats["mu"], stats["sigma"], images, meta)
+    return meta
