@@ -150,6 +150,7 @@ SCHEMA: dict[str, Spec] = {
         lambda v: isinstance(v, list) and len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v),
     ),
     "train.weight_decay": number(0),
+    "train.eps": number(0, 1, lo_open=True),
     "train.grad_clip": number(0),
     "train.ema_decay": number(0, 1),
     "train.label_dropout": number(0, 1, hi_open=True),
@@ -178,7 +179,7 @@ SCHEMA: dict[str, Spec] = {
     "sample.ar_steps": integer(1),
     "sample.order": choice(*ORDERS),
     "sample.cfg": number(0),
-    "sample.cfg_interval": pair(0, NUM_DIFFUSION_STEPS - 1, null=True),
+    "sample.cfg_interval": pair(0, NUM_DIFFUSION_STEPS, null=True),  # [low, high): t < high
     "sample.steps": integer(1, NUM_DIFFUSION_STEPS),
     "sample.sampler": choice(*SAMPLERS),
     "sample.batch_size": integer(1),

@@ -96,6 +96,7 @@ def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
         "order": str(s.order),
         "cfg": float(s.cfg),
         "cfg_interval": interval,
+        "cfg_interval_kind": None if interval is None else "half-open",  # t_low <= t < t_high
         "steps": int(s.steps),
         "sampler": str(s.sampler),
         "num_samples": int(s.num),

@@ -63,10 +63,11 @@ def generate(
     y: (B,) labels (num_classes = the null class). context: (B, C, H, W) images whose tokens at
     context_positions (B, K) are given clean and cached first; they are copied to the output
     bitwise, and positions neither given nor generated stay zero. cfg_scale != 1 batch-doubles
-    with null labels: eps = eps_u + s (eps_c - eps_u), only for t in the closed interval
-    cfg_interval = (t_low, t_high) when given (plain conditional eps elsewhere). Noise comes from
-    `generator`: a SampleNoise (one stream per sample, so a sample is the same in any batch), a
-    torch.Generator (one stream for the batch) or None (the global RNG). Returns (B, C, H, W).
+    with null labels: eps = eps_u + s (eps_c - eps_u), only for t in the half-open interval
+    t_low <= t < t_high of cfg_interval = (t_low, t_high) when given, as the official code
+    (plain conditional eps elsewhere). Noise comes from `generator`: a SampleNoise (one stream
+    per sample, so a sample is the same in any batch), a torch.Generator (one stream for the
+    batch) or None (the global RNG). Returns (B, C, H, W).
     """
     B = y.shape[0]
     if isinstance(generator, SampleNoise) and y.device.type == "cpu" and B < MIN_CPU_BATCH:
@@ -139,7 +140,7 @@ def generate(
             for i, t in enumerate(sampler.timesteps):
                 tt = torch.full((B,), t, dtype=torch.long, device=device)
                 use_cfg = guided and (
-                    cfg_interval is None or cfg_interval[0] <= t <= cfg_interval[1]
+                    cfg_interval is None or cfg_interval[0] <= t < cfg_interval[1]
                 )
                 if use_cfg:
                     h = net.embed_noisy(double(x), double(pos), double(tt))  # (2B, g, D)

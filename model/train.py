@@ -270,6 +270,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
         net.parameters(),
         lr=lr_at(0, cfg),
         betas=tuple(t_cfg.betas),
+        eps=float(t_cfg.eps),
         weight_decay=t_cfg.weight_decay,
     )
     diffusion = Diffusion()

@@ -131,6 +131,13 @@ def test_cfg_interval_outside_every_step_is_unguided():
     always = sample(model, sampler, y, 2, cfg_scale=4.0, cfg_interval=(0, 999), **kw)
     assert torch.allclose(plain, never, atol=1e-5)
     assert not torch.allclose(plain, always, atol=1e-3)
+    # half-open, as the official code: t_low <= t < t_high; DDIM 4 keeps t = 999, 666, 333, 0
+    torch.manual_seed(0)
+    every = sample(model, sampler, y, 2, cfg_scale=4.0, cfg_interval=(0, 1000), **kw)
+    torch.manual_seed(0)
+    top = sample(model, sampler, y, 2, cfg_scale=4.0, cfg_interval=(999, 1000), **kw)
+    assert not torch.allclose(always, every, atol=1e-3)  # (0, 999) leaves t = 999 unguided
+    assert not torch.allclose(plain, top, atol=1e-3)  # (999, 1000) guides t = 999 alone
 
 
 def test_kv_cache_lengths_and_mode_restored():
