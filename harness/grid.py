@@ -25,7 +25,7 @@ evaluations to run on each of them. Keys are the dotted config keys of `experime
 
 Values are typed YAML (`1e-4` is a float). The symbol `L` (tokens per image of the point's data)
 is accepted for train.ar.steps and sample.ar_steps, so S_train = L reads the same on every
-dataset. Command-line overrides (`cfh sweep GRID key=value`) extend `base`; they may not set an
+dataset; `sample.order: train` samples each point in its own train.order (and block size). Command-line overrides (`cfh sweep GRID key=value`) extend `base`; they may not set an
 axis key. Checkpoint-step eval points (`sample.ckpt: [500, 1000]`) must be multiples of
 train.ckpt_every (or train.steps); train.keep_checkpoints is raised to keep them.
 
@@ -68,6 +68,7 @@ TOP_KEYS += ("resources",)
 EVAL_KEYS = ("base", "axes", "zip", "include", "exclude")
 EVAL_PREFIXES = ("sample.", "eval.")
 TOKEN_KEYS = ("train.ar.steps", "sample.ar_steps")  # accept the symbol L
+ORDER_SYMBOL = "train"  # sample.order: train = each point's train.order
 CLUSTER_BACKENDS = ("local", "slurm")
 # Sample keys that change how fast, not what, is sampled: left out of an eval point's key.
 EVAL_KEY_EXCLUDE = ("sample.batch_size", "sample.adm_npz")
@@ -371,6 +372,8 @@ class Grid:
         for i, combo in enumerate(combos):
             merged = {**self.eval.base, **combo}
             merged = {k: (L if _is_token_symbol(k, v) else v) for k, v in merged.items()}
+            if merged.get("sample.order") == ORDER_SYMBOL:  # the run's own training order
+                merged["sample.order"] = cfg["train"]["order"]
             items = tuple((k, format_value(v)) for k, v in merged.items())
             settings, key = _checked_eval_settings(self, base_key, items, combo)
             if i < n_product and any(

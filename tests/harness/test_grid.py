@@ -279,3 +279,11 @@ def test_cuda_on_a_cpu_profile_is_refused(tmp_path):
     path = grid_file(tmp_path, "", train__device="cuda")
     with pytest.raises(UserError, match="train.device=cuda: cluster profile 'local' is a CPU"):
         load_grid(str(path)).expand()
+
+
+def test_the_token_order_grid_samples_each_model_in_its_own_order_and_in_random():
+    points = load_grid("token_order").expand()
+    for p in points:
+        own = p.config["train"]["order"]
+        orders = {(e.settings["sample"]["ar_steps"], e.settings["sample"]["order"]) for e in p.evals}
+        assert {(1, own), (4, own), (4, "random")} == orders, (own, orders)
