@@ -285,5 +285,6 @@ def test_the_token_order_grid_samples_each_model_in_its_own_order_and_in_random(
     points = load_grid("token_order").expand()
     for p in points:
         own = p.config["train"]["order"]
-        orders = {(e.settings["sample"]["ar_steps"], e.settings["sample"]["order"]) for e in p.evals}
+        orders = {(e.settings["sample"]["ar_steps"], e.settings["sample"]["order"])
+                  for e in p.evals}  # fmt: skip
         assert {(1, own), (4, own), (4, "random")} == orders, (own, orders)
