@@ -25,9 +25,10 @@ evaluations to run on each of them. Keys are the dotted config keys of `experime
 
 Values are typed YAML (`1e-4` is a float). The symbol `L` (tokens per image of the point's data)
 is accepted for train.ar.steps and sample.ar_steps, so S_train = L reads the same on every
-dataset; `sample.order: train` samples each point in its own train.order (and block size). Command-line overrides (`cfh sweep GRID key=value`) extend `base`; they may not set an
-axis key. Checkpoint-step eval points (`sample.ckpt: [500, 1000]`) must be multiples of
-train.ckpt_every (or train.steps); train.keep_checkpoints is raised to keep them.
+dataset; `sample.order: train` samples each point in its own train.order (and block size).
+Command-line overrides (`cfh sweep GRID key=value`) extend `base`; they may not set an axis key.
+Checkpoint-step eval points (`sample.ckpt: [500, 1000]`) must be multiples of train.ckpt_every
+(or train.steps); train.keep_checkpoints is raised to keep them.
 
 Every point is validated (schema.validate_config plus cluster checks) while expanding; any
 problem is a UserError naming the grid file, the key and what is allowed.
