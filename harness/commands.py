@@ -30,6 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder")
             p.add_argument("--out", required=True, help="output folder for data=latents")
             p.add_argument("--batch-size", type=int, default=64)
+            p.add_argument(
+                "--no-flips",
+                action="store_true",
+                help="skip latents_flip.npy (the mirrored images' latents; data.flip needs them)",
+            )
+            p.add_argument(
+                "--posterior",
+                default="mean",
+                help="mean (default, deterministic) | sample (one seeded draw per image)",
+            )
+            p.add_argument("--seed", type=int, default=0, help="seed of --posterior sample")
             p.add_argument("--device", default="auto", help="auto | cpu | cuda")
         if name == "stats":
             p.add_argument("--out", required=True, help="the .npz to write (mu, sigma, arr_0)")
@@ -138,6 +149,15 @@ def cmd_encode(args: argparse.Namespace) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = encode_dataset(cfg.data, args.vae, args.out, args.batch_size, device)
+    out = encode_dataset(
+        cfg.data,
+        args.vae,
+        args.out,
+        args.batch_size,
+        device,
+        flips=not args.no_flips,
+        posterior=args.posterior,
+        seed=args.seed,
+    )
     print(f"wrote latents to {out}; train with: cfh train data=latents data.root={out}")
     return 0

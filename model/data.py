@@ -150,13 +150,14 @@ def _class_folders(root: str) -> int:
 
 
 def _check_latents(data_cfg: Any) -> dict:
-    """A latents folder against the config: meta.json's geometry, scale; no flips."""
+    """A latents folder against the config: meta.json's geometry, scale, flipped latents."""
     root = _root(data_cfg)
     meta = read_latent_meta(root)
-    if cfg_get(data_cfg, "flip", False):
+    if cfg_get(data_cfg, "flip", False) and not meta.get("flips"):
         raise UserError(
-            "data.flip=true is not supported for data=latents (a flipped latent is not the "
-            "latent of the flipped image); allowed: false"
+            f"data.flip=true needs the latents of the mirrored images too, and {root} has none "
+            "(encoded before cfh encode wrote both flips): re-run cfh encode, or set "
+            "data.flip=false"
         )
     for key in ("channels", "resolution", "num_classes"):
         if cfg_get(data_cfg, key) != meta[key]:
@@ -192,9 +193,13 @@ class ImageTensorDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return to_float(self.images[i]), self.labels[i]
 
-    def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather a batch directly (no DataLoader: tiny images are faster in one indexing op)."""
-        return to_float(self.images[idx]), self.labels[idx]
+    def get_batch(
+        self, idx: torch.Tensor, flips: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather a batch directly (no DataLoader: tiny images are faster in one indexing op);
+        rows whose `flips` flag is set are mirrored."""
+        x = to_float(self.images[idx])
+        return (x if flips is None else _flip_rows(x, flips)), self.labels[idx]
 
     def uint8(self, i: int) -> torch.Tensor:
         """Item i as uint8 (C, H, W)."""
@@ -231,14 +236,19 @@ class ImageFolderDataset(Dataset):
 
 
 class LatentDataset(Dataset):
-    """Pre-encoded latents (memmap) times the scale factor, with their labels."""
+    """Pre-encoded latents (memmap) times the scale factor, with their labels.
 
-    def __init__(self, root: Path, scale: float):
+    With `flip`, a row whose flip flag is set is read from latents_flip.npy: the latent of the
+    mirrored image, which `cfh encode` writes beside latents.npy (a mirrored latent is not it).
+    """
+
+    def __init__(self, root: Path, scale: float, flip: bool = False):
         self.root = root
         self.latents = np.load(root / "latents.npy", mmap_mode="r")
         self.labels = torch.from_numpy(np.load(root / "labels.npy").astype(np.int64))
         self.scale = scale
-        self.flip = False
+        self.flip = flip
+        self.flipped = np.load(root / "latents_flip.npy", mmap_mode="r") if flip else None
         if len(self.latents) != len(self.labels):
             raise UserError(
                 f"data.root={str(root)!r}: latents.npy has {len(self.latents)} rows but "
@@ -252,9 +262,19 @@ class LatentDataset(Dataset):
         x = torch.from_numpy(np.array(self.latents[i], dtype=np.float32))  # copy: memmap is r/o
         return x * self.scale, self.labels[i]
 
-    def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather a batch with one fancy-indexed memmap read."""
-        x = torch.from_numpy(np.asarray(self.latents[idx.numpy()], dtype=np.float32))
+    def get_batch(
+        self, idx: torch.Tensor, flips: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather a batch with one fancy-indexed memmap read (two when some rows flip)."""
+        rows = idx.numpy()
+        x = torch.from_numpy(np.asarray(self.latents[rows], dtype=np.float32))
+        if flips is not None and bool(flips.any()):
+            if self.flipped is None:
+                raise UserError("flipped latents were asked for, but data.flip=false")
+            sel = flips.numpy()
+            x[torch.from_numpy(sel)] = torch.from_numpy(
+                np.asarray(self.flipped[rows[sel]], dtype=np.float32)
+            )
         return x * self.scale, self.labels[idx]
 
 
@@ -384,11 +404,11 @@ def read_latent_meta(root: Path) -> dict:
         raise UserError(f"data.root={str(root)!r}: meta.json is unreadable ({e})") from None
 
 
-def _latents(data_cfg: Any) -> LatentDataset:
+def _latents(data_cfg: Any, flip: bool) -> LatentDataset:
     """Pre-encoded latents, checked against meta.json."""
     root = _root(data_cfg)
     meta = _check_latents(data_cfg)
-    ds = LatentDataset(root, float(meta["scale_factor"]))
+    ds = LatentDataset(root, float(meta["scale_factor"]), flip)
     shape = tuple(ds.latents.shape[1:])
     if shape != (meta["channels"], meta["resolution"], meta["resolution"]):
         raise UserError(f"data.root={str(root)!r}: latents.npy has shape {shape}, not meta.json's")
@@ -399,7 +419,8 @@ def build_dataset(data_cfg: Any, split: str = "train") -> Dataset:
     """The dataset `data_cfg` names, one split, yielding (x float (C, H, W), y int64).
 
     The result's `flip` attribute says whether BatchStream should flip items (data.flip on the
-    train split); the dataset itself never flips.
+    train split): BatchStream's seeded flags pick the rows, the dataset mirrors them (images)
+    or reads the mirrored image's latents (latents).
     """
     name = _name(data_cfg)
     _check_split(name, split)
@@ -410,7 +431,7 @@ def build_dataset(data_cfg: Any, split: str = "train") -> Dataset:
         return _mnist(data_cfg, split, flip)
     if name == "imagefolder":
         return _imagefolder(data_cfg, flip)
-    return _latents(data_cfg)
+    return _latents(data_cfg, flip)
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,8 +701,7 @@ class BatchStream:
         """The next (x, y) batch of this rank."""
         if hasattr(self.dataset, "get_batch"):
             idx, flips = self.sampler.next_indices()
-            x, y = self.dataset.get_batch(idx)
-            return _flip_rows(x, flips), y
+            return self.dataset.get_batch(idx, flips)
         if self._loader_iter is None:
             self._prefetch.load_state_dict(self.sampler.state_dict())
             loader = DataLoader(

@@ -2,7 +2,11 @@
 
 A latents folder holds:
 - `latents.npy`: (N, C, h, w) float16 (default) or float32, the VAE posterior *mean* of each
-  image (deterministic), unscaled; `data=latents` multiplies by `scale_factor` when reading.
+  image (deterministic; `posterior="sample"` draws one sample per image from its own seeded
+  stream instead), unscaled; `data=latents` multiplies by `scale_factor` when reading.
+- `latents_flip.npy`: the same for the horizontally mirrored images (unless `flips=False`), so
+  that `data.flip=true` trains on flips as the official recipe does (a mirrored latent is not
+  the latent of the mirrored image).
 - `labels.npy`: (N,) int64 class indices.
 - `meta.json`: scale_factor, channels, resolution, num_classes, count, dtype, the image `source`
   (its data config, used for the FID reference images), and `vae.path` (for decoding samples).
@@ -30,11 +34,13 @@ from torch.utils.data import DataLoader
 from model.data import build_dataset, cfg_get, read_latent_meta
 from model.errors import UserError
 from model.io import atomic_write_bytes, atomic_write_json, now_iso
+from model.noise import SampleNoise
 
 log = logging.getLogger(__name__)
 
 IMAGE_SOURCES = ("digits", "mnist", "imagefolder")
 DTYPES = ("float16", "float32")
+POSTERIORS = ("mean", "sample")
 
 
 def _autoencoder_class() -> type:
@@ -111,11 +117,16 @@ def encode_dataset(
     dtype: str = "float16",
     scale_factor: float | None = None,
     num_workers: int = 0,
+    flips: bool = True,
+    posterior: str = "mean",
+    seed: int = 0,
 ) -> Path:
     """Encode the images of `data_cfg` (split `split`) into a latents folder; returns its path.
 
     `scale_factor` defaults to the VAE's `config.scaling_factor` (0.18215 for SD's VAE).
     """
+    if posterior not in POSTERIORS:
+        raise UserError(f"--posterior {posterior!r} is not allowed; choose one of {POSTERIORS}")
     name = cfg_get(data_cfg, "name")
     if name not in IMAGE_SOURCES:
         raise UserError(f"cfh encode reads images: data={name!r}; allowed: {IMAGE_SOURCES}")
@@ -137,28 +148,38 @@ def encode_dataset(
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # until the new meta lands, the folder is partial
 
-    fd, tmp_name = tempfile.mkstemp(prefix=".latents.npy.", suffix=".tmp", dir=out)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    labels, written, mm = [], 0, None
+    names = ["latents.npy", "latents_flip.npy"] if flips else ["latents.npy"]
+    (out / "latents_flip.npy").unlink(missing_ok=True)
+    tmps = []
+    for name_ in names:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name_}.", suffix=".tmp", dir=out)
+        os.close(fd)
+        tmps.append(Path(tmp_name))
+    labels, written, maps = [], 0, []
     try:
         for x, y in _batches(ds, batch_size, num_workers):
             x = _to_vae_input(x.to(device, torch.float32), vae)
-            z = vae.encode(x).latent_dist.mode().float().cpu().numpy()
-            if mm is None:  # the latent shape is known after the first batch
-                mm = np.lib.format.open_memmap(tmp, "w+", np.dtype(dtype), (len(ds), *z.shape[1:]))
-            mm[written : written + len(z)] = z
-            written += len(z)
+            rows = range(written, written + len(x))
+            for k, view in enumerate([x, x.flip(-1)][: len(names)]):  # the image, mirrored
+                z = _encode(vae, view, posterior, seed, [2 * i + k for i in rows])
+                if len(maps) <= k:  # the latent shape is known after the first batch
+                    shape = (len(ds), *z.shape[1:])
+                    maps.append(np.lib.format.open_memmap(tmps[k], "w+", np.dtype(dtype), shape))
+                maps[k][written : written + len(z)] = z
+            written += len(x)
             labels.append(y.cpu().numpy().astype(np.int64))
             log.info("encoded %d/%d images", written, len(ds))
-        mm.flush()
-        shape = mm.shape
-        del mm
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out / "latents.npy")
+        shape = maps[0].shape
+        for mm in maps:
+            mm.flush()
+        del maps, mm
+        for tmp, name_ in zip(tmps, names, strict=True):
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, out / name_)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
         raise
 
     buf = io.BytesIO()
@@ -177,13 +198,28 @@ def encode_dataset(
         "num_classes": int(cfg_get(data_cfg, "num_classes")),
         "count": int(shape[0]),
         "dtype": dtype,
-        "posterior": "mean",
+        "posterior": posterior,
+        "posterior_seed": seed if posterior == "sample" else None,
+        "flips": bool(flips),
         "source": {**source, "split": split},
         "vae": {"path": vae_ref, "class": type(vae).__name__},
         "created": now_iso(),
     }
     atomic_write_json(out / "meta.json", meta)
     return out
+
+
+def _encode(
+    vae: torch.nn.Module, x: torch.Tensor, posterior: str, seed: int, streams: list[int]
+) -> np.ndarray:
+    """Latents of a batch: the posterior mean, or mean + std * noise from per-image streams."""
+    dist = vae.encode(x).latent_dist
+    if posterior == "mean":
+        return dist.mode().float().cpu().numpy()
+    noise = SampleNoise.for_indices(seed, streams).normal(
+        dist.mean.shape[1:], x.device, torch.float32
+    )
+    return (dist.mean + dist.std * noise).float().cpu().numpy()
 
 
 @functools.lru_cache(maxsize=2)

@@ -202,8 +202,10 @@ def test_imagenet_grids_need_a_data_root(tmp_path):
     with pytest.raises(UserError, match="has no latents.npy; write latents with `cfh encode`"):
         load_grid("imagenet256_ablation", [f"data.root={root}"]).expand()  # checked up front
     np.save(root / "latents.npy", np.zeros((2, 4, 32, 32), np.float16))
+    np.save(root / "latents_flip.npy", np.zeros((2, 4, 32, 32), np.float16))
     np.save(root / "labels.npy", np.zeros(2, np.int64))
-    meta = {"channels": 4, "resolution": 32, "num_classes": 1000, "scale_factor": 0.18215}
+    meta = {"channels": 4, "resolution": 32, "num_classes": 1000, "scale_factor": 0.18215,
+            "flips": True}  # fmt: skip
     (root / "meta.json").write_text(json.dumps(meta))
     points = load_grid("imagenet256_ablation", [f"data.root={root}"]).expand()
     assert all(p.config["cluster"]["gpus_per_node"] > 0 for p in points)

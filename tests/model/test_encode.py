@@ -94,3 +94,50 @@ def test_encode_bad_input(tmp_path):
         encode_dataset(latents_cfg(tmp_path), tiny_vae(), tmp_path / "x")
     with pytest.raises(UserError, match=r"float16"):
         encode_dataset(DIGITS, tiny_vae(), tmp_path / "x", dtype="int8")
+
+
+def test_both_flips_are_encoded_and_the_seeded_sampler_picks_one(tmp_path):
+    from model.data import BatchStream
+
+    folder = write_image_folder(tmp_path / "train")
+    vae = tiny_vae()
+    out = encode_dataset(folder_cfg(folder), vae, tmp_path / "lat", batch_size=5)
+    assert json.loads((out / "meta.json").read_text())["flips"] is True
+    src = build_dataset(folder_cfg(folder, flip=False))
+    x = torch.stack([src[i][0] for i in range(12)])
+    with torch.no_grad():
+        mirrored = vae.encode(x.flip(-1)).latent_dist.mode()
+    flipped = torch.from_numpy(np.load(out / "latents_flip.npy").astype(np.float32))
+    assert torch.allclose(flipped, mirrored, atol=1e-2)  # float16 on disk
+    ds = build_dataset(latents_cfg(out, flip=True))
+    stream = BatchStream(ds, 12, seed=3)
+    xb, _ = stream.next_batch()
+    idx, flips = BatchStream(ds, 12, seed=3).sampler.next_indices()
+    assert 0 < int(flips.sum()) < 12
+    plain = torch.from_numpy(np.load(out / "latents.npy").astype(np.float32))
+    expect = torch.where(flips.view(-1, 1, 1, 1), flipped[idx], plain[idx]) * 0.18215
+    assert torch.equal(xb, expect)
+
+
+def test_latents_without_flips_refuse_data_flip(tmp_path):
+    folder = write_image_folder(tmp_path / "train")
+    out = encode_dataset(folder_cfg(folder), tiny_vae(), tmp_path / "lat", flips=False)
+    assert not (out / "latents_flip.npy").exists()
+    with pytest.raises(UserError, match="data.flip=true needs the latents of the mirrored"):
+        build_dataset(latents_cfg(out, flip=True))
+    assert len(build_dataset(latents_cfg(out, flip=False))) == 12
+
+
+def test_posterior_samples_are_seeded_per_image(tmp_path):
+    folder = write_image_folder(tmp_path / "train")
+    vae = tiny_vae()
+    kw = dict(flips=False, posterior="sample", seed=5, dtype="float32")
+    a = encode_dataset(folder_cfg(folder), vae, tmp_path / "a", batch_size=5, **kw)
+    b = encode_dataset(folder_cfg(folder), vae, tmp_path / "b", batch_size=12, **kw)
+    mean = encode_dataset(folder_cfg(folder), vae, tmp_path / "m", flips=False, dtype="float32")
+    za, zb, zm = (np.load(p / "latents.npy") for p in (a, b, mean))
+    assert np.array_equal(za, zb)  # the same draws whatever the batch size
+    assert not np.allclose(za, zm)
+    assert json.loads((a / "meta.json").read_text())["posterior"] == "sample"
+    with pytest.raises(UserError, match="--posterior 'median' is not allowed"):
+        encode_dataset(folder_cfg(folder), vae, tmp_path / "c", posterior="median")
