@@ -96,7 +96,6 @@ def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
         "order": str(s.order),
         "cfg": float(s.cfg),
         "cfg_interval": interval,
-        "cfg_interval_kind": None if interval is None else "half-open",  # t_low <= t < t_high
         "steps": int(s.steps),
         "sampler": str(s.sampler),
         "num_samples": int(s.num),
@@ -106,6 +105,8 @@ def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
         "task": str(cfg.eval.task),
         "noise": "per-sample",  # sample i's stream is seeded by (seed, i): model.noise
     }
+    if interval is not None:  # guided for t_low <= t < t_high (closed before: another key)
+        settings["cfg_interval_kind"] = "half-open"
     if settings["task"] != "generate":  # edits start from real images of the eval split
         settings["split"] = str(cfg.eval.split)
     return settings
