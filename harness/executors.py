@@ -377,13 +377,26 @@ class PooledLocalExecutor(submitit.LocalExecutor):
         cmd += [sys.executable, "-m", "submitit.local._local"]
         cmd += [str(self.folder)]
         # The controller's own output (a traceback when cancelled) goes to a log, not our tty.
+        # SIGINT (how cancel stops a local job) gets its default action back: a shell starts
+        # background jobs with it ignored, and the controller would inherit that and run on.
         with open(self.folder / "local-controllers.log", "ab") as log:
             if setup:  # shell lines first, then exec: the pid stays the job id
                 shell_cmd = " && ".join([*setup, "exec " + shlex.join(cmd)])
-                proc = subprocess.Popen(shell_cmd, shell=True, env=env, stdout=log, stderr=log)
+                proc = subprocess.Popen(
+                    shell_cmd, shell=True, env=env, stdout=log, stderr=log,
+                    preexec_fn=_default_sigint,
+                )  # fmt: skip
             else:
-                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+                proc = subprocess.Popen(
+                    cmd, env=env, stdout=log, stderr=log, preexec_fn=_default_sigint
+                )
         return LocalJob(folder=self.folder, job_id=str(proc.pid), process=proc, tasks=range(ntasks))
+
+
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default action (kills, or KeyboardInterrupt
+    in Python), whatever the parent inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def submit_array(

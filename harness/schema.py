@@ -29,9 +29,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SAMPLERS = ("ddpm", "ddim")
 EXTRACTORS = ("classifier", "inception")
-TASKS = ("generate", "inpaint", "outpaint", "swap")
+TASKS = ("generate", "inpaint", "outpaint", "swap", "caption", "t2i")
+JOINT_TASKS = ("caption", "t2i")
 EDIT_TASKS = ("inpaint", "outpaint", "swap")
-DATASETS = ("digits", "mnist", "imagefolder", "latents")
+DATASETS = (
+    "digits", "mnist", "imagefolder", "latents",
+    "digits_captions", "mnist_captions", "stamps", "captions",
+)  # fmt: skip
+TOKENIZERS = ("word", "bpe")
+DECODERS = ("greedy", "beam", "nucleus")
 ATTENTIONS = ("sdpa", "flex")
 POS_EMBEDS = ("sincos", "learned")
 BENCH_MEASURES = ("train", "sample", "extract")
@@ -139,6 +145,9 @@ SCHEMA: dict[str, Spec] = {
     "data.patch_size": integer(1),
     "data.flip": boolean(),
     "data.latent_scale": number(0, lo_open=True),
+    "data.captions_per_image": integer(1),  # caption datasets (joint runs)
+    "data.tokenizer": choice(*TOKENIZERS),
+    "data.max_text_len": integer(3),
     # train
     "train.steps": integer(1),
     "train.batch_size": integer(1),
@@ -174,6 +183,9 @@ SCHEMA: dict[str, Spec] = {
     "train.device": choice(*DEVICES),
     "train.dist_timeout_s": number(0, lo_open=True),
     "train.max_nonfinite": integer(0),
+    "train.joint.caption_prob": number(0, 1),
+    "train.joint.text_weight": number(0),
+    "train.joint.text_dropout": number(0, 1, hi_open=True),
     # sample
     "sample.num": integer(1),
     "sample.ar_steps": integer(1),
@@ -186,6 +198,8 @@ SCHEMA: dict[str, Spec] = {
     "sample.seed": integer(0),
     "sample.ema": boolean(),
     "sample.adm_npz": boolean(),
+    "sample.prompt": text(null=True),
+    "sample.prompts": text(null=True),
     "sample.ckpt": Spec(
         "latest or a step (an integer >= 0)", lambda v: v == "latest" or (_int(v) and v >= 0)
     ),
@@ -222,6 +236,16 @@ SCHEMA: dict[str, Spec] = {
     "edit.out": Spec(
         "a .png path", lambda v: isinstance(v, str) and v.lower().endswith(".png"), null=True
     ),
+    # caption (model.joint); inputs are checked against the run being captioned
+    "caption.input": Spec(
+        "a split index (int >= 0), an image path, or a list of them", _edit_input
+    ),
+    "caption.method": choice(*DECODERS),
+    "caption.beams": integer(1),
+    "caption.top_p": number(0, 1, lo_open=True),
+    "caption.max_len": integer(3, null=True),
+    "caption.seed": integer(0),
+    "caption.out": text(null=True),
 }
 SCHEMA_SECTIONS = ("cluster",)  # checked as a whole by their own validators
 
@@ -300,6 +324,7 @@ def _cross_checks(cfg: _Attr) -> None:
                 f"(block_raster tiles it); allowed: "
                 + ", ".join(str(k) for k in range(1, grid + 1) if grid % k == 0)
             )
+    _joint_checks(cfg)
     b = cfg.bench
     if b.clock == "cpu" and b.threads != 1:
         raise UserError(
@@ -322,3 +347,53 @@ def _cross_checks(cfg: _Attr) -> None:
             f"profile in experiments/cluster: {', '.join(profiles)}"
         )
     validate_profile(cfg.cluster)
+
+
+def _joint_checks(cfg: _Attr) -> None:
+    """Keys of joint image-text runs against the data: captions or not."""
+    from model.captions import CAPTION_DATASETS
+
+    d = _run_data(cfg)
+    joint = d.name in CAPTION_DATASETS
+    names = ", ".join(CAPTION_DATASETS)
+    if not joint:
+        if cfg.eval.task in JOINT_TASKS:
+            raise UserError(
+                f"eval.task={cfg.eval.task} needs a joint run (data with captions: {names}); "
+                f"data={d.name} has no captions"
+            )
+        for key in ("prompt", "prompts"):
+            if cfg.sample[key] is not None:
+                raise UserError(
+                    f"sample.{key} needs a joint run (data with captions: {names}); "
+                    f"data={d.name} has no captions"
+                )
+        return
+    if cfg.model.attention != "sdpa":
+        raise UserError(
+            f"model.attention={cfg.model.attention} is not allowed for joint runs "
+            "(per-sample text masks); expected sdpa"
+        )
+    if cfg.eval.extractor == "classifier" and d.num_classes < 2:
+        raise UserError(
+            f"eval.extractor=classifier needs classes and data={d.name} has none; "
+            "use eval.extractor=inception"
+        )
+    if cfg.sample.prompt is not None and cfg.sample.prompts is not None:
+        raise UserError("set sample.prompt or sample.prompts, not both")
+    max_len = cfg.caption.max_len
+    if max_len is not None and max_len > d.max_text_len:
+        raise UserError(
+            f"caption.max_len={max_len} is not allowed; expected 3..data.max_text_len="
+            f"{d.max_text_len} (the model's text positions)"
+        )
+
+
+def _run_data(cfg: _Attr) -> _Attr:
+    """The data a command works on: a trained run's (run_dir/config.yaml), else cfg.data."""
+    if cfg.run_dir is not None:
+        path = Path(str(cfg.run_dir)) / "config.yaml"
+        if path.is_file():
+            data = OmegaConf.to_container(OmegaConf.load(path).data, resolve=True)
+            return _Attr({**cfg.data, **data})  # type: ignore[dict-item]
+    return cfg.data

@@ -39,8 +39,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from model.errors import UserError
 
-DATASETS = ("digits", "mnist", "imagefolder", "latents")
-SPLITS = {"digits": ("train", "test"), "mnist": ("train", "valid", "test")}
+IMAGE_DATASETS = ("digits", "mnist", "imagefolder", "latents")
+CAPTION_DATASETS = ("digits_captions", "mnist_captions", "stamps", "captions")  # model.captions
+DATASETS = IMAGE_DATASETS + CAPTION_DATASETS
+SPLITS = {
+    "digits": ("train", "test"),
+    "mnist": ("train", "valid", "test"),
+    "digits_captions": ("train", "test"),
+    "mnist_captions": ("train", "valid", "test"),
+    "stamps": ("train", "test"),
+    "captions": ("train", "test"),
+}
+CAPTIONED_IMAGES = {"digits_captions": "digits", "mnist_captions": "mnist"}  # same images
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 MNIST_RESOLUTIONS = (28, 32)
@@ -116,7 +126,11 @@ def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
     name = _name(data_cfg)
     for split in splits:
         _check_split(name, split)
-    if name == "digits":
+    if name in CAPTION_DATASETS:
+        from model.captions import check_caption_config
+
+        check_caption_config(data_cfg)
+    elif name == "digits":
         for key, allowed in (("resolution", (8,)), ("channels", (1,)), ("num_classes", (10,))):
             _expect(data_cfg, key, allowed)
     elif name == "mnist":
@@ -431,6 +445,11 @@ def build_dataset(data_cfg: Any, split: str = "train") -> Dataset:
         return _mnist(data_cfg, split, flip)
     if name == "imagefolder":
         return _imagefolder(data_cfg, flip)
+    if name in CAPTION_DATASETS:  # the images alone (captions: model.joint_data.CaptionPairs)
+        from model.captions import load_caption_data
+
+        data = load_caption_data(data_cfg, split)
+        return ImageTensorDataset(data.images, data.labels.clamp(min=0))
     return _latents(data_cfg, flip)
 
 
@@ -459,8 +478,14 @@ class Uint8View(Dataset):
 
 
 def image_source_cfg(data_cfg: Any) -> Any:
-    """The config of the image dataset behind `data_cfg` (latents: meta.json's `source`)."""
-    if _name(data_cfg) != "latents":
+    """The config of the image dataset behind `data_cfg` (latents: meta.json's `source`; digit
+    captions: the digits or MNIST images they describe)."""
+    name = _name(data_cfg)
+    if name in CAPTIONED_IMAGES:
+        keep = ("resolution", "channels", "num_classes", "patch_size")
+        return {"name": CAPTIONED_IMAGES[name], "root": None, "flip": False, "latent_scale": 1.0,
+                **{k: cfg_get(data_cfg, k) for k in keep}}  # fmt: skip
+    if name != "latents":
         return data_cfg
     meta = read_latent_meta(_root(data_cfg))
     source = meta.get("source")

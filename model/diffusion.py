@@ -79,6 +79,7 @@ def causalfusion_loss(
     ar_weights: torch.Tensor | None = None,
     noise_weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
+    model_kwargs: dict | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted eps-prediction MSE over the noisy tokens of one training batch.
 
@@ -86,13 +87,14 @@ def causalfusion_loss(
     RNG. loss = mean over samples b and AR tokens k of
         ar_weights[k] * w_noise(t_b) * mean over token dims of (eps - eps_hat)^2.
     ar_weights: (L,) per AR-ordered token (None = all ones). Returns (loss, stats) where stats
-    holds detached scalar tensors: "mse" (unweighted), "t_mean".
+    holds detached scalar tensors: "mse" (unweighted), "t_mean". model_kwargs go to the model
+    (the text condition of a joint model).
     """
     B = x0.shape[0]
     t = torch.randint(0, diffusion.num_steps, (B,), device=x0.device)
     noise = torch.randn_like(x0)
     xt = diffusion.q_sample(x0, t, noise)
-    eps_hat = model(x0, xt, t, y, order, group_sizes)  # (B, C, H, W)
+    eps_hat = model(x0, xt, t, y, order, group_sizes, **(model_kwargs or {}))  # (B, C, H, W)
     err = (noise.float() - eps_hat.float()) ** 2  # (B, C, H, W)
     L = order.shape[1]
     per_token = _per_token_mean(err, L)  # (B, L), raster order

@@ -33,6 +33,7 @@ from model.diffusion import Diffusion, make_sampler
 from model.distributed import DistInfo, dist_info, shard_range
 from model.errors import UserError
 from model.io import atomic_write_bytes, atomic_write_json, now_iso
+from model.joint_data import is_caption_data, saved_tokenizer
 from model.network import CausalFusion
 from model.noise import SampleNoise
 from model.sampling import sample as sample_images
@@ -82,13 +83,16 @@ def load_trained(cfg: DictConfig, device: torch.device) -> tuple[CausalFusion, i
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     path = resolve_checkpoint(run_dir, cfg.sample.ckpt)
     state = read_checkpoint(path)
-    net = model_from_config(train_cfg)  # type: ignore[arg-type]
+    vocab = 0
+    if is_caption_data(train_cfg.data):
+        vocab = saved_tokenizer(run_dir).vocab_size
+    net = model_from_config(train_cfg, vocab)  # type: ignore[arg-type]
     net.load_state_dict(state["ema" if cfg.sample.ema else "model"])
     return net.to(device).eval(), int(state["step"]), train_cfg  # type: ignore[return-value]
 
 
-def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
-    """Everything that decides the samples."""
+def sample_settings(cfg: DictConfig, ckpt_step: int, joint: bool = False) -> dict:
+    """Everything that decides the samples (`joint`: text-to-image from prompts)."""
     s = cfg.sample
     interval = list(s.cfg_interval) if s.cfg_interval is not None else None
     settings = {
@@ -109,6 +113,17 @@ def sample_settings(cfg: DictConfig, ckpt_step: int) -> dict:
         settings["cfg_interval_kind"] = "half-open"
     if settings["task"] != "generate":  # edits start from real images of the eval split
         settings["split"] = str(cfg.eval.split)
+    if joint and settings["task"] == "generate":
+        settings["task"] = "t2i"  # a joint run generates from text
+    if settings["task"] == "t2i":
+        from model.joint_data import read_prompts
+
+        prompts = read_prompts(s, int(s.num))
+        if prompts is None:
+            settings["prompts"] = f"split:{cfg.eval.split}"  # image i's first caption
+            settings["split"] = str(cfg.eval.split)
+        else:
+            settings["prompts"] = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
     return settings
 
 
@@ -123,7 +138,7 @@ def eval_settings(cfg: DictConfig, ckpt_step: int, train_data: Any) -> dict:
     _, _, weights_hash = extractor_weights(extractor, train_data, cfg.eval.weights_path)
     reference = cfg.eval.reference
     settings = {
-        **sample_settings(cfg, ckpt_step),
+        **sample_settings(cfg, ckpt_step, is_caption_data(train_data)),
         "extractor": extractor,
         "extractor_weights_hash": weights_hash,
         "split": str(cfg.eval.split),
@@ -177,7 +192,7 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict | No
     device = device or _default_device(info)
     run_dir = _run_dir(cfg)
     net, step, train_cfg = load_trained(cfg, device)
-    settings = sample_settings(cfg, step)
+    settings = sample_settings(cfg, step, is_caption_data(train_cfg.data))
     out_dir = run_dir / "samples" / settings_hash(settings)
     if (out_dir / "samples.npz").exists():
         if not info.is_main:
@@ -199,6 +214,8 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict | No
     if not path.exists():
         if settings["task"] == "generate":
             drawn = _generate_samples(net, train_cfg, cfg, device, mine)
+        elif settings["task"] == "t2i":
+            drawn = _text_to_image_samples(net, train_cfg, cfg, device, mine)
         else:  # inpaint / outpaint / swap: real images of eval.split edited in context
             from model.editing import task_samples
 
@@ -326,6 +343,61 @@ def _generate_samples(
     return to_uint8(torch.cat(chunks)), mine.numpy(), seconds, {}
 
 
+def _text_to_image_samples(
+    net: CausalFusion, train_cfg: Any, cfg: DictConfig, device: torch.device, indices: range
+) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """Samples `indices` from prompts: sample.prompt(s), else the eval split's captions.
+
+    Labels are the digit each prompt names (digit captions; -1 otherwise), for class_acc.
+    Prompts of one token length share a batch (the cache holds no padding); per-sample noise
+    makes a sample independent of that grouping.
+    """
+    from model.joint_data import prompt_labels, read_prompts, split_prompts
+    from model.text import encode_batch
+
+    num = int(cfg.sample.num)
+    prompts = read_prompts(cfg.sample, num)
+    if prompts is None:
+        prompts, labels = split_prompts(train_cfg.data, str(cfg.eval.split), num)
+    else:
+        labels = prompt_labels(prompts, train_cfg.data)
+    tok = saved_tokenizer(Path(str(cfg.run_dir)))
+    tokens = encode_batch(tok, prompts, net.cfg.max_text_len)  # (num, T) BOS .. EOS PAD
+    lengths = (tokens != 0).sum(1)
+    pixels = train_cfg.data.name != "latents"
+    sampler = make_sampler(
+        Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels
+    )
+    interval = tuple(cfg.sample.cfg_interval) if cfg.sample.cfg_interval is not None else None
+    null = int(train_cfg.data.num_classes)
+    mine = list(indices)
+    out: dict[int, torch.Tensor] = {}
+    bs = int(cfg.sample.batch_size)
+    t0 = time.perf_counter()
+    for length in sorted({int(lengths[i]) for i in mine}):
+        same = [i for i in mine if int(lengths[i]) == length]
+        for start in range(0, len(same), bs):
+            batch = same[start : start + bs]
+            x = sample_images(
+                net,
+                sampler,
+                torch.full((len(batch),), null, dtype=torch.long, device=device),
+                int(cfg.sample.ar_steps),
+                order=str(cfg.sample.order),
+                cfg_scale=float(cfg.sample.cfg),
+                cfg_interval=interval,
+                generator=SampleNoise.for_indices(int(cfg.sample.seed), batch),
+                block=int(train_cfg.train.order_block),
+                text=tokens[batch, :length].to(device),
+            )
+            for i, img in zip(batch, decode_to_pixels(x, train_cfg), strict=True):
+                out[i] = img
+    seconds = time.perf_counter() - t0
+    images = torch.stack([out[i] for i in mine])
+    details = {"prompts": prompts[:8]}
+    return to_uint8(images), labels[mine].numpy(), seconds, details
+
+
 def decode_to_pixels(x: torch.Tensor, train_cfg: Any) -> torch.Tensor:
     """Model outputs -> pixels in [-1, 1] (VAE-decoded for latent data)."""
     if train_cfg.data.name != "latents":
@@ -348,6 +420,8 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     run_dir = _run_dir(cfg)
     step = step_of(resolve_checkpoint(run_dir, cfg.sample.ckpt))
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
+    if cfg.eval.task == "caption":
+        return _evaluate_captions(cfg, run_dir, step, device)
     settings = eval_settings(cfg, step, train_cfg.data)
     path = run_dir / "eval" / f"{settings_hash(settings)}.json"
     if path.exists():
@@ -380,3 +454,27 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     }
     atomic_write_json(path, record)
     return {**record, "path": str(path)}
+
+
+def _evaluate_captions(
+    cfg: DictConfig, run_dir: Path, step: int, device: torch.device | None
+) -> dict:
+    """eval.task=caption: the eval record of captions of the eval split (model.captioning)."""
+    from model.captioning import caption_metrics_of_run, caption_settings, write_caption_record
+
+    settings = {
+        **caption_settings(cfg, step),
+        "task": "caption",
+        "split": str(cfg.eval.split),
+        "num_images": int(cfg.sample.num),
+        "scorer": "pycocoevalcap-1.2 (normalized text)",
+    }
+    path = run_dir / "eval" / f"{settings_hash(settings)}.json"
+    if path.exists():
+        return {**json.loads(path.read_text()), "path": str(path)}
+    if not dist_info().is_main:  # captions are cheap: rank 0 alone
+        return {"path": None, "rank": dist_info().rank}
+    device = device or _default_device(dist_info())
+    net, _, train_cfg = load_trained(cfg, device)
+    metrics = caption_metrics_of_run(net, train_cfg, cfg, run_dir, device)
+    return write_caption_record(path, settings, metrics, step)

@@ -9,6 +9,18 @@ groups 1..S]. Every token gets a kind (COND, CLEAN, NOISY) and a group id (0 for
     query NOISY of group s, key CLEAN of group j  -> allowed iff j < s
     query NOISY of group s, key NOISY of group j  -> allowed iff j == s
     anything else (cond -> non-cond, clean -> noisy) is forbidden.
+
+Joint image-text models (model/joint.py) add TEXT tokens, causal among themselves, in one of two
+places. Text-to-image: [cond] + [text] + [clean groups] + [noisy groups], the text a condition
+that every image token sees (text group 0). Image-to-text: [cond] + [the whole image, clean, one
+group] + [text] (text group 2): the text sees all of the image, the image never sees the text.
+With group ids as above, the extra rules are
+
+    query TEXT, key TEXT at text position p       -> allowed iff p <= the query's position
+    query TEXT, key CLEAN                         -> allowed iff key group < query group
+    query CLEAN or NOISY, key TEXT                -> allowed iff key group < query group
+
+and without text the mask is exactly the one above.
 """
 
 from __future__ import annotations
@@ -19,7 +31,8 @@ import torch
 
 from model.errors import UserError
 
-COND, CLEAN, NOISY, PAD = 0, 1, 2, 3
+COND, CLEAN, NOISY, PAD, TEXT = 0, 1, 2, 3, 4
+TEXT_FIRST_GROUP, TEXT_LAST_GROUP = 0, 2  # text group id: before (t2i) / after (i2t) the image
 
 
 def check_group_sizes(
@@ -111,3 +124,63 @@ def _flex_block_mask(cond_len: int, sizes: tuple[int, ...], device: str, padded_
         return _allowed(kq, kk, group[q_idx], group[kv_idx]) | pad_pad
 
     return create_block_mask(mask_mod, None, None, total, total, device=device)
+
+
+def joint_layout(
+    cond_len: int,
+    group_sizes: list[int],
+    text_len: int,
+    text_first: bool,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kind, group id and text position (all (n,) long; -1 off text) of a joint sequence.
+
+    text_first: [cond, text, clean groups, noisy groups] (text-to-image, group_sizes any split);
+    else [cond, image (one clean group of group_sizes[0] tokens), text] (image-to-text).
+    """
+    if isinstance(text_len, bool) or not isinstance(text_len, int) or text_len < 0:
+        raise UserError(f"text_len={text_len!r} must be an int >= 0")
+    if text_first:
+        kind, group = token_layout(cond_len, group_sizes, device)
+        at = cond_len
+        text_group = TEXT_FIRST_GROUP
+    else:
+        sizes = check_group_sizes(group_sizes)
+        if len(sizes) != 1:
+            raise UserError(f"image-to-text sees the whole image as one group, not {sizes}")
+        _check_cond_len(cond_len)
+        kind = torch.tensor([COND] * cond_len + [CLEAN] * sizes[0], dtype=torch.long)
+        group = torch.tensor([0] * cond_len + [1] * sizes[0], dtype=torch.long)
+        kind, group = kind.to(device), group.to(device)
+        at = kind.numel()
+        text_group = TEXT_LAST_GROUP
+    text_kind = torch.full((text_len,), TEXT, dtype=torch.long, device=device)
+    text_grp = torch.full((text_len,), text_group, dtype=torch.long, device=device)
+    pos = torch.full((kind.numel() + text_len,), -1, dtype=torch.long, device=device)
+    pos[at : at + text_len] = torch.arange(text_len, device=device)
+    kind = torch.cat([kind[:at], text_kind, kind[at:]])
+    group = torch.cat([group[:at], text_grp, group[at:]])
+    return kind, group, pos
+
+
+def _allowed_joint(kq, kk, gq, gk, pq, pk):
+    """The section-3 rule plus the text rules of the module docstring."""
+    image_q = (kq == CLEAN) | (kq == NOISY)
+    text_text = (kq == TEXT) & (kk == TEXT) & (pk <= pq)
+    text_image = (kq == TEXT) & (kk == CLEAN) & (gk < gq)
+    image_text = image_q & (kk == TEXT) & (gk < gq)
+    return _allowed(kq, kk, gq, gk) | text_text | text_image | image_text
+
+
+def joint_mask(
+    cond_len: int,
+    group_sizes: list[int],
+    text_len: int,
+    text_first: bool,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """(n, n) bool mask of a joint image-text sequence (see joint_layout), True = may attend."""
+    kind, group, pos = joint_layout(cond_len, group_sizes, text_len, text_first, device)
+    return _allowed_joint(
+        kind[:, None], kind[None, :], group[:, None], group[None, :], pos[:, None], pos[None, :]
+    )

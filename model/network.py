@@ -4,6 +4,11 @@ One training forward runs the sequence [C condition tokens] + [clean tokens of A
 + [noisy tokens of groups 1..S] under the generalized causal mask (reference sections 2-3), so
 every group is denoised given the clean groups before it. Sampling reuses the same blocks with a
 KV cache (model/sampling.py). DiT-style, but conditioned in context: no adaLN.
+
+With `text_vocab > 0` the same network is a joint image-text model (reference section 11): text
+tokens are one more kind of token in the sequence, a condition before the image
+(text-to-image), or a caption after the clean image predicted by a language-model head
+(image-to-text); model/masks.py has the rules, model/joint.py the losses and decoding.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class ModelConfig:
     class_dropout: float = 0.1
     attention: str = "sdpa"  # sdpa | flex
     grad_checkpointing: bool = False
+    text_vocab: int = 0  # > 0: a joint image-text model with this many text token ids
+    max_text_len: int = 0  # text positions (BOS and EOS included)
 
     def __post_init__(self):
         positive = ("input_size", "in_channels", "patch_size", "width", "depth", "heads")
@@ -66,6 +73,14 @@ class ModelConfig:
             raise UserError(f"class_dropout={self.class_dropout!r} must be in [0, 1)")
         if not self.mlp_ratio > 0:
             raise UserError(f"mlp_ratio={self.mlp_ratio!r} must be > 0")
+        for name in ("text_vocab", "max_text_len"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise UserError(f"{name}={v!r} must be an int >= 0")
+        if self.text_vocab and self.max_text_len < 2:
+            raise UserError(f"max_text_len={self.max_text_len} must be >= 2 (BOS, EOS) with text")
+        if self.text_vocab and self.attention != "sdpa":
+            raise UserError("joint image-text models need model.attention=sdpa (per-sample masks)")
 
     @property
     def grid(self) -> int:
@@ -120,11 +135,15 @@ class KVCache:
 
     A batch doubled for classifier-free guidance ([conditional; unconditional]) is cached as one
     batch; `batch_slice` gives a read-only view of one half for steps that skip guidance.
+    `visible` ((B, len) bool, or None = all) hides cached tokens from later queries per sample:
+    the unconditional half of a text-guided batch hides its text, as text dropout does in
+    training.
     """
 
     def __init__(self, depth: int):
         self.keys: list[torch.Tensor | None] = [None] * depth
         self.values: list[torch.Tensor | None] = [None] * depth
+        self.visible: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return 0 if self.keys[0] is None else self.keys[0].shape[2]
@@ -143,7 +162,37 @@ class KVCache:
         view = KVCache(len(self.keys))
         view.keys = [None if k is None else k[start:stop] for k in self.keys]
         view.values = [None if v is None else v[start:stop] for v in self.values]
+        view.visible = None if self.visible is None else self.visible[start:stop]
         return view
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep the samples `rows` (B',) long, in that order (beam search reorders beams)."""
+        self.keys = [None if k is None else k[rows] for k in self.keys]
+        self.values = [None if v is None else v[rows] for v in self.values]
+        self.visible = None if self.visible is None else self.visible[rows]
+
+    def extend_visible(self, batch: int, new: int, visible: torch.Tensor | None) -> None:
+        """Record the visibility of `new` tokens just appended ((B, new) bool; None = all)."""
+        if visible is None and self.visible is None:
+            return
+        before = len(self) - new
+        old = self.visible
+        if old is None:
+            old = torch.ones(batch, before, dtype=torch.bool, device=self.keys[0].device)
+        if visible is None:
+            visible = torch.ones(batch, new, dtype=torch.bool, device=old.device)
+        self.visible = torch.cat([old, visible.to(old.device)], dim=1)
+
+    def key_mask(self, new: int, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The mask of `new` query tokens over cache + themselves: `mask` and `visible` joined."""
+        if self.visible is None:
+            return mask
+        B = self.visible.shape[0]
+        keys = torch.cat(
+            [self.visible, torch.ones(B, new, dtype=torch.bool, device=self.visible.device)], 1
+        )  # (B, T + new)
+        keys = keys[:, None, None, :]  # (B, 1, 1, T + new)
+        return keys if mask is None else keys & mask
 
 
 _compiled_flex = None
@@ -188,9 +237,10 @@ class Attention(nn.Module):
         k = self.k_norm(F.linear(x, wk).view(B, N, h, hd)).transpose(1, 2)  # (B, h, N, hd)
         v = F.linear(x, wv).view(B, N, h, hd).transpose(1, 2)  # (B, h, N, hd)
         if cache is not None:
+            mask = cache.key_mask(N, mask)  # before attend: visible covers the older tokens
             k, v = cache.attend(layer, k, v, append)  # (B, h, T + N, hd)
         if mask is None or isinstance(mask, torch.Tensor):
-            sub = mask[rows_from:] if mask is not None else None
+            sub = mask[..., rows_from:, :] if mask is not None else None  # (n,n) or (B,1,n,n)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=sub)  # (B, h, Nq, hd)
         else:
             q = F.pad(q, (0, 0, rows_from, 0))  # flex's block mask is square: pad, drop after
@@ -238,6 +288,10 @@ class CausalFusion(nn.Module):
         self.blocks = nn.ModuleList([Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(D)
         self.head = nn.Linear(D, P)
+        if cfg.text_vocab:
+            self.text_embed = nn.Embedding(cfg.text_vocab, D)
+            self.text_pos = nn.Parameter(torch.zeros(cfg.max_text_len, D))
+            self.lm_head = nn.Linear(D, cfg.text_vocab)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -262,6 +316,11 @@ class CausalFusion(nn.Module):
         # a zero output layer makes the untrained model predict eps = 0 (loss starts at 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        if self.cfg.text_vocab:
+            nn.init.normal_(self.text_embed.weight, std=0.02)
+            nn.init.normal_(self.text_pos, std=0.02)
+            nn.init.zeros_(self.lm_head.weight)  # uniform next-token guess (loss log V) at start
+            nn.init.zeros_(self.lm_head.bias)
 
     @property
     def num_tokens(self) -> int:
@@ -316,16 +375,39 @@ class CausalFusion(nn.Module):
         """Hidden states (B, n, D) -> eps predictions (B, n, P)."""
         return self.head(self.norm(h))
 
+    def embed_text(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Text token ids (B, T) at text positions start..start+T-1 -> (B, T, D)."""
+        if not self.cfg.text_vocab:
+            raise UserError("this model has no text tokens (trained without captions)")
+        T = tokens.shape[1]
+        if start + T > self.cfg.max_text_len:
+            raise UserError(
+                f"text of {start + T} tokens exceeds max_text_len={self.cfg.max_text_len}"
+            )
+        return self.text_embed(tokens) + self.text_pos[start : start + T]
+
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, T, D) of text tokens -> next-token logits (B, T, V)."""
+        return self.lm_head(self.norm(h))
+
     def run_blocks(
-        self, h: torch.Tensor, group_sizes: list[int], out_from: int = 0
+        self,
+        h: torch.Tensor,
+        group_sizes: list[int],
+        out_from: int = 0,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """All blocks over a full training sequence (B, n, D) under the generalized causal mask.
 
         Returns the final hidden states of tokens out_from..n-1, (B, n - out_from, D). The last
-        block computes only those rows: earlier rows serve it as keys and values alone.
+        block computes only those rows: earlier rows serve it as keys and values alone. `mask`
+        ((n, n) or per-sample (B, 1, n, n) bool) replaces the class-conditional mask (joint
+        image-text sequences).
         """
         C, n = self.cfg.num_cond_tokens, h.shape[1]
-        if self.cfg.attention == "flex":
+        if mask is not None:
+            pass
+        elif self.cfg.attention == "flex":
             total = -(-n // FLEX_BLOCK) * FLEX_BLOCK
             mask = flex_block_mask(C, group_sizes, h.device, total)
             h = F.pad(h, (0, 0, 0, total - n))  # (B, total, D); padding sees only padding
@@ -341,14 +423,25 @@ class CausalFusion(nn.Module):
                 h = block(h, mask, rows_from=rows_from)
         return h[:, : n - out_from]  # (B, n - out_from, D)
 
-    def run_cached(self, h: torch.Tensor, cache: KVCache, append: bool) -> torch.Tensor:
-        """All blocks over new tokens (B, N, D) attending to the cache and to each other (no mask).
+    def run_cached(
+        self,
+        h: torch.Tensor,
+        cache: KVCache,
+        append: bool,
+        mask: torch.Tensor | None = None,
+        visible: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """All blocks over new tokens (B, N, D) attending to the cache and to each other.
 
         append=True stores the tokens' keys/values (condition or clean tokens); append=False is a
-        query pass (noisy tokens) that leaves the cache unchanged.
+        query pass (noisy tokens) that leaves the cache unchanged. `mask` (N, len(cache) + N)
+        bool restricts the new tokens (causal text); None lets them see everything. `visible`
+        (B, N) bool: which appended tokens later queries may see (None = all).
         """
         for i, block in enumerate(self.blocks):
-            h = block(h, None, cache, i, append)  # (B, N, D)
+            h = block(h, mask, cache, i, append)  # (B, N, D)
+        if append:
+            cache.extend_visible(h.shape[0], h.shape[1], visible)
         return h
 
     def forward(
@@ -360,11 +453,15 @@ class CausalFusion(nn.Module):
         order: torch.Tensor,
         group_sizes: list[int],
         force_drop_ids: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        text_visible: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Training pass: eps_hat (B, C, H, W) for every token of xt, in image layout.
 
         x0, xt: (B, C, H, W) clean and noised inputs; t: (B,) long; y: (B,) long labels;
         order: (B, L) long, AR token k is image position order[:, k]; group_sizes sum to L.
+        text: (B, T) token ids conditioning the image (text-to-image), with text_visible (B, T)
+        bool: which of them the image may see (False for padding and dropped captions).
         """
         L, P = self.num_tokens, self.cfg.token_dim
         sizes = check_group_sizes(group_sizes, L)
@@ -374,18 +471,54 @@ class CausalFusion(nn.Module):
         idx = order.unsqueeze(-1).expand(-1, -1, P)  # (B, L, P)
         clean = self.patchify(x0).gather(1, idx[:, :n_clean])  # (B, L - g_S, P), AR order
         noisy = self.patchify(xt).gather(1, idx)  # (B, L, P), AR order
-        h = torch.cat(
-            [
-                self.embed_cond(y, force_drop_ids),  # (B, C, D)
-                self.embed_clean(clean, order[:, :n_clean]),  # (B, L - g_S, D)
-                self.embed_noisy(noisy, order, t),  # (B, L, D)
-            ],
-            dim=1,
-        )  # (B, n, D)
-        h = self.run_blocks(h, sizes, out_from=h.shape[1] - L)  # (B, L, D): noisy tokens
+        parts = [self.embed_cond(y, force_drop_ids)]  # (B, C, D)
+        mask = None
+        if text is not None:
+            parts.append(self.embed_text(text))  # (B, T, D)
+            mask = self._text_first_mask(sizes, text_visible)  # (B, 1, n, n)
+        parts += [
+            self.embed_clean(clean, order[:, :n_clean]),  # (B, L - g_S, D)
+            self.embed_noisy(noisy, order, t),  # (B, L, D)
+        ]
+        h = torch.cat(parts, dim=1)  # (B, n, D)
+        h = self.run_blocks(h, sizes, out_from=h.shape[1] - L, mask=mask)  # (B, L, D): noisy
         out = self.final(h)  # (B, L, P), AR order
         eps = torch.empty_like(out).scatter_(1, idx, out)  # (B, L, P), raster order
         return self.unpatchify(eps)  # (B, C, H, W)
+
+    def _text_first_mask(self, sizes: list[int], text_visible: torch.Tensor) -> torch.Tensor:
+        """(B, 1, n, n) mask of [cond, text, clean, noisy]: padding and dropped text unseen."""
+        from model.masks import joint_mask
+
+        B, T = text_visible.shape
+        C, device = self.cfg.num_cond_tokens, text_visible.device
+        base = joint_mask(C, sizes, T, text_first=True, device=device)  # (n, n)
+        keys = torch.ones(B, base.shape[0], dtype=torch.bool, device=device)
+        keys[:, C : C + T] = text_visible
+        return (base[None] & keys[:, None, :])[:, None]  # (B, 1, n, n)
+
+    def caption_logits(self, x0: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Image-to-text pass: next-token logits (B, T, V) for text (B, T) after the clean x0.
+
+        The sequence is [null-class condition, the whole image clean (raster order), text]; each
+        text token sees the condition, every image token and the text up to itself.
+        """
+        from model.masks import joint_mask
+
+        B, L, C, T = x0.shape[0], self.num_tokens, self.cfg.num_cond_tokens, text.shape[1]
+        positions = torch.arange(L, device=x0.device).expand(B, L)
+        null = torch.full((B,), self.cfg.num_classes, dtype=torch.long, device=x0.device)
+        h = torch.cat(
+            [
+                self.embed_cond(null),  # (B, C, D)
+                self.embed_clean(self.patchify(x0), positions),  # (B, L, D)
+                self.embed_text(text),  # (B, T, D)
+            ],
+            dim=1,
+        )  # (B, C + L + T, D)
+        mask = joint_mask(C, [L], T, text_first=False, device=x0.device)  # (n, n)
+        h = self.run_blocks(h, [L], out_from=C + L, mask=mask)  # (B, T, D)
+        return self.text_logits(h)  # (B, T, V)
 
 
 def count_params(model: nn.Module) -> int:

@@ -57,6 +57,7 @@ def generate(
     context: torch.Tensor | None = None,
     context_positions: torch.Tensor | None = None,
     callback: StepCallback | None = None,
+    text: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate the tokens at `positions` (B, M) in AR order, split into `group_sizes` (sum M).
 
@@ -67,7 +68,9 @@ def generate(
     t_low <= t < t_high of cfg_interval = (t_low, t_high) when given, as the official code
     (plain conditional eps elsewhere). Noise comes from `generator`: a SampleNoise (one stream
     per sample, so a sample is the same in any batch), a torch.Generator (one stream for the
-    batch) or None (the global RNG). Returns (B, C, H, W).
+    batch) or None (the global RNG). text: (B, T) prompt token ids (BOS .. EOS, no padding) of
+    a joint model, cached causally after the condition tokens; with guidance the unconditional
+    half hides them (as text dropout in training). Returns (B, C, H, W).
     """
     B = y.shape[0]
     if isinstance(generator, SampleNoise) and y.device.type == "cpu" and B < MIN_CPU_BATCH:
@@ -92,6 +95,7 @@ def generate(
             rows(context),
             rows(context_positions),
             None if callback is None else real_rows,
+            rows(text),
         )
         return padded[:B]
     net = _unwrap(model)
@@ -125,6 +129,15 @@ def generate(
         labels = torch.cat([y, torch.full_like(y, cfg.num_classes)]) if guided else y
         cache = KVCache(cfg.depth)
         net.run_cached(net.embed_cond(labels), cache, append=True)  # (2B or B, C, D)
+        if text is not None:
+            T, C = text.shape[1], len(cache)
+            causal = torch.ones(T, C + T, dtype=torch.bool, device=device).tril(diagonal=C)
+            hide = None
+            if guided:
+                hide = torch.ones(2 * B, T, dtype=torch.bool, device=device)
+                hide[B:] = False  # the unconditional half: no text to see
+            h = net.embed_text(double(text))  # (2B or B, T, D)
+            net.run_cached(h, cache, append=True, mask=causal, visible=hide)
         if context_positions is not None and context_positions.shape[1] > 0:
             idx = context_positions.unsqueeze(-1).expand(-1, -1, P)
             clean = net.embed_clean(tokens.gather(1, idx), context_positions)  # (B, K, D)
@@ -173,8 +186,10 @@ def sample(
     cfg_interval: tuple[float, float] | None = None,
     generator: NoiseSource = None,
     block: int = 4,
+    text: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Class-conditional samples (B, C, H, W) with `ar_steps` near-equal AR groups in `order`."""
+    """Class-conditional (or, with `text` (B, T) prompts, text-to-image) samples (B, C, H, W)
+    with `ar_steps` near-equal AR groups in `order`."""
     net = _unwrap(model)
     L = net.num_tokens
     if isinstance(ar_steps, bool) or not isinstance(ar_steps, int) or not 1 <= ar_steps <= L:
@@ -189,4 +204,5 @@ def sample(
         cfg_scale=cfg_scale,
         cfg_interval=cfg_interval,
         generator=generator,
+        text=text,
     )

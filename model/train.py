@@ -96,8 +96,14 @@ def pick_device(cfg: DictConfig, info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def model_from_config(cfg: DictConfig) -> CausalFusion:
-    """Build the network that `cfg` describes (size from model=, geometry from data=)."""
+def model_from_config(cfg: DictConfig, text_vocab: int = 0) -> CausalFusion:
+    """Build the network that `cfg` describes (size from model=, geometry from data=); a joint
+    image-text model with `text_vocab` token ids (its tokenizer's vocabulary size)."""
+    text = {}
+    if text_vocab:
+        from model.joint_data import max_text_len
+
+        text = {"text_vocab": text_vocab, "max_text_len": max_text_len(cfg.data)}
     return build_model(
         cfg.model.name,
         input_size=cfg.data.resolution,
@@ -109,6 +115,7 @@ def model_from_config(cfg: DictConfig) -> CausalFusion:
         attention=cfg.model.attention,
         class_dropout=cfg.train.label_dropout,
         grad_checkpointing=bool(cfg.train.grad_checkpointing),
+        **text,
     )
 
 
@@ -264,7 +271,16 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    net = model_from_config(cfg).to(device)
+    from model.joint_data import is_caption_data
+
+    joint = is_caption_data(cfg.data)
+    tokenizer = None
+    if joint:
+        from model.joint_data import run_tokenizer
+
+        # every rank builds the same vocabulary; rank 0 writes it (before its first checkpoint)
+        tokenizer = run_tokenizer(cfg.data, run_dir, write=info.is_main)
+    net = model_from_config(cfg, tokenizer.vocab_size if tokenizer else 0).to(device)
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     opt = torch.optim.AdamW(
         net.parameters(),
@@ -274,7 +290,14 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
         weight_decay=t_cfg.weight_decay,
     )
     diffusion = Diffusion()
-    dataset = build_dataset(cfg.data, split="train")
+    if tokenizer is not None:
+        from model.captions import load_caption_data
+        from model.joint_data import CaptionPairs, max_text_len
+
+        data = load_caption_data(cfg.data, "train")
+        dataset = CaptionPairs(data, tokenizer, max_text_len(cfg.data))
+    else:
+        dataset = build_dataset(cfg.data, split="train")
     per_rank = t_cfg.batch_size // info.world
     stream = BatchStream(
         dataset,
@@ -311,9 +334,13 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
         log.info("params=%d device=%s world=%d", count_params(net), device, info.world)
 
     train_net: torch.nn.Module = net
+    if joint:
+        from model.joint import JointObjective
+
+        train_net = JointObjective(net)  # both losses in one forward, as DDP needs
     if info.world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        train_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        train_net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=ids)
     if t_cfg.compile:
         train_net = torch.compile(train_net)
     precision = t_cfg.precision
@@ -323,6 +350,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
     C = int(cfg.model.num_cond_tokens)
     grid = int(cfg.data.resolution) // int(cfg.data.patch_size)
     aw = t_cfg.loss.ar_weight
+    jt = t_cfg.joint
 
     def save(at_step: int) -> None:
         # every rank sends its RNG states and data position (a collective), rank 0 writes
@@ -355,18 +383,37 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
             lr = lr_at(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
+            parts: dict[str, torch.Tensor] = {}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, _ = causalfusion_loss(
-                    train_net,
-                    diffusion,
-                    x,
-                    y,
-                    order.to(device),
-                    sizes,
-                    weights.to(device),
-                    noise_weighting=t_cfg.loss.noise_weighting,
-                    min_snr_gamma=float(t_cfg.loss.min_snr_gamma),
-                )
+                if joint:  # y holds caption ids; per sample: image-to-text or text-to-image
+                    captioning = torch.rand(x.shape[0], generator=gen) < float(jt.caption_prob)
+                    drop = torch.rand(x.shape[0], generator=gen) < float(jt.text_dropout)
+                    loss_d, loss_t = train_net(
+                        diffusion,
+                        x,
+                        y,
+                        captioning.to(device),
+                        drop.to(device),
+                        order.to(device),
+                        sizes,
+                        weights.to(device),
+                        t_cfg.loss.noise_weighting,
+                        float(t_cfg.loss.min_snr_gamma),
+                    )
+                    loss = loss_d + float(jt.text_weight) * loss_t
+                    parts = {"loss_diffusion": loss_d.detach(), "loss_text": loss_t.detach()}
+                else:
+                    loss, _ = causalfusion_loss(
+                        train_net,
+                        diffusion,
+                        x,
+                        y,
+                        order.to(device),
+                        sizes,
+                        weights.to(device),
+                        noise_weighting=t_cfg.loss.noise_weighting,
+                        min_snr_gamma=float(t_cfg.loss.min_snr_gamma),
+                    )
             if not _all_finite(loss, info):
                 window.nonfinite += 1
                 if window.nonfinite > t_cfg.max_nonfinite:
@@ -384,10 +431,11 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
             opt.step()
             step += 1
             _ema_update(ema, net, min(float(t_cfg.ema_decay), (1 + step) / (10 + step)))
-            seq_len = C + (L - sizes[-1]) + L
+            seq_len = C + (L - sizes[-1]) + L + (y.shape[1] if joint else 0)
             window.add(
-                loss.detach(), gn, x.shape[0] * info.world, seq_len, time.perf_counter() - t0
-            )
+                loss.detach(), gn, x.shape[0] * info.world, seq_len, time.perf_counter() - t0,
+                parts,
+            )  # fmt: skip
             if step % t_cfg.log_every == 0 or step == t_cfg.steps:
                 flops = train_flops_per_image(net.cfg, window.mean_seq_len())
                 row = window.flush(step, lr, info, flops, peak, device, t_start)
@@ -453,12 +501,23 @@ class _Window:
 
     def _reset(self) -> None:
         self.losses: list[torch.Tensor] = []
+        self.parts: dict[str, list[torch.Tensor]] = {}  # loss per part (joint models)
         self.grad_norms: list[torch.Tensor] = []
         self.images = 0
         self.tokens = 0
         self.seconds = 0.0
 
-    def add(self, loss: torch.Tensor, gn: torch.Tensor, images: int, seq: int, sec: float) -> None:
+    def add(
+        self,
+        loss: torch.Tensor,
+        gn: torch.Tensor,
+        images: int,
+        seq: int,
+        sec: float,
+        parts: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        for name, value in (parts or {}).items():
+            self.parts.setdefault(name, []).append(value)
         self.losses.append(loss)
         self.grad_norms.append(gn.detach())
         self.images += images
@@ -483,6 +542,10 @@ class _Window:
         row = {
             "step": step,
             "loss": loss.item(),
+            **{
+                name: reduce_mean(torch.stack(v).float().mean(), info).item()
+                for name, v in sorted(self.parts.items())
+            },
             "lr": lr,
             "grad_norm": torch.stack(self.grad_norms).float().mean().item(),
             "img_per_s": img_s,

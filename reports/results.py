@@ -70,6 +70,8 @@ CONFIG_COLUMNS = {
     "channels": "data.channels",
     "patch_size": "data.patch_size",
     "num_classes": "data.num_classes",
+    "caption_prob": "train.joint.caption_prob",
+    "text_weight": "train.joint.text_weight",
 }
 # Results column <- key of an eval json's "settings".
 EVAL_COLUMNS = {
@@ -87,7 +89,7 @@ EVAL_COLUMNS = {
 }
 METRIC_COLUMNS = (
     "fid", "fid_bootstrap_std", "kid", "kid_std", "precision", "recall", "class_acc",
-    "sample_img_per_s",
+    "sample_img_per_s", "cider", "bleu4", "rouge_l", "caption_acc",
 )  # fmt: skip
 # What identifies a training setting (seed excluded: seeds are what the tables average over).
 TRAIN_KEY_COLUMNS = (

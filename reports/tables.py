@@ -45,6 +45,10 @@ BETTER = {
     "precision": "max",
     "recall": "max",
     "class_acc": "max",
+    "cider": "max",
+    "bleu4": "max",
+    "rouge_l": "max",
+    "caption_acc": "max",
     "train_img_per_s": "max",
     "sample_img_per_s": "max",
     "mfu": "max",
@@ -342,6 +346,53 @@ def table_model_size(df: pd.DataFrame) -> Table | None:
     )
 
 
+JOINT_METRICS = {  # column title <- (eval task, metric)
+    "t2i FID": ("t2i", "fid"),
+    "t2i class_acc": ("t2i", "class_acc"),
+    "CIDEr": ("caption", "cider"),
+    "BLEU-4": ("caption", "bleu4"),
+    "ROUGE-L": ("caption", "rouge_l"),
+    "caption_acc": ("caption", "caption_acc"),
+}
+
+
+def table_joint(df: pd.DataFrame) -> Table | None:
+    """Joint runs: text-to-image FID and class_acc beside captioning CIDEr, BLEU-4, ROUGE-L and
+    caption_acc, per training setting (caption share, S_train, ...), final checkpoints only."""
+    if "task" not in df:
+        return None
+    rows = df[(df["kind"] == "train") & df["task"].isin(["caption", "t2i"])]
+    if rows.empty:
+        return None
+    rows = rows[rows["ckpt_step"] == rows.groupby("signature")["ckpt_step"].transform("max")]
+    index = ["caption_prob", "s_train"]
+    index += [c for c in varying(rows, train_columns(rows)) if c not in index]
+    index = [c for c in index if c not in ("ar_mode", "ar_steps", "ar_decay")]
+    data = rows.copy()
+    for c in index:
+        if data[c].isna().any() and not isinstance(data[c].dtype, pd.CategoricalDtype):
+            data[c] = data[c].astype(object).where(data[c].notna(), "-")
+    per_run = {
+        title: data[data["task"] == task].groupby([*index, "signature"], observed=True)[m].mean()
+        for title, (task, m) in JOINT_METRICS.items()
+    }
+    runs = pd.DataFrame(per_run).dropna(axis=1, how="all")
+    if runs.empty:
+        return None
+    stats = runs.groupby(level=index, observed=True).agg(["mean", "std", "count"])
+    parts = {k: stats.xs(k, axis=1, level=1) for k in ("mean", "std", "count")}
+    better = {t: BETTER[JOINT_METRICS[t][1]] for t in runs.columns}
+    decimals = {t: 3 for t in runs.columns if t != "t2i FID"}
+    return Table(
+        name="joint",
+        title="Joint image-text runs: text-to-image FID and class_acc, captioning scores",
+        better=better,
+        decimals=decimals,
+        note="CIDEr, BLEU-4 and ROUGE-L: pycocoevalcap scorers on the eval split's references",
+        **parts,
+    )
+
+
 BENCH_METRICS = {
     "train_img_per_s": "train img/s",
     "train_tokens_per_s": "train tokens/s",
@@ -426,6 +477,7 @@ def all_tables(df: pd.DataFrame) -> list[Table]:
         table_order,
         table_weighting,
         table_model_size,
+        table_joint,
         table_bench,
     )
     return [t for t in (make(df) for make in makers) if t is not None]

@@ -1,0 +1,115 @@
+"""Caption data for joint runs: the run's tokenizer, (image, caption) pairs, prompts.
+
+A joint run's tokenizer is built from its training captions at the first start and stored as
+run_dir/tokenizer.json; later starts, sampling and captioning read that file, so a run always
+decodes with the vocabulary it was trained with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from model.captions import CAPTION_DATASETS, CaptionData, load_caption_data
+from model.data import cfg_get, to_float
+from model.errors import UserError
+from model.text import Tokenizer, build_tokenizer, encode_batch, load_tokenizer, save_tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+DIGIT_CAPTION_DATASETS = ("digits_captions", "mnist_captions")
+
+
+def is_caption_data(data_cfg: Any) -> bool:
+    """Whether `data_cfg` names a dataset of images with captions (a joint run)."""
+    return cfg_get(data_cfg, "name") in CAPTION_DATASETS
+
+
+def max_text_len(data_cfg: Any) -> int:
+    """Text positions of the model (BOS and EOS included): data.max_text_len."""
+    return int(cfg_get(data_cfg, "max_text_len", 16))
+
+
+def run_tokenizer(data_cfg: Any, run_dir: Path, write: bool) -> Tokenizer:
+    """run_dir/tokenizer.json, or a new one from the training captions (written if `write`)."""
+    path = Path(run_dir) / TOKENIZER_FILE
+    if path.exists():
+        return load_tokenizer(path)
+    captions = [c for caps in load_caption_data(data_cfg, "train").captions for c in caps]
+    tok = build_tokenizer(str(cfg_get(data_cfg, "tokenizer", "word")), captions)
+    if write:
+        save_tokenizer(tok, path)
+    return tok
+
+
+def saved_tokenizer(run_dir: Path) -> Tokenizer:
+    """The tokenizer a joint run was trained with."""
+    path = Path(run_dir) / TOKENIZER_FILE
+    if not path.exists():
+        raise UserError(f"{path} is missing: this joint run has not started training yet")
+    return load_tokenizer(path)
+
+
+class CaptionPairs(Dataset):
+    """Every (image, caption) pair of a split once per epoch: x in [-1, 1], caption ids (T,)."""
+
+    flip = False  # a mirrored image no longer matches words such as "slanted right"
+
+    def __init__(self, data: CaptionData, tok: Tokenizer, max_len: int):
+        pairs = [(i, c) for i, caps in enumerate(data.captions) for c in caps]
+        if not pairs:
+            raise UserError("the caption dataset is empty (no image has a caption)")
+        self.data = data
+        self.image_index = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+        self.tokens = encode_batch(tok, [c for _, c in pairs], max_len)  # (pairs, T)
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_float(self.data.images[self.image_index[i]]), self.tokens[i]
+
+    def get_batch(
+        self, idx: torch.Tensor, flips: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) in [-1, 1] and their caption ids (B, T) for pair indices idx."""
+        return to_float(self.data.images[self.image_index[idx]]), self.tokens[idx]
+
+
+def split_prompts(data_cfg: Any, split: str, num: int) -> tuple[list[str], torch.Tensor]:
+    """`num` prompts from a split's captions (image i mod N's first caption) and their labels."""
+    data = load_caption_data(data_cfg, split)
+    n = len(data.captions)
+    prompts = [data.captions[i % n][0] for i in range(num)]
+    labels = torch.tensor([int(data.labels[i % n]) for i in range(num)], dtype=torch.long)
+    return prompts, labels
+
+
+def prompt_labels(prompts: list[str], data_cfg: Any) -> torch.Tensor:
+    """The digit a prompt names (digit datasets; -1 where none or another dataset)."""
+    if cfg_get(data_cfg, "name") not in DIGIT_CAPTION_DATASETS:
+        return torch.full((len(prompts),), -1, dtype=torch.long)
+    from model.caption_metrics import caption_digit
+
+    digits = [caption_digit(p) for p in prompts]
+    return torch.tensor([-1 if d is None else d for d in digits], dtype=torch.long)
+
+
+def read_prompts(sample_cfg: Any, num: int) -> list[str] | None:
+    """sample.prompt (one for all) or sample.prompts (a file, one per line, cycled); else None."""
+    prompt, path = cfg_get(sample_cfg, "prompt"), cfg_get(sample_cfg, "prompts")
+    if prompt is not None and path is not None:
+        raise UserError("set sample.prompt or sample.prompts, not both")
+    if prompt is not None:
+        return [str(prompt)] * num
+    if path is None:
+        return None
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise UserError(f"sample.prompts={path!r}: no such file (one prompt per line)")
+    lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"sample.prompts={path!r} has no prompts (one per line)")
+    return [lines[i % len(lines)] for i in range(num)]
