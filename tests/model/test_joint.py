@@ -3,7 +3,6 @@
 import pytest
 import torch
 from classcond_golden import classcond_digests
-from tiny_models import tiny_model
 
 from model import CausalFusion, Diffusion, ModelConfig, equal_group_sizes, generate, make_sampler
 from model.joint import JointObjective, caption_images

@@ -68,7 +68,8 @@ def test_cfh_caption_writes_json_and_sheet(run, tmp_path, capsys):
     assert [c["input"] for c in record["captions"]] == ["test[0]", "test[3]", str(png)]
     assert Image.open(folder / "sheet.png").size[0] > 3 * 128
     for method in ("beam", "nucleus"):
-        assert main(["caption", f"run_dir={run}", "caption.input=1", f"caption.method={method}"]) == 0
+        args = ["caption", f"run_dir={run}", "caption.input=1", f"caption.method={method}"]
+        assert main(args) == 0
 
 
 def test_prompted_sampling_and_eval_records(run, capsys):
@@ -130,7 +131,9 @@ def test_a_small_joint_model_captions_and_generates_digits(tmp_path):
     common = [f"run_dir={run_dir}", "sample.num=200", "eval.bootstrap=0"]
     cap = evaluate_run(load_config([*common, "eval.task=caption"]))["metrics"]
     t2i = evaluate_run(load_config([*common, "eval.task=t2i", "sample.steps=30"]))["metrics"]
-    print(f"caption_acc={cap['caption_acc']:.3f} CIDEr={cap['cider']:.3f} "
-          f"BLEU-4={cap['bleu4']:.3f} t2i class_acc={t2i['class_acc']:.3f} FID={t2i['fid']:.1f}")  # fmt: skip
+    print(
+        f"caption_acc={cap['caption_acc']:.3f} CIDEr={cap['cider']:.3f} BLEU-4="
+        f"{cap['bleu4']:.3f} t2i class_acc={t2i['class_acc']:.3f} FID={t2i['fid']:.1f}"
+    )
     assert cap["caption_acc"] > 0.5
     assert t2i["class_acc"] > 0.3
