@@ -521,8 +521,11 @@ def _checked_eval_settings_cached(
     probe = plain_copy(_default_config())
     probe["data"], probe["sample"], probe["eval"] = data, sub["sample"], sub["eval"]
     probe["train"]["order_block"] = block
+    from model.evaluate import check_eval_extractor
+
     try:
         validate_config(probe)
+        check_eval_extractor(data, sub["eval"])
     except UserError as e:
         return None, str(e)
     return sub, eval_key(sub)

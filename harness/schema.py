@@ -374,11 +374,6 @@ def _joint_checks(cfg: _Attr) -> None:
             f"model.attention={cfg.model.attention} is not allowed for joint runs "
             "(per-sample text masks); expected sdpa"
         )
-    if cfg.eval.extractor == "classifier" and d.num_classes < 2:
-        raise UserError(
-            f"eval.extractor=classifier needs classes and data={d.name} has none; "
-            "use eval.extractor=inception"
-        )
     if cfg.sample.prompt is not None and cfg.sample.prompts is not None:
         raise UserError("set sample.prompt or sample.prompts, not both")
     max_len = cfg.caption.max_len

@@ -144,7 +144,8 @@ def row_for(
     last_job_wrote = sub.get("job_id") is None or str(status.get("job_id")) == str(sub["job_id"])
     evals_missing = state == "pending" and status.get("state") == "completed" and last_job_wrote
     mine = [evals[k] for k in eval_keys if isinstance(evals.get(k), dict)]
-    latest = max(mine, key=lambda r: str(r.get("created") or ""), default={})
+    scored = [r for r in mine if r.get("fid") is not None]  # caption evals have no FID
+    latest = max(scored, key=lambda r: str(r.get("created") or ""), default={})
     error, log = status.get("error"), status.get("log")
     if state == "failed" and not error:
         error = f"job {job_id} ended ({sched.get(str(job_id), 'unknown')}) without finishing"

@@ -149,8 +149,9 @@ def _wrap(text: str, width: int) -> str:
 
 def caption_metrics_of_run(
     net: Any, train_cfg: Any, cfg: DictConfig, run_dir: Path, device: torch.device
-) -> dict:
-    """eval.task=caption: caption the first min(sample.num, N) eval.split images, score them."""
+) -> tuple[dict, list[dict]]:
+    """eval.task=caption: caption the first min(sample.num, N) eval.split images, score them;
+    (metrics, the first 8 captions with their references)."""
     from model.caption_metrics import caption_accuracy, caption_scores
     from model.captions import load_caption_data
     from model.data import to_float
@@ -166,15 +167,23 @@ def caption_metrics_of_run(
     metrics: dict[str, Any] = {**scores, "num_images": num, "caption_img_per_s": num / seconds}
     if train_cfg.data.name in DIGIT_CAPTION_DATASETS:
         metrics["caption_acc"] = caption_accuracy(captions, data.labels[:num].tolist())
-    metrics["examples"] = [
+    examples = [
         {"caption": c, "references": r}
         for c, r in zip(captions[:8], data.captions[:8], strict=True)
     ]
-    return metrics
+    return metrics, examples
 
 
-def write_caption_record(path: Path, settings: dict, metrics: dict, step: int) -> dict:
+def write_caption_record(
+    path: Path, settings: dict, metrics: dict, step: int, examples: list[dict]
+) -> dict:
     """The eval record of a caption evaluation (the eval/<hash>.json layout)."""
-    record = {"settings": settings, "metrics": metrics, "ckpt_step": step, "created": now_iso()}
+    record = {
+        "settings": settings,
+        "metrics": metrics,
+        "ckpt_step": step,
+        "examples": examples,
+        "created": now_iso(),
+    }
     atomic_write_json(path, record)
     return {**record, "path": str(path)}

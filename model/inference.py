@@ -315,29 +315,15 @@ def _generate_samples(
     net: CausalFusion, train_cfg: Any, cfg: DictConfig, device: torch.device, indices: range
 ) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Class-balanced samples `indices` of sample.num: (uint8 NHWC, int64 labels, seconds, {})."""
-    pixels = train_cfg.data.name != "latents"  # pixels live in [-1, 1]; latents are unbounded
-    sampler = make_sampler(
-        Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels
-    )
+    sampler = _run_sampler(cfg, train_cfg)
     labels = balanced_labels(int(cfg.sample.num), int(train_cfg.data.num_classes))
-    interval = tuple(cfg.sample.cfg_interval) if cfg.sample.cfg_interval is not None else None
     chunks = []
     bs = int(cfg.sample.batch_size)
     t0 = time.perf_counter()
     for start in range(indices.start, indices.stop, bs):
         batch = range(start, min(start + bs, indices.stop))
-        x = sample_images(
-            net,
-            sampler,
-            labels[batch.start : batch.stop].to(device),
-            int(cfg.sample.ar_steps),
-            order=str(cfg.sample.order),
-            cfg_scale=float(cfg.sample.cfg),
-            cfg_interval=interval,
-            generator=SampleNoise.for_indices(int(cfg.sample.seed), batch),
-            block=int(train_cfg.train.order_block),
-        )
-        chunks.append(decode_to_pixels(x, train_cfg))
+        y = labels[batch.start : batch.stop].to(device)
+        chunks.append(_sample_batch(net, sampler, cfg, train_cfg, y, list(batch)))
     seconds = time.perf_counter() - t0
     mine = labels[indices.start : indices.stop]
     return to_uint8(torch.cat(chunks)), mine.numpy(), seconds, {}
@@ -364,11 +350,7 @@ def _text_to_image_samples(
     tok = saved_tokenizer(Path(str(cfg.run_dir)))
     tokens = encode_batch(tok, prompts, net.cfg.max_text_len)  # (num, T) BOS .. EOS PAD
     lengths = (tokens != 0).sum(1)
-    pixels = train_cfg.data.name != "latents"
-    sampler = make_sampler(
-        Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels
-    )
-    interval = tuple(cfg.sample.cfg_interval) if cfg.sample.cfg_interval is not None else None
+    sampler = _run_sampler(cfg, train_cfg)
     null = int(train_cfg.data.num_classes)
     mine = list(indices)
     out: dict[int, torch.Tensor] = {}
@@ -378,24 +360,47 @@ def _text_to_image_samples(
         same = [i for i in mine if int(lengths[i]) == length]
         for start in range(0, len(same), bs):
             batch = same[start : start + bs]
-            x = sample_images(
-                net,
-                sampler,
-                torch.full((len(batch),), null, dtype=torch.long, device=device),
-                int(cfg.sample.ar_steps),
-                order=str(cfg.sample.order),
-                cfg_scale=float(cfg.sample.cfg),
-                cfg_interval=interval,
-                generator=SampleNoise.for_indices(int(cfg.sample.seed), batch),
-                block=int(train_cfg.train.order_block),
-                text=tokens[batch, :length].to(device),
-            )
-            for i, img in zip(batch, decode_to_pixels(x, train_cfg), strict=True):
+            y = torch.full((len(batch),), null, dtype=torch.long, device=device)
+            text = tokens[batch, :length].to(device)
+            x = _sample_batch(net, sampler, cfg, train_cfg, y, batch, text)
+            for i, img in zip(batch, x, strict=True):
                 out[i] = img
     seconds = time.perf_counter() - t0
     images = torch.stack([out[i] for i in mine])
     details = {"prompts": prompts[:8]}
     return to_uint8(images), labels[mine].numpy(), seconds, details
+
+
+def _run_sampler(cfg: DictConfig, train_cfg: Any) -> Any:
+    """sample.sampler over sample.steps; x0 clipped to [-1, 1] for pixels (latents unbounded)."""
+    pixels = train_cfg.data.name != "latents"
+    return make_sampler(Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels)
+
+
+def _sample_batch(
+    net: CausalFusion,
+    sampler: Any,
+    cfg: DictConfig,
+    train_cfg: Any,
+    y: torch.Tensor,
+    indices: list[int],
+    text: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Samples `indices` of sample.num (labels y, prompts `text`) as pixels in [-1, 1]."""
+    interval = tuple(cfg.sample.cfg_interval) if cfg.sample.cfg_interval is not None else None
+    x = sample_images(
+        net,
+        sampler,
+        y,
+        int(cfg.sample.ar_steps),
+        order=str(cfg.sample.order),
+        cfg_scale=float(cfg.sample.cfg),
+        cfg_interval=interval,
+        generator=SampleNoise.for_indices(int(cfg.sample.seed), indices),
+        block=int(train_cfg.train.order_block),
+        text=text,
+    )
+    return decode_to_pixels(x, train_cfg)
 
 
 def decode_to_pixels(x: torch.Tensor, train_cfg: Any) -> torch.Tensor:
@@ -422,6 +427,9 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     if cfg.eval.task == "caption":
         return _evaluate_captions(cfg, run_dir, step, device)
+    from model.evaluate import check_eval_extractor
+
+    check_eval_extractor(train_cfg.data, cfg.eval)
     settings = eval_settings(cfg, step, train_cfg.data)
     path = run_dir / "eval" / f"{settings_hash(settings)}.json"
     if path.exists():
@@ -476,5 +484,5 @@ def _evaluate_captions(
         return {"path": None, "rank": dist_info().rank}
     device = device or _default_device(dist_info())
     net, _, train_cfg = load_trained(cfg, device)
-    metrics = caption_metrics_of_run(net, train_cfg, cfg, run_dir, device)
-    return write_caption_record(path, settings, metrics, step)
+    metrics, examples = caption_metrics_of_run(net, train_cfg, cfg, run_dir, device)
+    return write_caption_record(path, settings, metrics, step, examples)

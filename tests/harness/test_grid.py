@@ -236,7 +236,7 @@ def test_imagenet_grids_need_a_data_root(tmp_path):
             r"train.ar.decay=0 .*a number in \(0, 1\]",
         ),
         ("axes:\n  model: [T, Q]\n", r"unknown model='Q'; allowed: .*XL"),
-        ("axes:\n  data: [svhn]\n", r"unknown data='svhn'; allowed: digits"),
+        ("axes:\n  data: [svhn]\n", r"unknown data='svhn'; allowed: captions, digits"),
         ("axes:\n  train.ar.steps: 4\n", r"axes.train.ar.steps: an axis must be a non-empty list"),
         (
             "eval:\n  axes:\n    sample.ar_steps: [100]\n",

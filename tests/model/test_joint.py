@@ -3,8 +3,9 @@
 import pytest
 import torch
 from classcond_golden import classcond_digests
+from tiny_models import tiny_model
 
-from model import CausalFusion, Diffusion, ModelConfig, equal_group_sizes, generate, make_sampler
+from model import CausalFusion, Diffusion, equal_group_sizes, generate, make_sampler
 from model.joint import JointObjective, caption_images
 from model.masks import generalized_causal_mask, joint_mask
 from model.text import BOS, EOS, PAD
@@ -19,17 +20,7 @@ V, T_MAX = 11, 8
 
 def tiny_joint(seed: int = 0) -> CausalFusion:
     """A 2-layer joint model on 4x4x1 inputs (L=16) with an 11-word vocabulary, perturbed."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        input_size=4, in_channels=1, patch_size=1, width=32, depth=2, heads=2, num_classes=1,
-        text_vocab=V, max_text_len=T_MAX,
-    )  # fmt: skip
-    model = CausalFusion(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return tiny_model(1, seed, num_classes=1, text_vocab=V, max_text_len=T_MAX)
 
 
 def rows(*lines: str) -> torch.Tensor:

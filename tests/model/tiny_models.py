@@ -7,12 +7,13 @@ import torch
 from model import CausalFusion, ModelConfig
 
 
-def tiny_model(in_channels: int, seed: int = 0) -> CausalFusion:
-    """A 2-layer model on 4x4 inputs (patch 1, L=16), weights perturbed off the zero output."""
+def tiny_model(in_channels: int, seed: int = 0, **config) -> CausalFusion:
+    """A 2-layer model on 4x4 inputs (patch 1, L=16), weights perturbed off the zero output;
+    `config` overrides ModelConfig fields (num_classes 3 by default, text_vocab, ...)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
         input_size=4, in_channels=in_channels, patch_size=1, width=32, depth=2, heads=2,
-        num_classes=3,
+        **{"num_classes": 3, **config},
     )  # fmt: skip
     model = CausalFusion(cfg)
     g = torch.Generator().manual_seed(seed)

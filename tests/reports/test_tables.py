@@ -207,3 +207,28 @@ def test_table2_keeps_settings_without_fid_as_dash_rows():
     t = tables.table_s_train(df)
     assert list(t.mean.index) == ["1", "4", "8"]
     assert "| 8         | -" in t.to_markdown()
+
+
+def test_joint_table_puts_both_tasks_of_a_run_side_by_side():
+    rows = []
+    for prob, s_train, seed, fid, acc, cider in (
+        (0.25, 1, 0, 60.0, 0.5, 1.2),
+        (0.25, 1, 1, 70.0, 0.7, 1.4),
+        (0.5, 1, 0, 80.0, 0.9, 2.0),
+    ):
+        common = {"caption_prob": prob, "ar_steps": s_train, "seed": seed, "dataset": "d_c"}
+        rows.append({**common, "task": "t2i", "fid": fid, "class_acc": 0.4})
+        rows.append({**common, "task": "caption", "cider": cider, "bleu4": 0.3,
+                     "rouge_l": 0.6, "caption_acc": acc})  # fmt: skip
+    df = frame(rows)
+    df["signature"] = df["caption_prob"].astype(str) + df["seed"].astype(str)
+    table = tables.table_joint(df)
+    assert table is not None and table.name == "joint"
+    assert list(table.mean.columns) == [
+        "t2i FID", "t2i class_acc", "CIDEr", "BLEU-4", "ROUGE-L", "caption_acc",
+    ]  # fmt: skip
+    low = table.mean.xs(0.25, level="caption_prob").iloc[0]
+    assert low["t2i FID"] == 65.0 and low["CIDEr"] == pytest.approx(1.3)
+    assert table.count.xs(0.25, level="caption_prob").iloc[0]["caption_acc"] == 2
+    assert table.better["t2i FID"] == "min" and table.better["CIDEr"] == "max"
+    assert tables.table_joint(frame([{"fid": 50.0}])) is None  # no joint evals, no table
