@@ -165,7 +165,7 @@ def _s_eval_ticks(ax, values: pd.Series) -> None:
 def fid_vs_s_eval(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> Path | None:
     """FID against S_eval, one line per training setting (mean, band = sd over seeds)."""
     data = final_evals(df)
-    if data.empty or data["s_eval"].nunique() < 1:
+    if data.empty or data["s_eval"].nunique() < 2:  # one S_eval: the tables say it all
         return None
     palette = palette or setting_palette(df)
     data, note = top_settings(data, palette)
@@ -239,6 +239,8 @@ def training_curves(
     runs = df[df["kind"] == "train"].drop_duplicates("signature")[["signature", "setting"]]
     loss = curves.merge(runs, on="signature") if "loss" in curves else pd.DataFrame()
     fid = df[(df["kind"] == "train") & df["fid"].notna()]
+    if fid["ckpt_step"].nunique() < 2:  # one checkpoint is no curve
+        fid = fid.iloc[0:0]
     if loss.empty and fid.empty:
         return None
     palette = palette or setting_palette(df)
@@ -275,6 +277,10 @@ def training_curves(
         ax_fid.set(
             title="FID over training", xlabel="checkpoint step", ylabel="FID (lower is better)"
         )
+        if fid.empty:  # loss curves only
+            ax_fid.set_visible(False)
+            _legend_outside(ax_loss, palette.legend_title())
+            return save(fig, out, "training_curves")
         if ax_loss.get_legend() is not None:
             ax_loss.get_legend().remove()  # the FID panel's legend names the same settings
         _legend_outside(ax_fid, palette.legend_title("training setting / S_eval"))
@@ -284,7 +290,7 @@ def training_curves(
 def throughput_vs_params(df: pd.DataFrame, out: Path) -> Path | None:
     """Training and sampling throughput (img/s) against parameter count, runs and bench rows."""
     data = df[df["params"].notna() & (df["params"] > 0)].copy()
-    if data.empty:
+    if data["params"].nunique() < 2:  # one model size: no axis to plot against
         return None
     impl = data.get("impl", pd.Series(index=data.index, dtype=object)).astype(object)
     attention = data["attention"].astype(object).fillna("-").astype(str)
