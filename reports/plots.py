@@ -165,7 +165,7 @@ def _s_eval_ticks(ax, values: pd.Series) -> None:
 def fid_vs_s_eval(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> Path | None:
     """FID against S_eval, one line per training setting (mean, band = sd over seeds)."""
     data = final_evals(df)
-    if data.empty or data["s_eval"].nunique() < 1:
+    if data.empty or data["s_eval"].nunique() < 2:  # one S_eval: the tables say it all
         return None
     palette = palette or setting_palette(df)
     data, note = top_settings(data, palette)
@@ -239,6 +239,8 @@ def training_curves(
     runs = df[df["kind"] == "train"].drop_duplicates("signature")[["signature", "setting"]]
     loss = curves.merge(runs, on="signature") if "loss" in curves else pd.DataFrame()
     fid = df[(df["kind"] == "train") & df["fid"].notna()]
+    if fid["ckpt_step"].nunique() < 2:  # one checkpoint is no curve
+        fid = fid.iloc[0:0]
     if loss.empty and fid.empty:
         return None
     palette = palette or setting_palette(df)
@@ -275,6 +277,10 @@ def training_curves(
         ax_fid.set(
             title="FID over training", xlabel="checkpoint step", ylabel="FID (lower is better)"
         )
+        if fid.empty:  # loss curves only
+            ax_fid.set_visible(False)
+            _legend_outside(ax_loss, palette.legend_title())
+            return save(fig, out, "training_curves")
         if ax_loss.get_legend() is not None:
             ax_loss.get_legend().remove()  # the FID panel's legend names the same settings
         _legend_outside(ax_fid, palette.legend_title("training setting / S_eval"))
@@ -284,7 +290,7 @@ def training_curves(
 def throughput_vs_params(df: pd.DataFrame, out: Path) -> Path | None:
     """Training and sampling throughput (img/s) against parameter count, runs and bench rows."""
     data = df[df["params"].notna() & (df["params"] > 0)].copy()
-    if data.empty:
+    if data["params"].nunique() < 2:  # one model size: no axis to plot against
         return None
     impl = data.get("impl", pd.Series(index=data.index, dtype=object)).astype(object)
     attention = data["attention"].astype(object).fillna("-").astype(str)
@@ -409,20 +415,24 @@ def sample_grids(df: pd.DataFrame, out: Path, palette: Palette | None = None) ->
     with Image.open(next(iter(panels[0][1].values()))) as first:
         aspect = first.height / max(first.width, 1)  # panels shaped like the sample grids
     with _style():
-        width = 3.0
+        width = 4.5  # large enough to see digits (an 8x8 sample is 40 px across)
         fig = Figure(
-            figsize=(width * len(s_evals) + 1.5, (width * aspect + 0.4) * len(panels) + 0.6),
+            figsize=(width * len(s_evals) + 1.5, (width * aspect + 0.7) * len(panels) + 0.6),
             layout="constrained",
         )
         axes = np.atleast_2d(fig.subplots(len(panels), len(s_evals), squeeze=False))
         for r, (label, found) in enumerate(panels):
             for c, s in enumerate(s_evals):
                 ax = axes[r, c]
-                ax.axis("off")
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.grid(False)
+                for side in ax.spines.values():
+                    side.set_visible(False)
                 if s in found:
                     with Image.open(found[s]) as im:
-                        im.thumbnail((320, 320))
+                        im.thumbnail((640, 640))
                         ax.imshow(np.asarray(im.convert("RGB")))
+                        _class_ticks(ax, found[s], im.width)
                 ax.set_title(f"S_eval={s:g}" if r == 0 else "", fontsize=9)
             axes[r, 0].text(
                 -0.05, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center",
@@ -431,6 +441,19 @@ def sample_grids(df: pd.DataFrame, out: Path, palette: Palette | None = None) ->
         common = f"\nall: {palette.common}" if palette.common else ""
         fig.suptitle(f"Samples per run (final checkpoint){common}")
         return save(fig, out, "samples")
+
+
+def _class_ticks(ax, grid: Path, width: int, ncol: int = 10) -> None:
+    """Label the columns of a sample grid with the classes of its first row (samples.npz)."""
+    try:
+        with np.load(grid.parent / "samples.npz") as f:
+            labels = f["labels"][:ncol]
+    except (OSError, KeyError, ValueError):
+        return
+    step = width / ncol
+    ax.set_xticks([(i + 0.5) * step for i in range(len(labels))])
+    ax.set_xticklabels([str(int(v)) for v in labels], fontsize=7)
+    ax.set_xlabel("requested class of each sample in the first row", fontsize=7)
 
 
 def _run_sample_grids(run_dir: Path) -> dict[float, Path]:

@@ -22,7 +22,15 @@ import yaml
 from model.io import atomic_write_bytes, atomic_write_text, now_iso
 from reports import plots
 from reports.results import EVAL_KEY_COLUMNS, Results, ResultsWarning, scan, set_size_cache
-from reports.tables import Table, all_tables, final_evals, pooled_std, seed_summary, varying
+from reports.tables import (
+    Table,
+    all_tables,
+    fid_context,
+    final_evals,
+    pooled_std,
+    seed_summary,
+    varying,
+)
 
 PLOT_CAPTIONS = {
     "fid_vs_s_eval": "FID vs S_eval, one line per training setting (band: sd over seeds).",
@@ -112,7 +120,7 @@ def report_blocks(
         Block("h1", title),
         Block("p", f"Generated {now_iso()} from {results.root}."),
         *[Block("p", f"Warning: {n}") for n in notes],
-        Block("h2", "Grid definition"),
+        Block("h2", "What the grid varies"),
         *grid_blocks(results),
         Block("h2", "Run states"),
         *state_blocks(df),
@@ -126,7 +134,9 @@ def report_blocks(
     blocks.append(Block("h2", "Plots"))
     if not images:
         blocks.append(Block("p", "No results to plot yet."))
-    blocks += [Block("image", path, PLOT_CAPTIONS.get(name, name)) for name, path in images.items()]
+    context = fid_context(df)
+    blocks += [Block("image", path, _plot_caption(name, context)) for name, path in images.items()]
+    blocks += plan_blocks(results)
     blocks += [
         Block("h2", "Files"),
         Block(
@@ -138,15 +148,19 @@ def report_blocks(
     return blocks
 
 
+def _plot_caption(name: str, context: str) -> str:
+    """A plot's caption; FID plots also say what their FID is."""
+    caption = PLOT_CAPTIONS.get(name, name)
+    fid_plot = name in ("fid_vs_s_eval", "heatmap_s_train_s_eval", "training_curves", "fid_vs_cost")
+    return f"{caption} FID: {context}." if fid_plot and context else caption
+
+
 def grid_blocks(results: Results) -> list[Block]:
     """What the grid varies: its plan (without the point list) and the observed axes."""
     df = results.table
     train = df[df["kind"] == "train"]
     n_runs = train["signature"].nunique()
     blocks = [Block("p", f"{n_runs} train points; {int(df['fid'].notna().sum())} FID results.")]
-    definition = {k: v for k, v in results.plan.items() if k not in ("points", "train_points")}
-    if definition:
-        blocks.append(Block("code", yaml.safe_dump(definition, sort_keys=False, width=100)))
     axes = varying(train, ["s_train", "model", "dataset", "train_order", "ar_weighting",
                            "noise_weighting", "seed", *[c for c in df if "." in c]])  # fmt: skip
     scored = df[df["fid"].notna()]  # rows of runs without evals have no eval settings
@@ -157,6 +171,17 @@ def grid_blocks(results: Results) -> list[Block]:
             Block("frame", pd.DataFrame({"axis": values.keys(), "values": values.values()}))
         )
     return blocks
+
+
+def plan_blocks(results: Results) -> list[Block]:
+    """Appendix: the grid's stored plan (without the point list)."""
+    definition = {k: v for k, v in results.plan.items() if k not in ("points", "train_points")}
+    if not definition:
+        return []
+    return [
+        Block("h2", "Appendix: the grid's plan"),
+        Block("code", yaml.safe_dump(definition, sort_keys=False, width=100)),
+    ]
 
 
 def state_blocks(df: pd.DataFrame) -> list[Block]:
@@ -179,23 +204,51 @@ def state_blocks(df: pd.DataFrame) -> list[Block]:
     return blocks
 
 
+def stored_noise(grid: str | None) -> float | None:
+    """The pooled seed std of FID in a grid's shipped baseline (reports/baselines/<grid>.csv:
+    the smoke grid's, from 3 seeds), or None when the grid has none."""
+    from reports.check import default_baseline
+
+    if not grid or not default_baseline(grid).is_file():
+        return None
+    base = pd.read_csv(default_baseline(grid))
+    stds = base["fid_std"].dropna() if "fid_std" in base else pd.Series(dtype=float)
+    return float(np.sqrt((stds**2).mean())) if len(stds) else None
+
+
 def winners(df: pd.DataFrame) -> pd.DataFrame:
-    """Per eval setting: best training setting by mean FID, runner-up, margin, and whether
-    the margin exceeds seed noise (the pooled seed std of the two)."""
+    """Per eval setting: best training setting by mean FID, runner-up, margin, and whether the
+    margin exceeds the noise: the pooled seed std of the two where both have several seeds,
+    else the grid's stored seed std (its shipped baseline), else FID's sampling bootstrap std
+    of the two; `noise_kind` says which."""
     summary = seed_summary(final_evals(df))
     if summary.empty:
         return summary
     ranked = summary.sort_values(["eval_key", "mean"])
     g = ranked.groupby("eval_key", sort=False)
     first = g.nth(0).set_index("eval_key")
-    second = g.nth(1).set_index("eval_key")[["setting", "mean", "std", "n"]]
+    cols = ["setting", "mean", "std", "n", *(["boot"] if "boot" in ranked else [])]
+    second = g.nth(1).set_index("eval_key")[cols]
     both = first.join(second.add_suffix("_2"), how="left")
     both["margin"] = both["mean_2"] - both["mean"]
     both["pooled_std"] = pooled_std(both["std"], both["n"], both["std_2"], both["n_2"])
+    grids = df["grid"].dropna().unique() if "grid" in df else []
+    stored = stored_noise(str(grids[0])) if len(grids) == 1 else None
+    boot = np.sqrt(both["boot"] ** 2 + both["boot_2"] ** 2) if "boot" in both else np.nan
+    both["noise"] = both["pooled_std"].fillna(stored if stored is not None else np.nan)
+    both["noise"] = both["noise"].fillna(pd.Series(boot, index=both.index))
+    grid_name = str(grids[0]) if len(grids) == 1 else ""
+    both["noise_kind"] = np.select(
+        [both["pooled_std"].notna(), pd.Series(stored is not None, index=both.index),
+         both["noise"].notna()],
+        ["pooled seed std", f"seed std of the shipped {grid_name} baseline",
+         "sampling bootstrap std"],
+        default="unknown",
+    )  # fmt: skip
     both["verdict"] = np.select(
-        [both["mean_2"].isna(), both["pooled_std"].isna(), both["margin"] > both["pooled_std"]],
-        ["only one setting", "single seed: noise unknown", "yes: margin > pooled seed std"],
-        default="no: within seed noise",
+        [both["mean_2"].isna(), both["noise"].isna(), both["margin"] > both["noise"]],
+        ["only one setting", "noise unknown", "yes"],
+        default="within noise",
     )
     return both.sort_values("s_eval").reset_index()
 
@@ -216,11 +269,13 @@ def winner_blocks(df: pd.DataFrame) -> list[Block]:
             "runner-up": w["setting_2"].fillna("-"),
             "runner-up FID": _pm(w["mean_2"], w["std_2"], w["n_2"]),
             "margin": w["margin"].map(_num),
-            "pooled seed std": w["pooled_std"].map(_num),
-            "exceeds seed noise": w["verdict"],
+            "noise": w["noise"].map(_num),
+            "noise kind": w["noise_kind"].where(w["mean_2"].notna(), "-"),
+            "margin > noise": w["verdict"],
         }
     )
-    return [Block("frame", view)]
+    note = fid_context(df)
+    return [Block("frame", view, f"{note}." if note else "")]
 
 
 def _pm(mean: pd.Series, std: pd.Series, n: pd.Series) -> pd.Series:
@@ -271,6 +326,8 @@ def to_markdown(blocks: list[Block], out: Path) -> str:
             parts.append(b.content.to_markdown())
         elif b.kind == "frame":
             parts.append(b.content.to_markdown(index=False, disable_numparse=True))
+            if b.caption:
+                parts.append(f"*{b.caption}*")
         elif b.kind == "image":
             rel = Path(b.content).relative_to(out).as_posix()
             parts.append(f"![{b.caption}]({rel})\n\n*{b.caption}* ([SVG]({rel[:-4]}.svg))")
@@ -298,6 +355,8 @@ def to_html(blocks: list[Block], grid: str | None) -> str:
             body.append(b.content.to_html())
         elif b.kind == "frame":
             body.append(b.content.to_html(index=False, na_rep="-", border=0))
+            if b.caption:
+                body.append(f"<p><em>{html.escape(b.caption)}</em></p>")
         elif b.kind == "image":
             data = base64.b64encode(Path(b.content).read_bytes()).decode("ascii")
             body.append(

@@ -86,6 +86,7 @@ EVAL_COLUMNS = {
     "extractor": "extractor",
     "extractor_weights_hash": "extractor_weights_hash",
     "task": "task",
+    "split": "split",
 }
 METRIC_COLUMNS = (
     "fid", "fid_bootstrap_std", "kid", "kid_std", "precision", "recall", "class_acc",
@@ -292,7 +293,8 @@ def read_run(
     if bad:
         problems.append(f"damaged: status.json: {bad}")
     cfg, bad = _read_yaml(run_dir / "config.yaml")
-    if bad:
+    not_started = not status and bad.startswith("missing")  # submitted, no job wrote yet
+    if bad and not not_started:
         problems.append(f"damaged: config.yaml: {bad}")
     point, bad = _read_json(run_dir / "point.json")
     if bad and "missing" not in bad:  # point.json only exists for grid points
@@ -301,7 +303,11 @@ def read_run(
     axes = {**(planned_axes or {}), **(point_axes(point) if isinstance(point, dict) else {})}
     state = "damaged" if _status_damaged(problems) else status.get("state")
     base.update(
-        state=state if isinstance(state, str) and state else "unknown",
+        state=state
+        if isinstance(state, str) and state
+        else "pending"
+        if not_started
+        else "unknown",
         phase=status.get("phase"),
         progress_step=status.get("step"),
         total_steps=status.get("total_steps"),

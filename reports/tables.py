@@ -73,6 +73,11 @@ class Table:
     exact: tuple = ()  # columns that do not vary over seeds (params, FLOPs): no "± 0"
     note: str = ""
     boot: pd.DataFrame | None = None  # FID's sampling bootstrap std (mean over seeds)
+    context: str = ""  # what the FIDs were measured with (fid_context)
+
+    def caption(self) -> str:
+        """What the numbers are, then how cells are aggregated."""
+        return "; ".join(p for p in (self.context, self.note or self.seeds_note()) if p)
 
     def best_mask(self) -> pd.DataFrame:
         """True where a cell holds its column's best mean (ties all marked)."""
@@ -132,7 +137,7 @@ class Table:
         bold = self.best_mask().to_numpy()
         cells = cells.mask(bold & (cells != "-"), "**" + cells + "**")
         body = cells.reset_index().to_markdown(index=False, disable_numparse=True)
-        return f"**{self.title}** ({self.note or self.seeds_note()})\n\n{body}\n"
+        return f"**{self.title}** ({self.caption()})\n\n{body}\n"
 
     def to_latex(self) -> str:
         """A booktabs LaTeX table; the best of each column in \\textbf."""
@@ -141,7 +146,7 @@ class Table:
         styler = cells.style.apply(
             lambda _: np.where(bold, "textbf:--rwrap;", ""), axis=None
         ).format_index(escape="latex", axis=0)
-        caption = f"{self.title} ({self.note or self.seeds_note()})"
+        caption = f"{self.title} ({self.caption()})"
         return styler.to_latex(
             hrules=True,
             caption=caption.replace("±", "$\\pm$").replace("_", "\\_"),
@@ -155,7 +160,7 @@ class Table:
         cells = self._frame("html")
         bold = self.best_mask().to_numpy()
         styler = cells.style.apply(lambda _: np.where(bold, "font-weight: bold", ""), axis=None)
-        return styler.set_caption(f"{self.title} ({self.note or self.seeds_note()})").to_html()
+        return styler.set_caption(f"{self.title} ({self.caption()})").to_html()
 
 
 def _name(col: Any, fmt: str) -> str:
@@ -469,8 +474,27 @@ def _bench_sampling(bench: pd.DataFrame, index: list[str]) -> list[pd.DataFrame]
     return [p.dropna(subset=["value"]) for p in parts]
 
 
+def fid_context(df: pd.DataFrame) -> str:
+    """What the grid's FIDs are: extractor, samples, diffusion steps and sampler, reference
+    split, e.g. 'classifier FID of 300 samples (50 ddpm steps) vs the test split'."""
+    rows = df[(df["kind"] == "train") & df["fid"].notna()]
+    if rows.empty:
+        return ""
+
+    def values(col: str) -> str:
+        if col not in rows:
+            return "?"
+        seen = rows[col].dropna().unique()
+        return "/".join(_value(v) for v in sorted(seen, key=str)) if len(seen) else "?"
+
+    return (
+        f"{values('extractor')} FID of {values('num_samples')} samples "
+        f"({values('sampler_steps')} {values('sampler')} steps) vs the {values('split')} split"
+    )
+
+
 def all_tables(df: pd.DataFrame) -> list[Table]:
-    """Every table the data supports, in report order."""
+    """Every table the data supports, in report order; FID tables say what their FID is."""
     makers = (
         table_s_train,
         table_decay,
@@ -480,7 +504,12 @@ def all_tables(df: pd.DataFrame) -> list[Table]:
         table_joint,
         table_bench,
     )
-    return [t for t in (make(df) for make in makers) if t is not None]
+    made = [t for t in (make(df) for make in makers) if t is not None]
+    context = fid_context(df)
+    for t in made:
+        if t.name != "bench":
+            t.context = context
+    return made
 
 
 # ---- seed statistics shared by the report and `cfh check` ----

@@ -112,7 +112,7 @@ def test_empty_and_half_written_run_folders_never_crash(tmp_path: Path):
     (run / "eval" / ".x.json.tmp").write_text("{")  # an atomic write in flight: ignored
     with pytest.warns(ResultsWarning):
         df = load_results(tmp_path)
-    assert set(df["state"]) == {"unknown", "completed"}
+    assert set(df["state"]) == {"pending", "completed"}  # an empty folder: not started yet
     assert df["fid"].notna().sum() == 2
 
 

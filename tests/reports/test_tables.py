@@ -186,11 +186,17 @@ def test_winners_margin_and_seed_noise():
             {"ar_steps": 2, "seed": 1, "s_eval": 1, "fid": 12.5},
         ]
     )
-    assert winners(close)["verdict"].iloc[0] == "no: within seed noise"
+    assert winners(close)["verdict"].iloc[0] == "within noise"
+    assert winners(close)["noise_kind"].iloc[0] == "pooled seed std"
     single = frame(
         [{"ar_steps": 1, "s_eval": 1, "fid": 10.0}, {"ar_steps": 2, "s_eval": 1, "fid": 11.0}]
     )
-    assert winners(single)["verdict"].iloc[0] == "single seed: noise unknown"
+    assert winners(single)["verdict"].iloc[0] == "noise unknown"
+    # one seed each: FID's sampling bootstrap std of the two, combined, when there is one
+    boot = single.assign(fid_bootstrap_std=[0.3, 0.4])
+    w = winners(boot).iloc[0]
+    assert w["noise"] == pytest.approx(0.5) and w["noise_kind"] == "sampling bootstrap std"
+    assert w["verdict"] == "yes"  # margin 1.0 > 0.5
 
 
 def test_pooled_std():
