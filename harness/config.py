@@ -47,7 +47,7 @@ def _parse_dirs(text: str, cwd: str) -> tuple[Path, ...]:
         path = (Path(cwd) / Path(part).expanduser()).resolve()
         if not path.is_dir():
             raise UserError(
-                f"config dir {part!r} ({CONFIG_DIR_ENV} / --config-dir) is not a folder"
+                f"config dir {part!r} ($CFH_CONFIG_DIR or --config-dir): no such folder"
             )
         dirs.append(path)
     return tuple(dict.fromkeys(dirs))
