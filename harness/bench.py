@@ -4,7 +4,7 @@ Per model size and attention backend it times, in one process and interleaved wh
 matters (the CPU):
 
 - train: the trainer's step (loss forward, backward, grad clip, AdamW, EMA; autocast bf16 where
-  the trainer uses it) for cfh and for `benchmarks/reference.py` on the same AR splits: those the
+  the trainer uses it) for cfh and for `harness/reference.py` on the same AR splits: those the
   trainer draws at steps 0..bench.splits-1 (model.ar with the run's seed and rank 0). Reports
   img/s, tokens/s (mean sequence length over those splits), MFU against a matmul peak measured
   in the training precision between repeats, and peak memory.
@@ -30,7 +30,7 @@ import argparse
 import contextlib
 import copy
 import functools
-import importlib.util
+import importlib
 import math
 import os
 import shlex
@@ -52,7 +52,6 @@ from harness.config import load_config
 from harness.schema import ATTENTIONS, BENCH_MEASURES
 from model.errors import UserError
 
-REFERENCE_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "reference.py"
 MEASURES = BENCH_MEASURES
 BACKENDS = ATTENTIONS
 EXTRACT_FEATURE = {"classifier": "feat", "inception": "2048"}  # the FID features
@@ -161,16 +160,9 @@ def run_bench_point(run_dir: str | os.PathLike, cfg: dict, main: bool = True) ->
 # ---------------------------------------------------------------- settings
 
 
-@functools.cache
 def reference_module() -> ModuleType:
-    """benchmarks/reference.py, loaded by path (benchmarks/ is not an installed package)."""
-    if not REFERENCE_PATH.is_file():
-        raise UserError(f"{REFERENCE_PATH} is missing: cfh bench needs a source checkout")
-    spec = importlib.util.spec_from_file_location("cfh_bench_reference", REFERENCE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """harness/reference.py, the release-style implementation (imported on first use only)."""
+    return importlib.import_module("harness.reference")
 
 
 # ---------------------------------------------------------------- timing helpers

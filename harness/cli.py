@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_root(),
         help="folder that holds all sweep state (default: $CFH_ROOT or ./outputs)",
     )
+    parser.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="your own configs (grids/, cluster/, model/, data/, as in harness/configs); its "
+        "files win over shipped ones of the same name (repeatable; also $CFH_CONFIG_DIR)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -53,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_config_dirs(dirs: Sequence[str]) -> None:
+    """Put --config-dir dirs before $CFH_CONFIG_DIR's, all absolute: jobs may start elsewhere."""
+    env = [d for d in os.environ.get("CFH_CONFIG_DIR", "").split(os.pathsep) if d]
+    if dirs or env:
+        paths = [os.path.abspath(os.path.expanduser(d)) for d in [*dirs, *env]]
+        os.environ["CFH_CONFIG_DIR"] = os.pathsep.join(dict.fromkeys(paths))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn user errors into one clear line and exit code 2."""
     parser = build_parser()
@@ -61,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown_flags:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
     args.overrides = list(getattr(args, "overrides", []) or []) + extra
+    set_config_dirs(args.config_dir)
     try:
         if os.path.exists(args.root) and not os.path.isdir(args.root):
             raise UserError(f"--root {args.root} is a file; the root must be a folder (or absent)")

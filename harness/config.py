@@ -1,40 +1,108 @@
-"""Compose cfh's hydra config from experiments/ and validate it (harness.schema) before any work."""
+"""Compose cfh's hydra config from the shipped configs plus user config dirs; validate it.
+
+The shipped configs are package data (harness/configs/: config.yaml, model/, data/, cluster/,
+grids/). User dirs (`cfh --config-dir DIR` or $CFH_CONFIG_DIR, os.pathsep-separated) have the
+same layout; they come first on hydra's search path, so a user file wins over a shipped one with
+the same name, and their grids and profiles are listed beside the shipped ones.
+"""
 
 from __future__ import annotations
 
 import copy
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, version
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
 from harness.schema import validate_config
 from model.errors import UserError
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR_ENV = "CFH_CONFIG_DIR"
 CONFIG_GROUPS = ("model", "data", "cluster")
 
 
-def group_options(group: str) -> list[str]:
-    """The names a config group offers (the yaml files in experiments/<group>/)."""
-    return sorted(p.stem for p in (EXPERIMENTS_DIR / group).glob("*.yaml"))
+def user_config_dirs() -> tuple[Path, ...]:
+    """The user config dirs from $CFH_CONFIG_DIR, first = highest priority; missing dirs refused."""
+    return _parse_dirs(os.environ.get(CONFIG_DIR_ENV, ""), os.getcwd())
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_dirs(text: str, cwd: str) -> tuple[Path, ...]:
+    """Cached: grid expansion resolves configs once per point, and this runs every time."""
+    dirs = []
+    for part in text.split(os.pathsep):
+        if not part:
+            continue
+        path = (Path(cwd) / Path(part).expanduser()).resolve()
+        if not path.is_dir():
+            raise UserError(
+                f"config dir {part!r} ($CFH_CONFIG_DIR or --config-dir): no such folder"
+            )
+        dirs.append(path)
+    return tuple(dict.fromkeys(dirs))
+
+
+def config_dirs() -> tuple[Path, ...]:
+    """Every config dir in search order: the user dirs, then the shipped configs."""
+    return (*user_config_dirs(), SHIPPED_CONFIG_DIR)
+
+
+def find_config(relpath: str, dirs: Sequence[Path] | None = None) -> Path | None:
+    """The file that wins for a path such as `grids/smoke.yaml` (user dirs first), or None."""
+    for root in config_dirs() if dirs is None else dirs:
+        path = root / relpath
+        if path.is_file():
+            return path
+    return None
+
+
+def group_options(group: str, dirs: Sequence[Path] | None = None) -> list[str]:
+    """The names a config group offers: yaml files in <config dir>/<group>/ of every dir."""
+    roots = config_dirs() if dirs is None else dirs
+    return sorted({p.stem for root in roots for p in (root / group).glob("*.yaml")})
+
+
+def _compose(dirs: tuple[Path, ...], overrides: list[str]) -> DictConfig:
+    """Hydra compose of config.yaml over a search path with the user dirs before the shipped one.
+
+    initialize_config_dir takes one dir and hydra.searchpath entries go after it (shipped files
+    would win), so this builds the search path the way it does, user dirs first: hydra takes a
+    config from the first source that has it.
+    """
+    *user, shipped = dirs
+    search_path = create_config_search_path(str(shipped))  # provider "main": the shipped dir
+    for i, d in enumerate(user):  # each goes just before "main", so user dirs keep their order
+        search_path.prepend(f"cfh-user-{i}", f"file://{d}", anchor=SearchPathQuery(provider="main"))
+    backup = get_gh_backup()
+    version.setbase("1.3")
+    try:
+        Hydra.create_main_hydra2(task_name="app", config_search_path=search_path)
+        return compose("config", overrides=overrides)
+    finally:
+        restore_gh_from_backup(backup)
 
 
 @functools.cache
-def _compose_groups(choices: tuple[tuple[str, str], ...]) -> DictConfig:
-    """Hydra-compose the base config for one choice of config groups (cached)."""
+def _compose_groups(dirs: tuple[Path, ...], choices: tuple[tuple[str, str], ...]) -> DictConfig:
+    """Hydra-compose the base config for one choice of config groups (cached per search path)."""
     overrides = [f"{k}={v}" for k, v in choices]
     for group, name in choices:
-        if name not in group_options(group):
-            raise UserError(f"unknown {group}={name!r}; allowed: {', '.join(group_options(group))}")
+        options = group_options(group, dirs)
+        if name not in options:
+            raise UserError(f"unknown {group}={name!r}; allowed: {', '.join(options)}")
     try:
-        with initialize_config_dir(str(EXPERIMENTS_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+        cfg = _compose(dirs, overrides)
     except HydraException as e:
         raise UserError(f"config composition failed for {overrides}: {e}") from None
     OmegaConf.set_struct(cfg, True)
@@ -61,26 +129,27 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def resolve_overrides(overrides: Sequence[str] = ()) -> dict:
-    """Compose experiments/config.yaml with `key=value` overrides into a plain nested dict.
+    """Compose config.yaml (see config_dirs) with `key=value` overrides into a plain dict.
 
     The fast path for grids: hydra composes each choice of config groups once; value overrides
     are applied to a copy of that plain dict, refusing keys the config does not have.
     """
-    choices = dict(_default_choices())
+    dirs = config_dirs()
+    choices = dict(_default_choices(dirs))
     values: list[tuple[str, Any]] = []
     for key, value in map(parse_override, overrides):
         if key in CONFIG_GROUPS:
             choices[key] = str(value)
         else:
             values.append((key, value))
-    cfg = copy.deepcopy(_base_dict(tuple((g, choices[g]) for g in CONFIG_GROUPS)))
+    cfg = copy.deepcopy(_base_dict(dirs, tuple((g, choices[g]) for g in CONFIG_GROUPS)))
     for key, value in values:
         set_key(cfg, key, value)
     return cfg
 
 
 def load_config(overrides: Sequence[str] = (), validate: bool = True) -> DictConfig:
-    """Compose experiments/config.yaml with `key=value` overrides; raise UserError if invalid."""
+    """Compose config.yaml with `key=value` overrides; raise UserError if invalid."""
     cfg = resolve_overrides(overrides)
     if validate:
         validate_config(cfg)
@@ -90,14 +159,16 @@ def load_config(overrides: Sequence[str] = (), validate: bool = True) -> DictCon
 
 
 @functools.cache
-def _base_dict(choices: tuple[tuple[str, str], ...]) -> dict:
-    return OmegaConf.to_container(_compose_groups(choices), resolve=False)  # type: ignore
+def _base_dict(dirs: tuple[Path, ...], choices: tuple[tuple[str, str], ...]) -> dict:
+    return OmegaConf.to_container(_compose_groups(dirs, choices), resolve=False)  # type: ignore
 
 
 @functools.cache
-def _default_choices() -> dict[str, str]:
-    """The config groups chosen by experiments/config.yaml's defaults list."""
-    raw = OmegaConf.load(EXPERIMENTS_DIR / "config.yaml")
+def _default_choices(dirs: tuple[Path, ...]) -> dict[str, str]:
+    """The config groups chosen by the winning config.yaml's defaults list."""
+    path = find_config("config.yaml", dirs)
+    assert path is not None  # the shipped dir has one
+    raw = OmegaConf.load(path)
     out = {}
     for item in raw.defaults:
         if isinstance(item, DictConfig):

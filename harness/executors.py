@@ -93,7 +93,7 @@ MAX_ARRAY_SIZE = 1000  # SLURM's default MaxArraySize is 1001: longer lists go i
 
 @dataclass(frozen=True)
 class ClusterProfile:
-    """A validated cluster profile (experiments/cluster/<name>.yaml)."""
+    """A validated cluster profile (cluster/<name>.yaml of a config dir, see harness.config)."""
 
     name: str
     backend: str
@@ -162,7 +162,7 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
     if not isinstance(d.get("name"), str) or not d["name"]:
         raise UserError(f"cluster.name={d.get('name')!r} is not allowed; expected a profile name")
     name = d["name"]
-    where = f"cluster profile '{name}' (experiments/cluster/{name}.yaml)"
+    where = f"cluster profile '{name}' (cluster/{name}.yaml: harness/configs or --config-dir)"
 
     def bad(key: str, why: str = "") -> UserError:
         got = d.get(key)

@@ -1,8 +1,9 @@
 """Grid files -> train points x eval points, validated before anything is submitted.
 
-A grid (`experiments/grids/<name>.yaml`, or any path) describes a set of training runs and the
-evaluations to run on each of them. Keys are the dotted config keys of `experiments/config.yaml`
-(`train.ar.steps`, `model`, `data.root`, ...); a nested mapping is read as dotted keys too.
+A grid (`grids/<name>.yaml` of a config dir: a user's --config-dir first, then the shipped
+harness/configs/; or any path) describes a set of training runs and the evaluations to run on
+each of them. Keys are the dotted config keys of `harness/configs/config.yaml` (`train.ar.steps`,
+`model`, `data.root`, ...); a nested mapping is read as dotted keys too.
 
     description: text shown by `cfh sweep`             (optional)
     base:        {key: value}  every point; sample.*/eval.* keys go to every eval point and
@@ -20,7 +21,7 @@ evaluations to run on each of them. Keys are the dotted config keys of `experime
       zip / include / exclude  (latest or a step), eval.extractor, ...
                                `eval: false` trains only; no `eval` key = one default eval point
     resources:
-      cluster:   local         a profile of experiments/cluster/ (default: local)
+      cluster:   local         a profile in cluster/ of a config dir (default: local)
       <key>:     value         cluster.<key> overrides (gpus_per_node, timeout_min, ...)
 
 Values are typed YAML (`1e-4` is a float). The symbol `L` (tokens per image of the point's data)
@@ -52,7 +53,8 @@ from omegaconf import OmegaConf
 
 from harness.config import (
     CONFIG_GROUPS,
-    EXPERIMENTS_DIR,
+    config_dirs,
+    find_config,
     group_options,
     parse_override,
     resolve_overrides,
@@ -62,7 +64,6 @@ from harness.executors import validate_profile, world_size
 from harness.schema import num_tokens, validate_config
 from model.errors import UserError
 
-GRIDS_DIR = EXPERIMENTS_DIR / "grids"
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 TOP_KEYS = ("description", "base", "axes", "zip", "include", "exclude", "seeds", "eval")
 TOP_KEYS += ("resources",)
@@ -563,16 +564,24 @@ def eval_key(settings: dict) -> str:
 # ---------------------------------------------------------------- cluster checks
 
 
-@functools.cache
 def _profile(name: str) -> dict:
-    path = EXPERIMENTS_DIR / "cluster" / f"{name}.yaml"
+    """The cluster profile file that wins for a name (user config dirs first)."""
+    path = find_config(f"cluster/{name}.yaml")
+    if path is None:
+        raise UserError(f"unknown cluster profile {name!r}; allowed: {group_options('cluster')}")
+    return _load_profile(path)
+
+
+@functools.cache
+def _load_profile(path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
 
 
 def check_cluster(cfg: dict, error: Any) -> None:
     """Resource sanity: known backend, a valid profile, no GPUs on a CPU profile, and a global
     batch that splits evenly over the point's ranks."""
-    problem = _cluster_problem(json.dumps(cfg["cluster"], sort_keys=True), cfg["train"]["device"])
+    cluster_json = json.dumps(cfg["cluster"], sort_keys=True)
+    problem = _cluster_problem(cluster_json, cfg["train"]["device"], config_dirs())
     if problem:
         raise error(problem)
     ranks, batch = world_size(cfg["cluster"]), cfg["train"]["batch_size"]
@@ -584,8 +593,9 @@ def check_cluster(cfg: dict, error: Any) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _cluster_problem(cluster_json: str, device: str) -> str | None:
-    """What is wrong with one resource shape, or None (cached: grids repeat shapes)."""
+def _cluster_problem(cluster_json: str, device: str, dirs: tuple[Path, ...]) -> str | None:
+    """What is wrong with one resource shape, or None (cached: grids repeat shapes; `dirs`, the
+    config search path, is in the key because the profile files come from it)."""
     c = json.loads(cluster_json)
     if c.get("backend") not in CLUSTER_BACKENDS:
         return f"cluster.backend={c.get('backend')!r}; allowed: {', '.join(CLUSTER_BACKENDS)}"
@@ -610,7 +620,7 @@ def _cluster_problem(cluster_json: str, device: str) -> str | None:
 
 
 def grid_path(name_or_path: str) -> Path:
-    """The grid file for a name (experiments/grids/<name>.yaml) or a path to a .yaml file."""
+    """The grid file for a name (grids/<name>.yaml, user config dirs first) or a .yaml path."""
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")) or "/" in text:
         path = Path(text)
@@ -619,16 +629,17 @@ def grid_path(name_or_path: str) -> Path:
         return path
     if not NAME_RE.match(text):
         raise UserError(f"grid name {text!r} may only use letters, digits, _ and -")
-    path = GRIDS_DIR / f"{text}.yaml"
-    if not path.is_file():
+    path = find_config(f"grids/{text}.yaml")
+    if path is None:
         known = ", ".join(list_grids()) or "(none)"
-        raise UserError(f"unknown grid {text!r}; grids in {GRIDS_DIR}: {known}")
+        where = ", ".join(str(d / "grids") for d in config_dirs())
+        raise UserError(f"unknown grid {text!r}; grids in {where}: {known}")
     return path
 
 
 def list_grids() -> list[str]:
-    """Names of the shipped grids."""
-    return sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
+    """Names of the grids of every config dir (user dirs and the shipped ones)."""
+    return group_options("grids")
 
 
 def load_grid(name_or_path: str, overrides: Sequence[str] = ()) -> Grid:

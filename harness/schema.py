@@ -2,7 +2,7 @@
 
 `validate_config` is what `cfh train|sample|evaluate|edit|bench`, `cfh sweep` (and --dry-run)
 and grid expansion all call before anything is written or submitted. Every key of
-experiments/config.yaml and of its groups has an entry in SCHEMA (a test walks them all);
+harness/configs/config.yaml and of its groups has an entry in SCHEMA (a test walks them all);
 `cluster.*` is checked by the cluster profile's own table (harness.executors.validate_profile),
 and the dataset-specific rules by model.data.check_data_config. A bad value raises one
 UserError line: `key=value is not allowed; expected ...`.
@@ -131,12 +131,12 @@ def _edit_input(v: Any) -> bool:
 SCHEMA: dict[str, Spec] = {
     "seed": integer(0),
     "run_dir": text(null=True),
-    # model (experiments/model/*.yaml); model.name is checked against the size registry
+    # model (harness/configs/model/*.yaml); model.name is checked against the size registry
     "model.name": text(),
     "model.num_cond_tokens": integer(1),
     "model.pos_embed": choice(*POS_EMBEDS),
     "model.attention": choice(*ATTENTIONS),
-    # data (experiments/data/*.yaml); the dataset's own rules: model.data.check_data_config
+    # data (harness/configs/data/*.yaml); the dataset's own rules: model.data.check_data_config
     "data.name": choice(*DATASETS),
     "data.root": text(null=True),
     "data.resolution": integer(1),
@@ -344,7 +344,7 @@ def _cross_checks(cfg: _Attr) -> None:
     if cfg.cluster.get("name") not in profiles:
         raise UserError(
             f"cluster.name={cfg.cluster.get('name')!r} is not allowed; expected the name of a "
-            f"profile in experiments/cluster: {', '.join(profiles)}"
+            f"profile in cluster/ of a config dir: {', '.join(profiles)}"
         )
     validate_profile(cfg.cluster)
 

@@ -392,7 +392,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add sweep, status and cancel to the cfh parser."""
     p = sub.add_parser("sweep", help="submit a grid's missing points (reconcile)")
-    p.add_argument("grid", help="grid name (experiments/grids/NAME.yaml) or path to a grid file")
+    p.add_argument("grid", help="grid name (grids/NAME.yaml of a config dir) or a grid file path")
     p.add_argument("overrides", nargs="*", help="key=value overrides added to the grid's base")
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument("--retry", action="store_true", help="resubmit failed and cancelled points")

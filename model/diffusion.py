@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn as nn
+from einops import rearrange
 
 from model.errors import UserError
 from model.noise import NoiseSource, normal
@@ -111,11 +112,8 @@ def causalfusion_loss(
 
 def _per_token_mean(err: torch.Tensor, L: int) -> torch.Tensor:
     """(B, C, H, W) squared errors -> (B, L) mean over each patch and channel, raster order."""
-    B, C, H, W = err.shape
-    p = math.isqrt(H * W // L)
-    g = H // p
-    err = err.reshape(B, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5)  # (B, g, g, C, p, p)
-    return err.reshape(B, L, -1).mean(-1)
+    p = math.isqrt(err.shape[2] * err.shape[3] // L)
+    return rearrange(err, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p).mean(-1)
 
 
 def space_timesteps(num_steps: int, count: int) -> list[int]:

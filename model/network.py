@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from model.errors import UserError
@@ -329,24 +330,17 @@ class CausalFusion(nn.Module):
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, p*p*C), tokens in raster order."""
         cfg, p = self.cfg, self.cfg.patch_size
-        B = x.shape[0]
         if tuple(x.shape[1:]) != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise UserError(
                 f"image shape {tuple(x.shape[1:])} must be "
                 f"{(cfg.in_channels, cfg.input_size, cfg.input_size)} (C, H, W)"
             )
-        g = cfg.grid
-        x = x.reshape(B, cfg.in_channels, g, p, g, p).permute(
-            0, 2, 4, 3, 5, 1
-        )  # (B, g, g, p, p, C)
-        return x.reshape(B, g * g, cfg.token_dim)  # (B, L, P)
+        return rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)  # (B, L, P)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, p*p*C) in raster order -> (B, C, H, W)."""
-        cfg, p, g = self.cfg, self.cfg.patch_size, self.cfg.grid
-        B = tokens.shape[0]
-        x = tokens.reshape(B, g, g, p, p, cfg.in_channels).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(B, cfg.in_channels, g * p, g * p)  # (B, C, H, W)
+        p, g = self.cfg.patch_size, self.cfg.grid
+        return rearrange(tokens, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=g, p1=p, p2=p)
 
     def embed_cond(self, y: torch.Tensor, force_drop_ids: torch.Tensor | None = None):
         """Labels (B,) -> (B, C, D) condition tokens; label dropout to the null class in training.

@@ -19,6 +19,7 @@ import submitit
 import yaml
 
 from harness import executors as ex
+from harness.config import SHIPPED_CONFIG_DIR
 from model.errors import UserError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -115,7 +116,7 @@ def max_overlap(records: list[dict]) -> int:
 
 
 def local_profile(**overrides) -> dict:
-    profile = yaml.safe_load((ROOT / "experiments/cluster/local.yaml").read_text())
+    profile = yaml.safe_load((SHIPPED_CONFIG_DIR / "cluster/local.yaml").read_text())
     profile.update(overrides)
     return profile
 
@@ -125,7 +126,7 @@ def local_profile(**overrides) -> dict:
 
 @pytest.mark.parametrize("name", ["local", "slurm", "slurm_gpu"])
 def test_shipped_profiles_validate(name):
-    cfg = yaml.safe_load((ROOT / f"experiments/cluster/{name}.yaml").read_text())
+    cfg = yaml.safe_load((SHIPPED_CONFIG_DIR / f"cluster/{name}.yaml").read_text())
     p = ex.validate_profile(cfg) if cfg["backend"] == "slurm" or not cfg["gpus_per_node"] else None
     if p is not None:
         assert p.name == name and p.tasks_per_node == max(1, cfg["gpus_per_node"])
@@ -152,7 +153,7 @@ def test_bad_profiles_are_user_errors(change, words):
 
 
 def test_slurm_profile_needs_whole_minutes():
-    cfg = yaml.safe_load((ROOT / "experiments/cluster/slurm.yaml").read_text())
+    cfg = yaml.safe_load((SHIPPED_CONFIG_DIR / "cluster/slurm.yaml").read_text())
     with pytest.raises(UserError, match="timeout_min=1.5"):
         ex.validate_profile({**cfg, "timeout_min": 1.5})
 

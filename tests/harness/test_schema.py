@@ -1,6 +1,6 @@
 """The config schema refuses, for every key, a value of the wrong type and one out of range.
 
-Walks every key of experiments/config.yaml (with the default groups, cluster profile included).
+Walks every key of harness/configs/config.yaml (with the default groups, cluster profile included).
 For each it finds, among a fixed list of candidates, the values the key's type excludes and the
 values of the right type outside what it allows, then shows that `cfh train` refuses each with
 exit 2 and one line naming the key, and writes nothing. A sample also goes through
