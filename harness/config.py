@@ -10,6 +10,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,9 +56,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     except HydraException as e:
         raise UserError(f"cannot parse override {text!r}: {e}") from None
     if ov.is_sweep_override():
-        raise UserError(f"{text!r} is a sweep; put several values in a grid file instead")
+        raise UserError(
+            f"{text!r} is a sweep; give it to `cfh sweep GRID` (one more axis) or a grid file"
+        )
     value = ov.value()
     return ov.key_or_group, value
+
+
+def parse_sweep(text: str) -> tuple[str, list] | None:
+    """(key, values) of a hydra sweep override (`a,b`, `range(...)`, `choice(...)`, a `glob(...)`
+    of a config group's options); None for a plain `key=value`. Hydra's parser does the parsing."""
+    if "=" not in text:
+        raise UserError(f"expected key=value, got {text!r}")
+    try:
+        ov = _parser().parse_override(text)
+    except HydraException as e:
+        raise UserError(f"cannot parse override {text!r}: {e}") from None
+    if not ov.is_sweep_override():
+        return None
+    key = ov.key_or_group
+    value = ov.value()
+    if isinstance(value, Glob):
+        if key not in CONFIG_GROUPS:
+            raise UserError(f"{text!r}: glob() sweeps the options of a config group only")
+        return key, value.filter(group_options(key))
+    if not ov.is_discrete_sweep():
+        raise UserError(f"{text!r}: an interval() has no list of values to sweep; list them")
+    values = list(ov.sweep_iterator())
+    if not values:
+        raise UserError(f"{text!r}: the sweep has no values")
+    return key, values
 
 
 def resolve_overrides(overrides: Sequence[str] = ()) -> dict:
