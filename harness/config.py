@@ -19,6 +19,8 @@ from model.errors import UserError
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 CONFIG_GROUPS = ("model", "data", "cluster")
+# Mappings whose keys are open (sbatch option names): set_key may add a key there.
+OPEN_SECTIONS = ("cluster.slurm_additional_parameters",)
 
 
 def group_options(group: str) -> list[str]:
@@ -138,13 +140,15 @@ def set_key(cfg: dict, key: str, value: Any) -> None:
     node: Any = cfg
     parts = key.split(".")
     for i, part in enumerate(parts):
+        if ".".join(parts[:i]) in OPEN_SECTIONS and isinstance(node, dict) and i == len(parts) - 1:
+            break  # a new option name is allowed here; its validator checks it
         if not isinstance(node, dict) or part not in node:
             parent = ".".join(parts[:i])
             raise UserError(f"unknown config key {key!r}; {_nearby_keys(cfg, parent)}")
         if i < len(parts) - 1:
             node = node[part]
     leaf = parts[-1]
-    if isinstance(node[leaf], dict) and not isinstance(value, dict):
+    if isinstance(node.get(leaf), dict) and not isinstance(value, dict):
         raise UserError(f"{key} is a section, not a value; {_nearby_keys(cfg, key)}")
     node[leaf] = value
 

@@ -63,7 +63,7 @@ from harness.config import (
     resolve_overrides,
     set_key,
 )
-from harness.executors import validate_profile, world_size
+from harness.profiles import validate_profile, world_size
 from harness.schema import num_tokens, validate_config
 from model.errors import UserError
 

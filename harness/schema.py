@@ -292,7 +292,7 @@ def validate_config(cfg: DictConfig | dict) -> None:
 
 
 def _cross_checks(cfg: _Attr) -> None:
-    from harness.executors import validate_profile
+    from harness.profiles import validate_profile
     from model.data import check_data_config
     from model.network import SIZES  # the model package owns the size registry
 

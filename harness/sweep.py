@@ -206,6 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs.check_grid_file(root, grid)
     if args.dry_run:
         _plan(grid, points, args)
+        print(resources_text(grid, points, root))
         print("dry run: nothing submitted")
         return 0
     with runs.grid_lock(root, grid.name, "cfh sweep"):  # plan and submit as one step
@@ -237,6 +238,47 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _print_status(root, grid.name)
     print(f"watch with: cfh --root {root} status {grid.name} --watch")
     return 0
+
+
+def arrays(points: Sequence[TrainPoint]) -> list[list[TrainPoint]]:
+    """The job arrays submit() makes: one per resource shape, at most MAX_ARRAY_SIZE points."""
+    from harness.profiles import MAX_ARRAY_SIZE
+
+    by_shape: dict[str, list[TrainPoint]] = {}
+    for p in points:
+        by_shape.setdefault(p.shape, []).append(p)
+    return [
+        group[i : i + MAX_ARRAY_SIZE]
+        for group in by_shape.values()
+        for i in range(0, len(group), MAX_ARRAY_SIZE)
+    ]
+
+
+def resources_text(grid: Grid, points: Sequence[TrainPoint], root: str) -> str:
+    """Each array's resources; for SLURM profiles the #SBATCH options submitit would write."""
+    from harness.profiles import validate_profile
+
+    lines = []
+    groups = arrays(points)
+    for i, group in enumerate(groups):
+        p = validate_profile(group[0].config["cluster"])
+        tasks = p.tasks_per_node
+        mem = f"{p.mem_gb:g} GB" if p.mem_gb is not None else "default"
+        head = (
+            f"array {i + 1}/{len(groups)}: {len(group)} points, cluster {p.name} ({p.backend}): "
+            f"nodes {p.nodes}, tasks/node {tasks}, gpus/node {p.gpus_per_node}, cpus/task "
+            f"{p.cpus_per_task}, mem {mem}, time {p.timeout_min:g} min"
+        )
+        if p.backend == "local":
+            lines.append(f"{head}, {p.parallelism} at a time")
+            continue
+        lines.append(f"{head}, partition {p.partition or 'default'}")
+        from harness.executors import sbatch_options  # submitit's own sbatch script builder
+
+        opts = sbatch_options(p, submitit_folder(root), f"cfh-{grid.name}", len(group))
+        lines += [f"  #SBATCH {o}" for o in opts]
+        lines += [f"  setup: {line}" for line in p.setup]
+    return "\n".join(lines)
 
 
 def cfg_job(args: argparse.Namespace) -> int:
