@@ -530,7 +530,7 @@ def _checked_eval_settings_cached(
     probe = plain_copy(_default_config())
     probe["data"], probe["sample"], probe["eval"] = data, sub["sample"], sub["eval"]
     probe["train"]["order_block"] = block
-    from model.evaluate import check_eval_extractor
+    from model.checks import check_eval_extractor  # torch-free (model.evaluate imports torch)
 
     try:
         validate_config(probe)
