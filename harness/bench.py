@@ -63,7 +63,17 @@ EXTRACT_FEATURE = {"classifier": "feat", "inception": "2048"}  # the FID feature
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `cfh bench` to the cfh parser."""
     text = "training/sampling throughput of cfh vs the release-style reference"
-    p = sub.add_parser("bench", help=text, description=__doc__.split("\n\n")[0])
+    from harness.cli import print_config_job
+
+    p = sub.add_parser(
+        "bench",
+        help=text,
+        description=__doc__.split("\n\n")[0],
+        epilog="examples:\n  cfh bench --sizes T,XS --repeats 5 --measures train,sample\n"
+        "  cfh bench --sizes S data=mnist data.patch_size=2 train.batch_size=8 --measures train"
+        "\n\nConfig keys (bench.*): harness/configs/config.yaml; figures: benchmarks/RESULTS.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("overrides", nargs="*", help="hydra-style key=value config overrides")
     p.add_argument("--sizes", help="comma-separated model sizes (default: the config's model)")
     p.add_argument("--backends", help="comma-separated attention backends: sdpa, flex")
@@ -73,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-reference", action="store_true", help="time cfh only")
     p.add_argument("--grid", help="tag the file with a grid name (cfh report GRID shows it)")
     p.add_argument("--out", help="output json (default: <root>/bench/<time>-<id>.json)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, cfg_job=print_config_job)
 
 
 def _csv(text: str | None, allowed: Sequence[str] | None, what: str) -> list[str] | None:

@@ -13,9 +13,35 @@ import sys
 
 from harness.config import load_config
 
+KEYS = "Config keys and their meaning: harness/configs/config.yaml (README.md: Config)."
+EPILOGS = {
+    "train": """examples:
+  cfh train model=T data=digits train.steps=40 run_dir=outputs/try
+  cfh train run_dir=outputs/try train.steps=80          # resumes, continues to step 80
+  cfh train model=T data=digits run_dir=R --cfg job     # print the composed config, run nothing""",
+    "sample": """examples:
+  cfh sample run_dir=R sample.ar_steps=4 sample.num=100
+  cfh sample run_dir=R sample.sampler=ddim sample.steps=50 sample.cfg=3""",
+    "evaluate": """examples:
+  cfh evaluate run_dir=R sample.ar_steps=4 sample.num=200 eval.extractor=classifier
+  cfh evaluate run_dir=R eval.extractor=inception eval.reference=VIRTUAL_imagenet256.npz
+  cfh evaluate run_dir=R eval.task=caption sample.num=200   # a joint image-text run""",
+    "caption": """examples:
+  cfh caption run_dir=R caption.input=[0,1,2,3]
+  cfh caption run_dir=R caption.input=[img.png] caption.method=beam caption.beams=4""",
+    "encode": """examples:
+  cfh encode data=imagefolder data.root=/data/in1k/train --vae VAE_DIR --out latents/in1k
+  cfh encode data=imagefolder data.root=D --vae V --out O --posterior sample --seed 1""",
+    "stats": """examples:
+  cfh stats data=mnist eval.extractor=classifier eval.split=test --out mnist-test.npz
+  cfh stats data=latents data.root=L eval.extractor=inception eval.ref_num=10000 --out r.npz""",
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add train, sample, evaluate and encode to the cfh parser."""
+    """Add train, sample, evaluate, caption, encode and stats to the cfh parser."""
+    from harness.cli import print_config_job
+
     for name, func, text in (
         ("train", cmd_train, "train (or resume) one run into run_dir"),
         ("sample", cmd_sample, "draw samples from a trained run at any S_eval"),
@@ -24,9 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("encode", cmd_encode, "encode an image dataset to VAE latents for data=latents"),
         ("stats", cmd_stats, "write a split's FID reference statistics (+ images) to an .npz"),
     ):
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=f"{EPILOGS[name]}\n\n{KEYS}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("overrides", nargs="*", help="hydra-style key=value config overrides")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, cfg_job=print_config_job)
         if name == "encode":
             p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder")
             p.add_argument("--out", required=True, help="output folder for data=latents")

@@ -20,6 +20,7 @@ from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +31,8 @@ from model.errors import UserError
 SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_DIR_ENV = "CFH_CONFIG_DIR"
 CONFIG_GROUPS = ("model", "data", "cluster")
+# Mappings whose keys are open (sbatch option names): set_key may add a key there.
+OPEN_SECTIONS = ("cluster.slurm_additional_parameters",)
 
 
 def user_config_dirs() -> tuple[Path, ...]:
@@ -123,9 +126,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     except HydraException as e:
         raise UserError(f"cannot parse override {text!r}: {e}") from None
     if ov.is_sweep_override():
-        raise UserError(f"{text!r} is a sweep; put several values in a grid file instead")
+        raise UserError(
+            f"{text!r} is a sweep; give it to `cfh sweep GRID` (one more axis) or a grid file"
+        )
     value = ov.value()
     return ov.key_or_group, value
+
+
+def parse_sweep(text: str) -> tuple[str, list] | None:
+    """(key, values) of a hydra sweep override (`a,b`, `range(...)`, `choice(...)`, a `glob(...)`
+    of a config group's options); None for a plain `key=value`. Hydra's parser does the parsing."""
+    if "=" not in text:
+        raise UserError(f"expected key=value, got {text!r}")
+    try:
+        ov = _parser().parse_override(text)
+    except HydraException as e:
+        raise UserError(f"cannot parse override {text!r}: {e}") from None
+    if not ov.is_sweep_override():
+        return None
+    key = ov.key_or_group
+    value = ov.value()
+    if isinstance(value, Glob):
+        if key not in CONFIG_GROUPS:
+            raise UserError(f"{text!r}: glob() sweeps the options of a config group only")
+        return key, value.filter(group_options(key))
+    if not ov.is_discrete_sweep():
+        raise UserError(f"{text!r}: an interval() has no list of values to sweep; list them")
+    values = list(ov.sweep_iterator())
+    if not values:
+        raise UserError(f"{text!r}: the sweep has no values")
+    return key, values
 
 
 def resolve_overrides(overrides: Sequence[str] = ()) -> dict:
@@ -181,13 +211,15 @@ def set_key(cfg: dict, key: str, value: Any) -> None:
     node: Any = cfg
     parts = key.split(".")
     for i, part in enumerate(parts):
+        if ".".join(parts[:i]) in OPEN_SECTIONS and isinstance(node, dict) and i == len(parts) - 1:
+            break  # a new option name is allowed here; its validator checks it
         if not isinstance(node, dict) or part not in node:
             parent = ".".join(parts[:i])
             raise UserError(f"unknown config key {key!r}; {_nearby_keys(cfg, parent)}")
         if i < len(parts) - 1:
             node = node[part]
     leaf = parts[-1]
-    if isinstance(node[leaf], dict) and not isinstance(value, dict):
+    if isinstance(node.get(leaf), dict) and not isinstance(value, dict):
         raise UserError(f"{key} is a section, not a value; {_nearby_keys(cfg, key)}")
     node[leaf] = value
 

@@ -18,11 +18,14 @@ edit.region names the tokens to generate (every other token is kept bitwise): ce
 left_half, right_half, top_half, bottom_half, all, none, box:r0:c0:r1:c1 (token grid rows and
 columns, half-open), pixels:y0:x0:y1:x1 (every token touching the pixel box). The region's
 tokens are generated in sample.ar_steps groups (at most one per token) in edit.order; the noise,
-sampler, CFG and checkpoint come from sample.*. Dataset indices read eval.split."""
+sampler, CFG and checkpoint come from sample.*. Dataset indices read eval.split.
+Config keys and their meaning: harness/configs/config.yaml (edit.*, sample.*)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `edit` to the cfh parser."""
+    from harness.cli import print_config_job
+
     p = sub.add_parser(
         "edit",
         help=HELP,
@@ -31,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", help="hydra-style key=value config overrides")
-    p.set_defaults(func=cmd_edit)
+    p.set_defaults(func=cmd_edit, cfg_job=print_config_job)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

@@ -44,17 +44,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import submitit
 from submitit.core.utils import DelayedSubmission, UncompletedJobError, temporary_save_path
 
+from harness.profiles import (  # noqa: F401 - the profile API, re-exported where it was
+    BACKENDS,
+    MAX_ARRAY_SIZE,
+    ClusterProfile,
+    validate_profile,
+    world_size,
+)
 from model.errors import UserError
 
-BACKENDS = ("local", "slurm")
 STATES = ("pending", "running", "completed", "failed", "cancelled", "requeued")
 
 # SLURM job states (squeue %T / sacct State, first word) -> cfh states.
@@ -85,177 +90,6 @@ SLURM_STATES = {
     "PREEMPTED": "requeued",
 }
 
-MAX_ARRAY_SIZE = 1000  # SLURM's default MaxArraySize is 1001: longer lists go in several arrays
-
-
-# ---------------------------------------------------------------- profiles
-
-
-@dataclass(frozen=True)
-class ClusterProfile:
-    """A validated cluster profile (cluster/<name>.yaml of a config dir, see harness.config)."""
-
-    name: str
-    backend: str
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: float | None = None
-    timeout_min: float = 60
-    signal_delay_s: int = 60
-    max_num_timeout: int = 3
-    setup: tuple[str, ...] = ()
-    parallelism: int = 1  # local: points at once
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    array_parallelism: int = 16  # slurm: array tasks at once
-    tasks_per_node: int = 1  # ranks per node: one per GPU; on CPU nodes, that many gloo ranks
-
-
-def world_size(cluster: Mapping) -> int:
-    """Ranks of one point: nodes x tasks per node (one per GPU, else tasks_per_node, else 1)."""
-    per_node = cluster.get("gpus_per_node") or cluster.get("tasks_per_node") or 1
-    return int(cluster.get("nodes") or 1) * int(per_node)
-
-
-_KEYS = {
-    "name": "str",
-    "backend": "local | slurm",
-    "nodes": "int >= 1",
-    "gpus_per_node": "int >= 0",
-    "cpus_per_task": "int >= 1",
-    "mem_gb": "number > 0 or null",
-    "timeout_min": "number > 0 (int on slurm)",
-    "signal_delay_s": "int >= 0, below timeout_min * 60",
-    "max_num_timeout": "int >= 0",
-    "setup": "list of shell lines",
-    "parallelism": "int >= 1",
-    "partition": "str or null",
-    "account": "str or null",
-    "qos": "str or null",
-    "constraint": "str or null",
-    "array_parallelism": "int >= 1",
-    "tasks_per_node": "null (one per GPU, else 1) or an int >= 1, equal to gpus_per_node if > 0",
-}
-
-
-def _as_dict(cfg: Any) -> dict:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise UserError(f"a cluster profile must be a mapping, got {type(cfg).__name__}")
-
-
-def validate_profile(cluster_cfg: Any) -> ClusterProfile:
-    """Check a cluster profile (mapping or DictConfig); UserError names the file, key and rule."""
-    if isinstance(cluster_cfg, ClusterProfile):
-        return cluster_cfg
-    d = _as_dict(cluster_cfg)
-    if not isinstance(d.get("name"), str) or not d["name"]:
-        raise UserError(f"cluster.name={d.get('name')!r} is not allowed; expected a profile name")
-    name = d["name"]
-    where = f"cluster profile '{name}' (cluster/{name}.yaml: harness/configs or --config-dir)"
-
-    def bad(key: str, why: str = "") -> UserError:
-        got = d.get(key)
-        return UserError(f"{where}: {key}={got!r} is not allowed{why}; expected {_KEYS[key]}")
-
-    unknown = sorted(set(d) - set(_KEYS))
-    if unknown:
-        allowed = ", ".join(sorted(_KEYS))
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
-    backend = d.get("backend")
-    if backend not in BACKENDS:
-        raise bad("backend")
-
-    def integer(key: str, low: int, default: int) -> int:
-        v = d.get(key, default)
-        if v is None:
-            v = default
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise bad(key)
-        return v
-
-    def number(key: str, default: float | None) -> float | None:
-        v = d.get(key, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-            raise bad(key)
-        return v
-
-    def text(key: str) -> str | None:
-        v = d.get(key)
-        if v is None:
-            return None
-        if not isinstance(v, str) or not v.strip() or any(c.isspace() for c in v):
-            raise bad(key)
-        return v
-
-    nodes = integer("nodes", 1, 1)
-    gpus = integer("gpus_per_node", 0, 0)
-    tasks = integer("tasks_per_node", 1, max(1, gpus))
-    if gpus and tasks != gpus:
-        raise bad("tasks_per_node", f" with gpus_per_node={gpus} (one task per GPU)")
-    timeout_min = number("timeout_min", 60)
-    if timeout_min is None:
-        raise bad("timeout_min")
-    signal_delay_s = integer("signal_delay_s", 0, min(60, int(timeout_min * 60) // 4))
-    if signal_delay_s >= timeout_min * 60:
-        raise bad("signal_delay_s", f" with timeout_min={timeout_min}")
-    setup = d.get("setup") or []
-    if not isinstance(setup, list | tuple) or not all(isinstance(s, str) for s in setup):
-        raise bad("setup")
-    profile = ClusterProfile(
-        name=name,
-        backend=backend,
-        nodes=nodes,
-        gpus_per_node=gpus,
-        cpus_per_task=integer("cpus_per_task", 1, 1),
-        mem_gb=number("mem_gb", None),
-        timeout_min=timeout_min,
-        signal_delay_s=signal_delay_s,
-        max_num_timeout=integer("max_num_timeout", 0, 3),
-        setup=tuple(setup),
-        parallelism=integer("parallelism", 1, 1),
-        partition=text("partition"),
-        account=text("account"),
-        qos=text("qos"),
-        constraint=text("constraint"),
-        array_parallelism=integer("array_parallelism", 1, 16),
-        tasks_per_node=tasks,
-    )
-    if backend == "local":
-        if nodes != 1:
-            raise bad("nodes", " on the local backend (one machine)")
-        if gpus:
-            have = _local_gpu_count()
-            if gpus > have:
-                raise UserError(
-                    f"{where}: gpus_per_node={gpus} but this machine has {have} GPU(s); "
-                    "set gpus_per_node: 0 or use a slurm profile"
-                )
-    elif int(timeout_min) != timeout_min:
-        raise bad("timeout_min", " on slurm (whole minutes)")
-    return profile
-
-
-def _local_gpu_count() -> int:
-    try:
-        import torch
-
-        return int(torch.cuda.device_count())
-    except Exception:  # noqa: BLE001 - no torch / no driver: no GPUs
-        return 0
-
 
 # ---------------------------------------------------------------- executors
 
@@ -266,7 +100,8 @@ def make_executor(cluster_cfg: Any, folder: Path, job_name: str = "cfh") -> subm
     local: submitit's LocalExecutor with the profile's `parallelism` limit (see module doc).
     slurm: `submitit.AutoExecutor(cluster="slurm")` with partition, account, qos, constraint,
     nodes, tasks_per_node (one per GPU, or the profile's CPU ranks), gpus_per_node, cpus_per_task,
-    mem_gb, timeout_min, array_parallelism, signal_delay_s, max_num_timeout and the setup lines.
+    mem_gb, timeout_min, array_parallelism, signal_delay_s, max_num_timeout, the setup lines and
+    slurm_additional_parameters (any other sbatch option, e.g. gres, reservation, exclude).
     """
     p = validate_profile(cluster_cfg)
     folder = Path(folder).absolute()
@@ -292,6 +127,14 @@ def make_executor(cluster_cfg: Any, folder: Path, job_name: str = "cfh") -> subm
     ex = submitit.AutoExecutor(
         folder=folder, cluster="slurm", slurm_max_num_timeout=p.max_num_timeout
     )
+    params = slurm_parameters(p, job_name)
+    ex.update_parameters(**params)
+    return ex
+
+
+def slurm_parameters(profile: ClusterProfile, job_name: str = "cfh") -> dict[str, Any]:
+    """What make_executor passes to submitit's AutoExecutor.update_parameters for a profile."""
+    p = profile
     params: dict[str, Any] = {
         "name": job_name,
         "timeout_min": p.timeout_min,
@@ -309,8 +152,33 @@ def make_executor(cluster_cfg: Any, folder: Path, job_name: str = "cfh") -> subm
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(p, key) is not None:
             params[f"slurm_{key}"] = getattr(p, key)
-    ex.update_parameters(**params)
-    return ex
+    if p.slurm_additional_parameters:
+        params["slurm_additional_parameters"] = p.sbatch_extra()
+    return params
+
+
+def sbatch_options(
+    cluster_cfg: Any, folder: Path, job_name: str = "cfh", count: int = 1
+) -> list[str]:
+    """The #SBATCH options submitit would write for an array of `count` points of a SLURM
+    profile (its own sbatch script builder; needs no sbatch, writes nothing under `folder`)."""
+    import tempfile
+
+    from submitit.slurm import slurm
+
+    p = validate_profile(cluster_cfg)
+    params = slurm_parameters(p, job_name)
+    specific = {k.removeprefix("slurm_"): v for k, v in params.items() if k.startswith("slurm_")}
+    with tempfile.TemporaryDirectory() as scratch:  # the executor makes its folder
+        ex = slurm.SlurmExecutor(folder=scratch, max_num_timeout=p.max_num_timeout)
+        generic = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        ex.update_parameters(**ex._convert_parameters(generic), **specific)
+        parameters = dict(ex.parameters)
+    text = slurm._make_sbatch_string(
+        command="cfh-point", folder=str(Path(folder).absolute()), map_count=count, **parameters
+    )
+    lines = text.splitlines()
+    return [line.removeprefix("#SBATCH ") for line in lines if line.startswith("#SBATCH")]
 
 
 _SLOT_SHIM = """# cfh-wait-slot: take one of N lock files in DIR, then exec COMMAND (same pid)

@@ -28,6 +28,9 @@ Values are typed YAML (`1e-4` is a float). The symbol `L` (tokens per image of t
 is accepted for train.ar.steps and sample.ar_steps, so S_train = L reads the same on every
 dataset; `sample.order: train` samples each point in its own train.order (and block size).
 Command-line overrides (`cfh sweep GRID key=value`) extend `base`; they may not set an axis key.
+A hydra sweep on the command line (`train.lr=1e-4,3e-4`, `train.steps=range(100,301,100)`,
+`choice(...)`, `model=glob(*)`; parsed by hydra's override parser) is one more axis instead: an
+eval axis for sample.*/eval.* keys, else a train axis, crossed with the file's axes.
 Checkpoint-step eval points (`sample.ckpt: [500, 1000]`) must be multiples of train.ckpt_every
 (or train.steps); train.keep_checkpoints is raised to keep them.
 
@@ -42,6 +45,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,10 +61,11 @@ from harness.config import (
     find_config,
     group_options,
     parse_override,
+    parse_sweep,
     resolve_overrides,
     set_key,
 )
-from harness.executors import validate_profile, world_size
+from harness.profiles import validate_profile, world_size
 from harness.schema import num_tokens, validate_config
 from model.errors import UserError
 
@@ -263,6 +268,9 @@ class Grid:
     cluster: str
     resources: dict[str, Any]
     cli_overrides: list[str] = field(default_factory=list)
+    # command-line sweeps: extra axes crossed with every train (eval) point, include entries too
+    cli_axes: dict[str, list] = field(default_factory=dict)
+    cli_eval_axes: dict[str, list] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # harmless surprises, printed by sweep
 
     def error(self, where: str, message: str) -> UserError:
@@ -271,21 +279,21 @@ class Grid:
 
     def axis_keys(self) -> list[str]:
         """Train axis keys (seed last when seeds are given)."""
-        keys = self.train.axis_keys()
+        keys = self.train.axis_keys() + list(self.cli_axes)
         return keys + ["seed"] if self.seeds is not None and "seed" not in keys else keys
 
     def eval_axis_keys(self) -> list[str]:
         """Eval axis keys."""
-        return self.eval.axis_keys() if self.eval else []
+        return self.eval.axis_keys() + list(self.cli_eval_axes) if self.eval else []
 
     # ------------------------------------------------------------ expansion
 
     def train_values(self) -> Iterator[tuple[dict[str, Any], bool]]:
         """(axis values, from include) for every train point before seeds, exclusions applied."""
-        for combo in self.train.product():
+        for combo in _cross(list(self.train.product()), self.cli_axes):
             yield combo, False
-        for entry in self.train.include:
-            yield dict(entry), True
+        for entry in _cross([dict(e) for e in self.train.include], self.cli_axes):
+            yield entry, True
 
     def expand(self) -> list[TrainPoint]:
         """Every train point with its resolved config, signature and eval points; validated."""
@@ -358,8 +366,8 @@ class Grid:
         """The eval space's points as dicts of values (before per-run resolution)."""
         if self.eval is None:
             return []
-        combos = list(self.eval.product())
-        return combos + [dict(e) for e in self.eval.include]
+        combos = _cross(list(self.eval.product()), self.cli_eval_axes)
+        return combos + _cross([dict(e) for e in self.eval.include], self.cli_eval_axes)
 
     def _eval_points(
         self, cfg: dict, axes: dict[str, Any], combos: list[dict[str, Any]]
@@ -368,7 +376,8 @@ class Grid:
         if self.eval is None:
             return []
         L = num_tokens(_Dot(cfg))
-        n_product = len(combos) - len(self.eval.include)
+        n_include = len(self.eval.include) * math.prod(map(len, self.cli_eval_axes.values()))
+        n_product = len(combos) - n_include
         base_key = _eval_base_key(cfg)
         out: dict[str, EvalPoint] = {}
         for i, combo in enumerate(combos):
@@ -522,7 +531,7 @@ def _checked_eval_settings_cached(
     probe = plain_copy(_default_config())
     probe["data"], probe["sample"], probe["eval"] = data, sub["sample"], sub["eval"]
     probe["train"]["order_block"] = block
-    from model.evaluate import check_eval_extractor
+    from model.checks import check_eval_extractor  # torch-free (model.evaluate imports torch)
 
     try:
         validate_config(probe)
@@ -719,6 +728,12 @@ def parse_grid(raw: Any, path: Path, overrides: Sequence[str] = ()) -> Grid:
     return grid
 
 
+def _cross(combos: list[dict[str, Any]], axes: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combo crossed with the cartesian product of `axes` (the combos alone without)."""
+    extra = [dict(zip(axes, vals, strict=True)) for vals in itertools.product(*axes.values())]
+    return [{**c, **e} for c in combos for e in extra]
+
+
 def _err(path: Path, where: str, message: str) -> UserError:
     return UserError(f"grid {path}: {where}: {message}")
 
@@ -838,12 +853,15 @@ def _check_key(defaults: dict, where: str, key: str, is_eval: bool, err: Any) ->
 
 
 def _apply_cli(grid: Grid, overrides: Sequence[str]) -> None:
-    """Command-line overrides extend the grid's base (never an axis)."""
+    """Command-line overrides: a plain key=value extends the grid's base, a hydra sweep
+    (`a,b`, `range(...)`, `choice(...)`) is one more axis: an eval axis for sample.*/eval.*
+    keys, else a train axis."""
     axis_keys = set(grid.train.axis_keys()) | set(grid.eval_axis_keys())
     if grid.seeds is not None:
         axis_keys.add("seed")
     err = functools.partial(_err, grid.path)
-    parsed = [(text, *parse_override(text)) for text in overrides]
+    sweeps = {text: parse_sweep(text) for text in overrides}
+    parsed = [(text, *parse_override(text)) for text in overrides if sweeps[text] is None]
     for text, key, value in parsed:  # the profile first: cluster.* keys are checked against it
         if key == "cluster":
             if str(value) not in group_options("cluster"):
@@ -873,3 +891,29 @@ def _apply_cli(grid: Grid, overrides: Sequence[str]) -> None:
             _check_key(defaults, "command line", key, False, err)
             grid.train.base[key] = value
         grid.cli_overrides.append(text)
+    for text, sweep in sweeps.items():
+        if sweep is not None:
+            _add_cli_axis(grid, text, *sweep, axis_keys, defaults)
+
+
+def _add_cli_axis(
+    grid: Grid, text: str, key: str, values: list, axis_keys: set[str], defaults: dict
+) -> None:
+    """One command-line sweep as an extra axis, crossed with the grid's axes."""
+    err = functools.partial(_err, grid.path)
+    if key in axis_keys:
+        raise UserError(
+            f"{text!r}: {key} is already an axis of grid {grid.name} ({grid.path}); "
+            "edit the grid file to change its values"
+        )
+    if key == "cluster" or key.startswith("cluster."):
+        raise UserError(f"{text!r}: cluster keys set resources, not axes; give one value")
+    is_eval = key.startswith(EVAL_PREFIXES)
+    space = grid.eval if is_eval else grid.train
+    if space is None:
+        raise UserError(f"{text!r}: grid {grid.name} has no eval points (eval: false)")
+    space.base.pop(key, None)  # the sweep replaces the grid's single value
+    _check_key(defaults, "command line", key, is_eval, err)
+    (grid.cli_eval_axes if is_eval else grid.cli_axes)[key] = list(values)
+    axis_keys.add(key)
+    grid.cli_overrides.append(text)

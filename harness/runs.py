@@ -123,7 +123,7 @@ def config_delta(cfg: dict) -> dict[str, Any]:
 
 
 def _world_size(cluster: dict) -> int:
-    from harness.executors import world_size
+    from harness.profiles import world_size
 
     return world_size(cluster)
 

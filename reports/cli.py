@@ -19,6 +19,10 @@ from reports.check import (
 )
 from reports.results import ResultsWarning, check_name, load_results, set_size_cache
 
+KEYS = (
+    "Config keys: harness/configs/config.yaml; report contents: README.md (What the numbers mean)."
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `report` and `check` subcommands."""
@@ -27,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tables, plots and report.html for a grid",
         description="Write results.parquet/csv, paper-style tables (markdown, LaTeX), plots "
         "(PNG, SVG), report.md and a self-contained report.html into <root>/grids/GRID/report/.",
+        epilog="examples:\n  cfh report smoke\n"
+        "  cfh report smoke --root /scratch/cfh --out site/smoke\n"
+        "  cfh report                # every run under the root\n\n" + KEYS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("grid", nargs="?", help="grid name (default: every run under --root)")
     p.add_argument("--out", help="output folder (default: <root>/grids/GRID/report)")
@@ -38,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compare mean FID per (train setting, eval setting) with a baseline CSV. "
         "Regression: current mean above baseline by more than max(--abs-tol, --k x pooled seed "
         "std). Exit 0: nothing regressed; 1: a regression; 2: unusable input.",
+        epilog="examples:\n  cfh check smoke --abs-tol 60 --k 3\n"
+        "  cfh check smoke --baseline my.csv --update-baseline\n\n" + KEYS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("grid", help="grid name")
     c.add_argument("--baseline", help="baseline CSV (default: reports/baselines/GRID.csv)")

@@ -1,0 +1,249 @@
+"""The cfh command line: light imports, global options, --version, --cfg job, sweep syntax,
+subcommand help, extra sbatch options and the dry run's resources."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import COMMANDS, build_parser, command_in, main, version
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_imports_neither_torch_nor_pandas():
+    code = (
+        "import sys\n"
+        "from harness.cli import build_parser, main\n"
+        "build_parser()\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'pandas', 'numpy', 'submitit') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "HEAVY []" in out, out
+
+
+def test_status_and_dry_run_import_neither_torch_nor_pandas(tmp_path):
+    code = (
+        "import sys\n"
+        "from harness.cli import main\n"
+        f"assert main(['--root', {str(tmp_path)!r}, 'status', 'smoke']) == 0\n"
+        f"assert main(['sweep', 'smoke', '--dry-run', '--root', {str(tmp_path)!r}]) == 0\n"
+        "print('HEAVY', [m for m in ('torch', 'pandas') if m in sys.modules])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "HEAVY []" in out, out
+
+
+def test_static_table_matches_the_registered_commands():
+    sub = next(a for a in build_parser("*")._actions if a.dest == "command")
+    assert list(sub.choices) == list(COMMANDS)
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    assert helps == {name: text for name, (_, text) in COMMANDS.items()}
+
+
+def test_size_names_match_the_model_registry():
+    from model.checks import SIZE_NAMES
+    from model.network import SIZES
+
+    assert tuple(SIZES) == SIZE_NAMES
+
+
+def test_command_in_skips_global_options():
+    assert command_in(["--root", "status", "sweep", "x"]) == "sweep"
+    assert command_in(["--cfg", "job", "train", "a=1"]) == "train"
+    assert command_in(["--help"]) is None
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_root_before_or_after_the_subcommand(tmp_path, capsys, before):
+    root = ["--root", str(tmp_path / "r")]
+    argv = [*root, "status", "smoke"] if before else ["status", "smoke", *root]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "smoke: 3 missing" in out
+    code, out, _ = run(capsys, "sweep", "smoke", "--dry-run", *root)
+    assert f"root {tmp_path / 'r'}" in out
+
+
+def test_root_after_the_subcommand_wins(tmp_path, capsys):
+    code, out, _ = run(
+        capsys,
+        "--root",
+        str(tmp_path / "a"),
+        "sweep",
+        "smoke",
+        "--dry-run",
+        "--root",
+        str(tmp_path / "b"),
+    )
+    assert code == 0 and f"root {tmp_path / 'b'}" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out.strip()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert text == f"cfh {version()}" and f'version = "{version()}"' in pyproject
+
+
+def test_cfg_job_prints_the_validated_config_and_runs_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, _ = run(
+        capsys, "train", f"run_dir={run_dir}", "model=T", "train.steps=7", "--cfg", "job"
+    )
+    assert code == 0 and not run_dir.exists()
+    cfg = yaml.safe_load(out)
+    assert cfg["train"]["steps"] == 7 and cfg["model"]["name"] == "T"
+    code, _, err = run(capsys, "--cfg", "job", "train", "train.steps=-1")
+    assert code == 2 and "train.steps" in err
+    code, _, err = run(capsys, "status", "smoke", "--cfg", "job", "--root", str(tmp_path))
+    assert code == 2 and "composes no config" in err
+
+
+def test_sweep_cfg_job(tmp_path, capsys):
+    code, out, _ = run(
+        capsys, "sweep", "smoke", "train.lr=1e-4,3e-4", "--cfg", "job", "--root", str(tmp_path)
+    )
+    assert code == 0 and not (tmp_path / "grids").exists()
+    cfg = yaml.safe_load(out)
+    assert cfg["train"]["lr"] == 1e-4 and cfg["sample"]["ar_steps"] == 1
+    assert out.count("train.lr=") == 6 and "6 train points, 12 eval points" in out
+
+
+def test_hydra_sweep_overrides_are_extra_axes(tmp_path, capsys):
+    code, out, _ = run(
+        capsys,
+        "sweep",
+        "smoke",
+        "--dry-run",
+        "train.lr=1e-4,3e-4",
+        "sample.cfg=choice(1.0,2.0)",
+        "train.steps=40",
+        "--root",
+        str(tmp_path),
+    )
+    assert code == 0, out
+    assert "6 points" in out and "eval axes: sample.ar_steps, sample.cfg; 4 eval points" in out
+    header = next(line for line in out.splitlines() if line.startswith("signature"))
+    assert header.split()[1:6] == ["ar.mode", "ar.steps", "ar.decay", "lr", "seed"]
+    code, out, _ = run(capsys, "sweep", "smoke", "--dry-run", "train.steps=range(100,301,100)")
+    assert code == 0 and "9 points" in out
+
+
+def test_sweep_syntax_errors(tmp_path, capsys):
+    root = ["--root", str(tmp_path)]
+    code, _, err = run(capsys, "sweep", "smoke", "--dry-run", "sample.ar_steps=1,2", *root)
+    assert code == 2 and "already an axis" in err
+    code, _, err = run(capsys, "sweep", "smoke", "--dry-run", "train.lr=interval(0,1)", *root)
+    assert code == 2 and "interval" in err
+    code, _, err = run(capsys, "sweep", "smoke", "--dry-run", "cluster.nodes=1,2", *root)
+    assert code == 2 and "resources, not axes" in err
+    code, _, err = run(capsys, "train", "train.lr=1e-4,3e-4", "--cfg", "job")
+    assert code == 2 and "is a sweep" in err
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_subcommand_help_has_examples_and_the_key_list(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"cfh {command}" in out.split("examples:")[1]
+    assert "harness/configs/config.yaml" in out
+
+
+def test_dry_run_prints_each_arrays_sbatch_options(tmp_path, capsys):
+    extra = "cluster.slurm_additional_parameters"
+    code, out, _ = run(
+        capsys,
+        "sweep",
+        "smoke",
+        "--dry-run",
+        "cluster=slurm",
+        f"{extra}.gres=gpu:a100:1",
+        f"{extra}.reservation=r1",
+        f"{extra}.exclude='node[1-2]'",  # hydra needs the quotes around brackets
+        f"{extra}.mail_type=END",
+        "--root",
+        str(tmp_path),
+    )
+    assert code == 0, out
+    assert "array 1/1: 3 points, cluster slurm (slurm): nodes 1" in out
+    assert "mem 4 GB, time 60 min" in out
+    for opt in (
+        "--array=0-2%3",
+        "--gres=gpu:a100:1",
+        "--reservation=r1",
+        "--exclude='node[1-2]'",  # submitit shell-quotes it
+        "--mail-type=END",
+        "--time=60",
+        "--mem=4GB",
+        "--cpus-per-task=2",
+        "--job-name=cfh-smoke",
+    ):
+        assert f"  #SBATCH {opt}\n" in out
+    assert not (tmp_path / "submitit").exists()
+
+
+def test_local_dry_run_resources(tmp_path, capsys):
+    code, out, _ = run(capsys, "sweep", "smoke", "--dry-run", "--root", str(tmp_path))
+    assert code == 0
+    assert "array 1/1: 3 points, cluster local (local): nodes 1, tasks/node 1, gpus/node 0" in out
+    assert "#SBATCH" not in out
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"gres": ["a"]}, "expected a non-empty string or an int"),
+        ({"gres": True}, "expected a non-empty string or an int"),
+        ({"time": 5}, "set cluster.timeout_min instead"),
+        ({"job-name": "x"}, "cfh sets it itself"),
+        ("gres=x", "expected a mapping"),
+    ],
+)
+def test_slurm_additional_parameters_validation(value, message):
+    from harness.profiles import validate_profile
+    from model.errors import UserError
+
+    profile = {"name": "slurm", "backend": "slurm", "slurm_additional_parameters": value}
+    with pytest.raises(UserError, match=message):
+        validate_profile(profile)
+
+
+def test_slurm_additional_parameters_reach_submitit(tmp_path):
+    from harness.executors import slurm_parameters
+    from harness.profiles import validate_profile
+    from model.errors import UserError
+
+    extra = {"gres": "gpu:a100:1", "nodelist": "n1", "mail_type": "END"}
+    p = validate_profile(
+        {"name": "slurm", "backend": "slurm", "slurm_additional_parameters": extra}
+    )
+    assert slurm_parameters(p)["slurm_additional_parameters"] == extra
+    assert "slurm_additional_parameters" not in slurm_parameters(
+        validate_profile({"name": "slurm", "backend": "slurm"})
+    )
+    with pytest.raises(UserError, match="needs a slurm profile"):
+        validate_profile(
+            {"name": "local", "backend": "local", "slurm_additional_parameters": extra}
+        )
