@@ -162,11 +162,13 @@ def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -
     point = read_point(rdir)  # re-read: a sweep may have added eval points while we trained
     evals = read_status(rdir).get("evals")
     evals = dict(evals) if isinstance(evals, dict) else {}
+    steps = int(cfg["train"]["steps"])
     for e in point.get("evals", []):
         key = e.get("key")
         rec = evals.get(key)
-        if isinstance(rec, dict) and (rdir / str(rec.get("file", ""))).is_file():
-            continue  # done in an earlier attempt
+        done = isinstance(rec, dict) and (rdir / str(rec.get("file", ""))).is_file()
+        if done and rec.get("ckpt_step", steps) == steps:  # type: ignore[union-attr]
+            continue  # done in an earlier attempt (at this final checkpoint; --extend redoes)
         _leave_if_preempted()
         record = eval_fn(to_dictconfig(with_overrides(cfg, list(e.get("overrides", [])))))
         if not main:
@@ -177,6 +179,7 @@ def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -
             "file": str(path.relative_to(rdir)) if path.is_relative_to(rdir) else str(path),
             "fid": metrics.get("fid"),
             "s_eval": record.get("settings", {}).get("s_eval"),
+            "ckpt_step": record.get("ckpt_step"),
             "created": record.get("created"),
         }
         update_status(rdir, evals=evals)

@@ -201,8 +201,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """cfh sweep GRID [overrides] [--dry-run] [--retry] [--prune] [--wait]"""
     t0 = time.perf_counter()
     grid = load_grid(args.grid, args.overrides)
+    if getattr(args, "seeds", None):
+        grid.seeds = parse_seeds(args.seeds)
     points = grid.expand()
     root = args.root
+    extend = parse_extend(args.extend) if getattr(args, "extend", None) else None
     runs.check_grid_file(root, grid)
     if args.dry_run:
         _plan(grid, points, args)
@@ -210,7 +213,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("dry run: nothing submitted")
         return 0
     with runs.grid_lock(root, grid.name, "cfh sweep"):  # plan and submit as one step
-        todo, submitted = _plan_and_submit(grid, points, args)
+        todo, submitted = _plan_and_submit(grid, points, args, extend)
     local = points[0].config["cluster"]["backend"] == "local"
     if not todo:
         print("nothing to submit")
@@ -330,12 +333,77 @@ def _plan(grid: Grid, points: list[TrainPoint], args: argparse.Namespace) -> lis
     return decisions
 
 
+def parse_seeds(text: str) -> list[int]:
+    """--seeds 0,1,2 -> [0, 1, 2]; UserError naming the bad value."""
+    parts = [t.strip() for t in str(text).split(",")]
+    if not parts or not all(t.isdigit() for t in parts):
+        raise UserError(f"--seeds {text!r} is not allowed; expected integers >= 0 like 0,1,2")
+    return list(dict.fromkeys(int(t) for t in parts))
+
+
+def parse_extend(text: str) -> int:
+    """--extend train.steps=N -> N; the one key a run can be extended along."""
+    key, sep, value = str(text).partition("=")
+    if key.strip() != "train.steps" or not sep or not value.strip().isdigit():
+        raise UserError(
+            f"--extend {text!r} is not allowed; expected train.steps=N (N an integer >= 1)"
+        )
+    steps = int(value)
+    if steps < 1:
+        raise UserError(f"--extend train.steps={steps} is not allowed; expected N >= 1")
+    return steps
+
+
+def extend_runs(root: str, decisions: list[Decision], steps: int) -> list[Decision]:
+    """Raise train.steps to `steps` in the run folders of the grid's trained points and mark
+    them for submission: the job resumes training from the last checkpoint and redoes the evals
+    at the new final checkpoint. Running points are left alone (extend once they end); a run
+    already at `steps` or beyond is not shortened."""
+    from omegaconf import OmegaConf
+
+    from model.io import atomic_write_text
+
+    out = []
+    for d in decisions:
+        rdir = runs.run_dir(root, d.signature)
+        path = rdir / "config.yaml"
+        if d.point is None or not path.is_file() or d.state in ("running", "requeued"):
+            out.append(d)
+            continue
+        cfg = OmegaConf.load(path)
+        have = int(cfg.train.steps)
+        if have > steps:
+            raise UserError(
+                f"--extend train.steps={steps}: run {d.signature} already has train.steps={have};"
+                " a run is extended, never shortened"
+            )
+        if have < steps:
+            cfg.train.steps = steps
+            atomic_write_text(path, OmegaConf.to_yaml(cfg))
+        if have < steps or d.state != "completed" or not _extended_evals_done(rdir, steps):
+            d = Decision(d.signature, d.axes, d.state, "submit", f"extend to {steps}", d.point)
+        out.append(d)
+    return out
+
+
+def _extended_evals_done(rdir: Any, steps: int) -> bool:
+    """Whether every eval of status.json was made at checkpoint `steps`."""
+    from model.io import read_status
+
+    evals = read_status(rdir).get("evals") or {}
+    return all(isinstance(e, dict) and e.get("ckpt_step") == steps for e in evals.values())
+
+
 def _plan_and_submit(
-    grid: Grid, points: list[TrainPoint], args: argparse.Namespace
+    grid: Grid, points: list[TrainPoint], args: argparse.Namespace, extend: int | None = None
 ) -> tuple[list[TrainPoint], list[tuple[TrainPoint, Any]]]:
     """Plan, write the run folders and the plan, cancel/prune, submit (under the grid lock)."""
     root = args.root
     decisions = _plan(grid, points, args)
+    if extend is not None:
+        decisions = extend_runs(root, decisions, extend)
+        n = sum(d.reason.startswith("extend") for d in decisions)
+        print(f"extend: {n} runs continue to train.steps={extend}")
     todo = [d.point for d in decisions if d.action in ("submit", "retry") and d.point]
     for p in points:
         runs.write_run(root, grid.name, p)
@@ -514,6 +582,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--prune", action="store_true", help="cancel and unlink points removed from the grid"
     )
     p.add_argument("--wait", action="store_true", help="SLURM: block until the points end")
+    p.add_argument(
+        "--extend",
+        metavar="train.steps=N",
+        help="continue the grid's existing runs to N steps (same run folders, exact resume; "
+        "evals redone at the new final checkpoint) instead of starting new runs",
+    )
+    p.add_argument(
+        "--seeds",
+        metavar="0,1,2",
+        help="the seeds to cross with every train point, replacing the grid file's `seeds`",
+    )
     p.set_defaults(func=cmd_sweep, cfg_job=cfg_job)
     p = _parser(sub, "status", "one row per point of a grid: state, progress, FID", STATUS_EPILOG)
     p.add_argument("grid")

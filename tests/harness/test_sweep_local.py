@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.cli import main
 from harness.runs import read_submission
@@ -242,3 +243,47 @@ def test_a_damaged_status_json_is_one_damaged_row(swept, text, reason):
         assert "damaged; --retry resubmits it" in out, out
     finally:
         path.write_text(good)
+
+
+def _final(run_dir: Path) -> dict:
+    from model.checkpoint import checkpoint_paths, read_checkpoint
+
+    return read_checkpoint(checkpoint_paths(run_dir)[-1])
+
+
+def test_extend_continues_the_same_runs_and_redoes_their_evals(tmp_path):
+    os.environ.setdefault("CFH_CACHE", str(REPO / ".cache" / "cfh"))
+    grid = write_grid(tmp_path / "grow.yaml", GOOD[:1])
+    root = tmp_path / "out"
+    assert cfh("--root", str(root), "sweep", str(grid))[0] == 0
+    (sig,) = [p["signature"] for p in plan(root, "grow")["points"]]
+    run = root / "runs" / sig
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--extend", "train.steps=8")
+    assert code == 0 and "extend: 1 runs continue to train.steps=8" in out, out
+    assert [p["signature"] for p in plan(root, "grow")["points"]] == [sig]  # the same folder
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]  # resumed at 4, every step logged once
+    evals = read_status(run)["evals"]
+    assert len(evals) == 2 and all(e["ckpt_step"] == 8 for e in evals.values())
+    assert len(list((run / "eval").glob("*.json"))) == 4  # the step-4 records are kept
+    # exact resume: equal to the same point trained for 8 steps straight
+    assert cfh("--root", str(root), "sweep", str(grid), "train.steps=8")[0] == 0
+    straight = next(p["signature"] for p in plan(root, "grow")["points"])
+    a, b = _final(run), _final(root / "runs" / straight)
+    assert straight != sig and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # again: nothing to do; shortening is refused
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--extend", "train.steps=8")
+    assert "nothing to submit" in out, out
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--extend", "train.steps=6")
+    assert code == 2 and "never shortened" in out
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--extend", "train.lr=2")
+    assert code == 2 and "expected train.steps=N" in out
+
+
+def test_seeds_from_the_command_line_add_points(tmp_path):
+    grid = write_grid(tmp_path / "seeded.yaml", GOOD[:1])
+    root = tmp_path / "out"
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--seeds", "0,1", "--dry-run")
+    assert code == 0 and "2 points" in out, out
+    code, out = cfh("--root", str(root), "sweep", str(grid), "--seeds", "0,x", "--dry-run")
+    assert code == 2 and "--seeds" in out
