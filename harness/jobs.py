@@ -8,15 +8,17 @@ another grid make the run incomplete again, and the next `cfh sweep` submits it 
 
 status.json fields written here (merged with the trainer's): state (running, completed, failed),
 phase (train, eval, done), attempts (one per job start, requeues included), job_id, log (the
-job's stderr file), error (first line of the exception), evals ({eval key: {"file", "fid",
-"s_eval"}}). In a multi-task job every rank trains (DDP) and draws its share of each eval
-point's samples; rank 0 writes status, gathers the samples and scores them. The first rank to
-fail writes the error (`rank R/W: Type: message`).
+run's log.txt: training, sampling and evaluation lines, and a failure's traceback), job_log (the
+job's stderr file, when submitit runs it), error (first line of the exception), evals ({eval
+key: {"file", "fid", "s_eval"}}). In a multi-task job every rank trains (DDP) and draws its
+share of each eval point's samples; rank 0 writes status, gathers the samples and scores them.
+The first rank to fail writes the error (`rank R/W: Type: message`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -31,6 +33,9 @@ from harness.runs import read_point
 from harness.schema import validate_config
 from model.distributed import barrier, dist_info, init_distributed
 from model.io import now_iso, read_status, record_failure, update_status
+from model.progress import run_log
+
+log = logging.getLogger("cfh.jobs")
 
 TrainFn = Callable[[DictConfig], Any]
 EvalFn = Callable[[DictConfig], dict]
@@ -108,8 +113,8 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
     export_distributed_env()
     info = dist_info()
     main = info.is_main
-    job_id, log_path = job_env()
-    log_path = log_path or str(rdir / "log.txt")
+    job_id, job_log = job_env()
+    log_path = str(rdir.absolute() / "log.txt")  # what the trainer and evaluation write
     if main:
         old = read_status(rdir)
         update_status(
@@ -119,6 +124,7 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
             attempts=int(old.get("attempts", 0)) + 1,
             job_id=job_id,
             log=log_path,
+            job_log=job_log,
             error=None,
             # a retry after failed/cancelled starts the clock again; a requeue does not
             started=old.get("started")
@@ -148,6 +154,8 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
     except Exception as e:
         record_failure(rdir, e, info.rank, info.world, phase=phase, log=log_path)
         traceback.print_exc(file=sys.stderr)
+        with run_log(log_path, enabled=main):  # the traceback beside the lines that led to it
+            log.error("failed in phase %s", phase, exc_info=True)
         raise
     status = update_status(rdir, state="completed", phase="done", error=None)
     return {"run_dir": str(rdir), "evals": done, "attempts": status.get("attempts")}

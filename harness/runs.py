@@ -44,6 +44,7 @@ NON_RESULT_KEYS = (
     "eval",
     "cluster",
     "train.log_every",
+    "train.loggers",  # where metrics go, not what they are
     "train.num_workers",
     "train.ckpt_every",
     "train.keep_checkpoints",

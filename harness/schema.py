@@ -43,6 +43,7 @@ POS_EMBEDS = ("sincos", "learned")
 BENCH_MEASURES = ("train", "sample", "extract")
 BENCH_CLOCKS = ("wall", "cpu")
 NUM_DIFFUSION_STEPS = 1000
+LOGGERS = ("jsonl", "tensorboard")  # model.loggers.LOGGERS
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ SCHEMA: dict[str, Spec] = {
     "train.ckpt_every": integer(1),
     "train.keep_checkpoints": integer(1),
     "train.log_every": integer(1),
+    "train.loggers": subset(LOGGERS),  # jsonl must be one of them (_cross_checks)
     "train.num_workers": integer(0),
     "train.device": choice(*DEVICES),
     "train.dist_timeout_s": number(0, lo_open=True),
@@ -300,6 +302,11 @@ def _cross_checks(cfg: _Attr) -> None:
     if cfg.model.name not in SIZE_NAMES:
         allowed = ", ".join(SIZE_NAMES)
         raise UserError(f"model={cfg.model.name!r} is not allowed; choose one of: {allowed}")
+    if "jsonl" not in cfg.train.loggers:  # metrics.jsonl is what resume, status, reports read
+        raise UserError(
+            f"train.loggers={list(cfg.train.loggers)!r} is not allowed; it must hold jsonl "
+            "(e.g. [jsonl,tensorboard])"
+        )
     d = cfg.data
     if d.root == "???":
         raise UserError(f"data.root is required for data={d.name} (a folder path)")

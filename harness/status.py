@@ -12,6 +12,7 @@ the job died without writing (killed, out of memory, node failure: failed; scanc
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Row:
     error: str | None = None
     log: str | None = None
     phase: str | None = None
+    fids: dict[str, float] = field(default_factory=dict)  # eval label (fid@S4, ...) -> FID
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,10 +121,27 @@ def _by_status(status: dict, sched: str | None) -> str:
     return "missing"
 
 
+def eval_label(s_eval: Any, values: dict | None = None) -> str:
+    """An FID column's name: fid@S<S_eval>, plus the eval axes other than S_eval (cfg=1.5)."""
+    label = f"fid@S{s_eval}" if s_eval is not None else "fid"
+    others = [
+        f"{short_key(k)}={_fmt(v)}" for k, v in (values or {}).items() if k != "sample.ar_steps"
+    ]
+    return ",".join([label, *others])
+
+
 def row_for(
-    sig: str, axes: dict, eval_keys: Sequence[str], root: str | os.PathLike, sched: dict
+    sig: str,
+    axes: dict,
+    eval_keys: Sequence[str],
+    root: str | os.PathLike,
+    sched: dict,
+    eval_values: dict[str, dict] | None = None,
 ) -> Row:
-    """The status row of one point (state, progress, latest FID, elapsed)."""
+    """The status row of one point (state, phase, progress, FID per eval setting, elapsed).
+
+    `eval_values`: {eval key: the eval axis values of that point}, which label its FID.
+    """
     rdir = run_dir(root, sig)
     status, problem = load_status(rdir)
     sub = read_submission(rdir)
@@ -145,6 +164,11 @@ def row_for(
     evals_missing = state == "pending" and status.get("state") == "completed" and last_job_wrote
     mine = [evals[k] for k in eval_keys if isinstance(evals.get(k), dict)]
     scored = [r for r in mine if r.get("fid") is not None]  # caption evals have no FID
+    fids = {
+        eval_label(evals[k].get("s_eval"), (eval_values or {}).get(k)): evals[k]["fid"]
+        for k in eval_keys
+        if isinstance(evals.get(k), dict) and evals[k].get("fid") is not None
+    }
     latest = max(scored, key=lambda r: str(r.get("created") or ""), default={})
     error, log = status.get("error"), status.get("log")
     if state == "failed" and not error:
@@ -165,6 +189,7 @@ def row_for(
         error=error if state == "failed" else None,
         log=log if state == "failed" else None,
         phase=status.get("phase"),
+        fids=fids,
         extra={"evals_missing": evals_missing},
     )
 
@@ -195,7 +220,12 @@ def collect(root: str | os.PathLike, plan: dict) -> list[Row]:
     sched = scheduler_states(jobs) if jobs else {}
     return [
         row_for(
-            p["signature"], p.get("axes", {}), [e["key"] for e in p.get("evals", [])], root, sched
+            p["signature"],
+            p.get("axes", {}),
+            [e["key"] for e in p.get("evals", [])],
+            root,
+            sched,
+            {e["key"]: e.get("values", {}) for e in p.get("evals", [])},
         )
         for p in points
     ]
@@ -227,16 +257,32 @@ def short_key(key: str) -> str:
     return key
 
 
+def fid_columns(rows: Sequence[Row]) -> list[str]:
+    """The FID column names of a table: every eval label of the rows, in S_eval order."""
+    labels = {label for r in rows for label in r.fids}
+
+    def order(label: str) -> tuple[int, str]:
+        head = label.split(",")[0].removeprefix("fid@S")
+        return (int(head) if head.isdigit() else -1, label)
+
+    return sorted(labels, key=order) or ["fid"]
+
+
 def render(rows: Sequence[Row], axis_keys: Sequence[str]) -> str:
-    """A plain-text table, one row per point; failed rows get their error and log below."""
-    header = ["signature", *map(short_key, axis_keys), "state", "job", "att", "step", "loss"]
-    header += ["fid", "evals", "elapsed"]
+    """A plain-text table, one row per point; failed rows get their error and log below.
+
+    One FID column per eval setting the points have records of (fid@S1, fid@S4, ...).
+    """
+    fid_cols = fid_columns(rows)
+    header = ["signature", *map(short_key, axis_keys), "state", "phase", "job", "att", "step"]
+    header += ["loss", *fid_cols, "evals", "elapsed"]
     lines: list[list[str]] = []
     notes: dict[int, str] = {}
     for r in rows:
         step = f"{_fmt(r.step)}/{_fmt(r.total_steps)}" if r.total_steps else _fmt(r.step)
-        cells = [r.signature, *(_fmt(r.axes.get(k)) for k in axis_keys), r.state]
-        cells += [_fmt(r.job_id), _fmt(r.attempts), step, _fmt(r.loss, "loss"), _fmt(r.fid, "fid")]
+        cells = [r.signature, *(_fmt(r.axes.get(k)) for k in axis_keys), r.state, _fmt(r.phase)]
+        cells += [_fmt(r.job_id), _fmt(r.attempts), step, _fmt(r.loss, "loss")]
+        cells += [_fmt(r.fids.get(c), "fid") for c in fid_cols]
         cells += [f"{r.evals_done}/{r.evals_total}", _fmt(r.elapsed_s, "time")]
         if r.state == "failed":
             notes[len(lines)] = f"  ^ {r.error or 'failed'} (log: {r.log or '-'})"
@@ -258,3 +304,77 @@ def summary(rows: Sequence[Row]) -> str:
     """`3 completed, 1 failed` in STATES order."""
     counts = {s: sum(r.state == s for r in rows) for s in STATES}
     return ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no points"
+
+
+# ---------------------------------------------------------------- progress while waiting
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def train_rate(
+    rdir: str | os.PathLike, window: int = 20, tail_bytes: int = 1 << 16
+) -> float | None:
+    """Training steps per second from the last metrics.jsonl rows of the current attempt.
+
+    Rows of one process have growing wall_s; a resume starts wall_s again, so the rate uses only
+    the rows after the last restart (at most `window` of them). None with fewer than two rows.
+    """
+    path = Path(rdir) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail_bytes))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    if size > tail_bytes:
+        lines = lines[1:]  # the first line of the tail may be cut
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and _number(row.get("step")) and _number(row.get("wall_s")):
+            rows.append(row)
+    if not rows:
+        return None
+    run = [rows[-1]]
+    for row in reversed(rows[:-1]):
+        if row["wall_s"] >= run[0]["wall_s"] or row["step"] >= run[0]["step"] or len(run) > window:
+            break
+        run.insert(0, row)
+    seconds = run[-1]["wall_s"] - run[0]["wall_s"]
+    steps = run[-1]["step"] - run[0]["step"]
+    return steps / seconds if seconds > 0 and steps > 0 else None
+
+
+def progress_lines(rows: Sequence[Row], rates: dict[str, float | None]) -> list[str]:
+    """One aligned line per active point: signature, state, phase, step/total, rate, ETA.
+
+    `rates`: training steps per second by signature (train_rate, or None when unknown). In the
+    eval phase the line shows the eval points done instead of a training ETA.
+    """
+    from tqdm import tqdm
+
+    table = []
+    for r in rows:
+        if r.state not in ACTIVE:
+            continue
+        step = f"{_fmt(r.step)}/{_fmt(r.total_steps)}" if r.total_steps else _fmt(r.step)
+        rate = rates.get(r.signature)
+        if r.phase == "eval":
+            eta = f"evals {r.evals_done}/{r.evals_total}"
+        elif rate and r.total_steps and r.step is not None and r.state == "running":
+            left = max(r.total_steps - r.step, 0) / rate
+            eta = f"{rate:.3g} step/s, ETA {tqdm.format_interval(left)}"
+        else:
+            eta = "ETA -"
+        table.append([r.signature, r.state, _fmt(r.phase), f"step {step}", eta])
+    if not table:
+        return []
+    widths = [max(len(c[i]) for c in table) for i in range(len(table[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+            for cells in table]  # fmt: skip

@@ -28,7 +28,18 @@ from typing import Any
 from harness import runs
 from harness.config import parse_override, resolve_overrides
 from harness.grid import Grid, TrainPoint, format_value, get_value, load_grid
-from harness.status import ACTIVE, FAILING, collect, render, row_for, short_key, summary
+from harness.status import (
+    ACTIVE,
+    FAILING,
+    Row,
+    collect,
+    progress_lines,
+    render,
+    row_for,
+    short_key,
+    summary,
+    train_rate,
+)
 from model.errors import UserError
 from model.io import now_iso
 
@@ -162,12 +173,28 @@ def submit(points: Sequence[TrainPoint], grid: Grid, root: str) -> list[tuple[Tr
     return out
 
 
-def wait_local(root: str, submitted: Sequence[tuple[TrainPoint, Any]]) -> None:
-    """Block until the local jobs end, printing one line per finished point."""
+def print_progress(root: str, rows: Sequence[Row]) -> None:
+    """`HH:MM:SS` and one line per active point (state, phase, step/total, ETA)."""
+    rates = {r.signature: train_rate(runs.run_dir(root, r.signature)) for r in rows}
+    lines = progress_lines(rows, rates)
+    if lines:
+        print(f"{time.strftime('%H:%M:%S')} {len(lines)} active:", flush=True)
+        print("\n".join(f"  {line}" for line in lines), flush=True)
+
+
+def wait_local(root: str, submitted: Sequence[tuple[TrainPoint, Any]], every: float = 60) -> None:
+    """Block until the local jobs end, printing one line per finished point and, every `every`
+    seconds, one line per running point."""
     pending = list(submitted)
     total = len(pending)
+    last = time.monotonic()
     while pending:
         time.sleep(0.5)
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            rows = [row_for(p.signature, p.axes, [e.key for e in p.evals], root, {})
+                    for p, _ in pending]  # fmt: skip
+            print_progress(root, rows)
         for item in [x for x in pending if x[1].done()]:
             pending.remove(item)
             p = item[0]
@@ -212,20 +239,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(resources_text(grid, points, root))
         print("dry run: nothing submitted")
         return 0
+    every = float(getattr(args, "every", 60.0))
+    if not every > 0:
+        raise UserError(f"--every {every:g} must be a number of seconds > 0")
     with runs.grid_lock(root, grid.name, "cfh sweep"):  # plan and submit as one step
         todo, submitted = _plan_and_submit(grid, points, args, extend)
     local = points[0].config["cluster"]["backend"] == "local"
     if not todo:
         print("nothing to submit")
         if args.wait and not local:
-            _wait(root, grid.name)
+            _wait(root, grid.name, every)
         return _print_status(root, grid.name) if local or args.wait else 0
     ids = [str(job.job_id) for _, job in submitted]
     if local:
         parallel = todo[0].config["cluster"].get("parallelism", 1)
         print(f"running {len(todo)} points here, {parallel} at a time (jobs {_compress(ids)})")
         try:
-            wait_local(root, submitted)
+            wait_local(root, submitted, every)
         except KeyboardInterrupt:
             cancel_points(root, [p.signature for p, job in submitted if not job.done()])
             print(
@@ -237,7 +267,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _print_status(root, grid.name)
     print(f"submitted {len(ids)} jobs: {_compress(ids)}")
     if args.wait:
-        _wait(root, grid.name)
+        _wait(root, grid.name, every)
         return _print_status(root, grid.name)
     print(f"watch with: cfh --root {root} status {grid.name} --watch")
     return 0
@@ -456,13 +486,18 @@ def _print_status(root: str, name: str) -> int:
     return 1 if any(r.state in FAILING for r in rows) else 0
 
 
-def _wait(root: str, name: str, poll_s: float = 5.0) -> None:
-    """Block until no point of the grid is pending, running or requeued."""
+def _wait(root: str, name: str, every: float = 60.0, poll_s: float = 5.0) -> None:
+    """Block until no point of the grid is pending, running or requeued; every `every` seconds
+    print one line per active point (print_progress)."""
+    last = None
     while True:
         rows = collect(root, _plan_or_grid(root, name))
         if not any(r.state in ACTIVE for r in rows):
             return
-        time.sleep(poll_s)
+        if last is None or time.monotonic() - last >= every:
+            last = time.monotonic()
+            print_progress(root, rows)
+        time.sleep(min(poll_s, every))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -592,6 +627,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seeds",
         metavar="0,1,2",
         help="the seeds to cross with every train point, replacing the grid file's `seeds`",
+    )
+    p.add_argument(
+        "--every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="while waiting, one line per active point every SECONDS (default 60)",
     )
     p.set_defaults(func=cmd_sweep, cfg_job=cfg_job)
     p = _parser(sub, "status", "one row per point of a grid: state, progress, FID", STATUS_EPILOG)

@@ -549,7 +549,7 @@ def task_samples(
     Labels are the inputs' own classes, or for swap each input's new class (y + 1 + i % (K-1)),
     so the classifier's class_acc scores the swap.
     """
-    from model.inference import decode_to_pixels, to_uint8
+    from model.inference import decode_to_pixels, sample_progress, to_uint8
 
     task, split = str(cfg.eval.task), str(cfg.eval.split)
     if task not in TASKS:
@@ -564,6 +564,7 @@ def task_samples(
     chunks, labels, sizes = [], [], []
     bs = int(cfg.sample.batch_size)
     t0 = time.perf_counter()
+    bar = sample_progress(len(index))
     for start in range(0, len(index), bs):
         idx = index[start : start + bs]
         x, y = _gather(ds, idx % len(ds))  # more samples than images: the split again, new noise
@@ -584,6 +585,8 @@ def task_samples(
         )
         chunks.append(decode_to_pixels(out, train_cfg))
         labels.append(y)
+        bar.update(len(idx))
+    bar.close()
     seconds = time.perf_counter() - t0
     details = {
         "region": TASK_REGIONS[task],

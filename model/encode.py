@@ -35,8 +35,9 @@ from model.data import build_dataset, cfg_get, read_latent_meta
 from model.errors import UserError
 from model.io import atomic_write_bytes, atomic_write_json, now_iso
 from model.noise import SampleNoise
+from model.progress import Progress
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cfh.encode")
 
 IMAGE_SOURCES = ("digits", "mnist", "imagefolder")
 DTYPES = ("float16", "float32")
@@ -156,6 +157,7 @@ def encode_dataset(
         os.close(fd)
         tmps.append(Path(tmp_name))
     labels, written, maps = [], 0, []
+    bar = Progress(len(ds), f"encode ({split})", log, unit="img")
     try:
         for x, y in _batches(ds, batch_size, num_workers):
             x = _to_vae_input(x.to(device, torch.float32), vae)
@@ -168,7 +170,8 @@ def encode_dataset(
                 maps[k][written : written + len(z)] = z
             written += len(x)
             labels.append(y.cpu().numpy().astype(np.int64))
-            log.info("encoded %d/%d images", written, len(ds))
+            bar.update(len(x))
+        bar.close()
         shape = maps[0].shape
         for mm in maps:
             mm.flush()

@@ -36,10 +36,16 @@ from model.io import atomic_write_bytes, atomic_write_json, now_iso
 from model.joint_data import is_caption_data, saved_tokenizer
 from model.network import CausalFusion
 from model.noise import SampleNoise
+from model.progress import Progress, run_log
 from model.sampling import sample as sample_images
 from model.train import model_from_config
 
 log = logging.getLogger("cfh.inference")
+
+
+def sample_progress(count: int) -> Progress:
+    """Progress of this rank's samples (rank 0 reports; the shares are equal to within one)."""
+    return Progress(count, "sample", "cfh.sample", unit="img", enabled=dist_info().is_main)
 
 
 def settings_hash(settings: dict) -> str:
@@ -186,11 +192,17 @@ def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict | No
     indices into `shards/`; rank 0 waits for every share, writes samples.npz and returns its
     metadata, the other ranks return None as soon as their share is written. Sample i's noise
     comes from its own stream (model.noise), so the samples do not depend on the number of
-    ranks or on sample.batch_size; a share written by an interrupted job is reused.
+    ranks or on sample.batch_size; a share written by an interrupted job is reused. Rank 0's
+    log lines (progress included) go to the run's log.txt.
     """
+    run_dir = _run_dir(cfg)
+    with run_log(run_dir / "log.txt", enabled=dist_info().is_main):
+        return _sample_run(cfg, run_dir, device)
+
+
+def _sample_run(cfg: DictConfig, run_dir: Path, device: torch.device | None) -> dict | None:
     info = dist_info()
     device = device or _default_device(info)
-    run_dir = _run_dir(cfg)
     net, step, train_cfg = load_trained(cfg, device)
     settings = sample_settings(cfg, step, is_caption_data(train_cfg.data))
     out_dir = run_dir / "samples" / settings_hash(settings)
@@ -320,10 +332,12 @@ def _generate_samples(
     chunks = []
     bs = int(cfg.sample.batch_size)
     t0 = time.perf_counter()
-    for start in range(indices.start, indices.stop, bs):
-        batch = range(start, min(start + bs, indices.stop))
-        y = labels[batch.start : batch.stop].to(device)
-        chunks.append(_sample_batch(net, sampler, cfg, train_cfg, y, list(batch)))
+    with sample_progress(len(indices)) as bar:
+        for start in range(indices.start, indices.stop, bs):
+            batch = range(start, min(start + bs, indices.stop))
+            y = labels[batch.start : batch.stop].to(device)
+            chunks.append(_sample_batch(net, sampler, cfg, train_cfg, y, list(batch)))
+            bar.update(len(batch))
     seconds = time.perf_counter() - t0
     mine = labels[indices.start : indices.stop]
     return to_uint8(torch.cat(chunks)), mine.numpy(), seconds, {}
@@ -356,15 +370,17 @@ def _text_to_image_samples(
     out: dict[int, torch.Tensor] = {}
     bs = int(cfg.sample.batch_size)
     t0 = time.perf_counter()
-    for length in sorted({int(lengths[i]) for i in mine}):
-        same = [i for i in mine if int(lengths[i]) == length]
-        for start in range(0, len(same), bs):
-            batch = same[start : start + bs]
-            y = torch.full((len(batch),), null, dtype=torch.long, device=device)
-            text = tokens[batch, :length].to(device)
-            x = _sample_batch(net, sampler, cfg, train_cfg, y, batch, text)
-            for i, img in zip(batch, x, strict=True):
-                out[i] = img
+    with sample_progress(len(mine)) as bar:
+        for length in sorted({int(lengths[i]) for i in mine}):
+            same = [i for i in mine if int(lengths[i]) == length]
+            for start in range(0, len(same), bs):
+                batch = same[start : start + bs]
+                y = torch.full((len(batch),), null, dtype=torch.long, device=device)
+                text = tokens[batch, :length].to(device)
+                x = _sample_batch(net, sampler, cfg, train_cfg, y, batch, text)
+                for i, img in zip(batch, x, strict=True):
+                    out[i] = img
+                bar.update(len(batch))
     seconds = time.perf_counter() - t0
     images = torch.stack([out[i] for i in mine])
     details = {"prompts": prompts[:8]}
@@ -419,10 +435,26 @@ def load_samples(sample_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
-    """Sample (or reuse samples) and score them; write and return run_dir/eval/<hash>.json."""
+    """Sample (or reuse samples) and score them; write and return run_dir/eval/<hash>.json.
+
+    Rank 0's log lines go to the run's log.txt; a new record's metrics also go to TensorBoard
+    when the run was trained with train.loggers holding tensorboard (model.loggers).
+    """
+    run_dir = _run_dir(cfg)
+    with run_log(run_dir / "log.txt", enabled=dist_info().is_main):
+        record, new = _evaluate_run(cfg, run_dir, device)
+        if new and record.get("path"):
+            from model.loggers import log_eval_record
+
+            log_eval_record(run_dir, OmegaConf.load(run_dir / "config.yaml"), record)
+            log.info("wrote eval record %s", record["path"])
+    return record
+
+
+def _evaluate_run(cfg: DictConfig, run_dir: Path, device: torch.device | None) -> tuple[dict, bool]:
+    """(the eval record, whether it was written now)."""
     from model.metrics import compute_metrics
 
-    run_dir = _run_dir(cfg)
     step = step_of(resolve_checkpoint(run_dir, cfg.sample.ckpt))
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     if cfg.eval.task == "caption":
@@ -434,10 +466,10 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     path = run_dir / "eval" / f"{settings_hash(settings)}.json"
     if path.exists():
         record = json.loads(path.read_text())
-        return {**record, "path": str(path)}
+        return {**record, "path": str(path)}, False
     drawn = sample_run(cfg, device)
     if drawn is None:  # not rank 0: this rank's share of the samples is written, rank 0 scores
-        return {"path": None, "rank": dist_info().rank}
+        return {"path": None, "rank": dist_info().rank}, False
     images, labels = load_samples(drawn["dir"])
     metrics = compute_metrics(
         images,
@@ -461,12 +493,12 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
         "created": now_iso(),
     }
     atomic_write_json(path, record)
-    return {**record, "path": str(path)}
+    return {**record, "path": str(path)}, True
 
 
 def _evaluate_captions(
     cfg: DictConfig, run_dir: Path, step: int, device: torch.device | None
-) -> dict:
+) -> tuple[dict, bool]:
     """eval.task=caption: the eval record of captions of the eval split (model.captioning)."""
     from model.captioning import caption_metrics_of_run, caption_settings, write_caption_record
 
@@ -479,10 +511,10 @@ def _evaluate_captions(
     }
     path = run_dir / "eval" / f"{settings_hash(settings)}.json"
     if path.exists():
-        return {**json.loads(path.read_text()), "path": str(path)}
+        return {**json.loads(path.read_text()), "path": str(path)}, False
     if not dist_info().is_main:  # captions are cheap: rank 0 alone
-        return {"path": None, "rank": dist_info().rank}
+        return {"path": None, "rank": dist_info().rank}, False
     device = device or _default_device(dist_info())
     net, _, train_cfg = load_trained(cfg, device)
     metrics, examples = caption_metrics_of_run(net, train_cfg, cfg, run_dir, device)
-    return write_caption_record(path, settings, metrics, step, examples)
+    return write_caption_record(path, settings, metrics, step, examples), True

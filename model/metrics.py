@@ -44,8 +44,9 @@ from model.evaluate import (
     single_thread,
 )
 from model.io import atomic_torch_save, atomic_write_bytes
+from model.progress import Progress
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cfh.extract")
 
 FEATURE_LAYER = {"classifier": "feat", "inception": "2048"}
 PRC_SEED = 0  # the reference subset that precision/recall compare with
@@ -91,20 +92,37 @@ def as_uint8_nhwc(images: Any) -> torch.Tensor:
     return t.cpu()
 
 
-def extract_features(dataset: Dataset, extractor: str, weights: Path, batch_size: int = 64):
-    """(N, D) float32 features of a uint8 (C, H, W) dataset (torch-fidelity's extractor)."""
-    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+def extract_features(
+    dataset: Dataset, extractor: str, weights: Path, batch_size: int = 64, what: str = "samples"
+) -> torch.Tensor:
+    """(N, D) float32 features of a uint8 (C, H, W) dataset (torch-fidelity's extractor).
+
+    The loop is torch-fidelity's get_featuresdict_from_dataset (same loader, batches and
+    extractor calls, so the same features) with cfh's progress per batch (`what` names the set).
+    """
+    from torch.utils.data import DataLoader
+    from torch_fidelity.utils import create_feature_extractor
 
     layer = FEATURE_LAYER[extractor]
     name = INCEPTION_FE if extractor == "inception" else "cfh-classifier"
     cuda = torch.cuda.is_available()
     threads = single_thread() if extractor == "classifier" else contextlib.nullcontext()
-    with threads:
+    batch_size = min(batch_size, len(dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, drop_last=False, pin_memory=cuda)
+    parts = []
+    with threads, torch.no_grad():
         fe = create_feature_extractor(
             name, [layer], cuda=cuda, feature_extractor_weights_path=str(weights), verbose=False
         )
-        feats = get_featuresdict_from_dataset(dataset, fe, batch_size, cuda, True, False)
-    return feats[layer].to(torch.float32)
+        desc = f"features ({what}, {extractor})"
+        with Progress(len(dataset), desc, "cfh.extract", unit="img") as bar:
+            for batch in loader:
+                if cuda:
+                    batch = batch.cuda(non_blocking=True)
+                out = fe.convert_features_tuple_to_dict(fe(batch))
+                parts.append(out[layer].cpu())
+                bar.update(len(batch))
+    return torch.cat(parts).to(torch.float32)
 
 
 def statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
@@ -178,7 +196,8 @@ def reference_features(
     if path.exists():
         return torch.load(path, weights_only=True)
     log.info("extracting %s features of %d reference images (%s)", extractor, len(ref), split)
-    feats = extract_features(Rgb(ref) if extractor == "inception" else ref, extractor, weights)
+    data = Rgb(ref) if extractor == "inception" else ref
+    feats = extract_features(data, extractor, weights, what=f"reference {split}")
     atomic_torch_save(path, feats)
     return feats
 
@@ -268,7 +287,9 @@ def compute_metrics(
         ref_feats = None
         if ref["images"] is not None:
             ref_imgs = as_uint8_nhwc(ref["images"])
-            ref_feats = extract_features(Images(ref_imgs, rgb), extractor, weights)
+            ref_feats = extract_features(
+                Images(ref_imgs, rgb), extractor, weights, what="reference file"
+            )
         out["num_reference"] = int(ref["meta"].get("num", 0)) or None
     else:
         ref_feats = reference_features(

@@ -20,6 +20,7 @@ _STATUS_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "phase": ((str,), "a string"),
     "job_id": ((str, int), "a job id"),
     "log": ((str,), "a path"),
+    "job_log": ((str,), "a path"),
     "error": ((str,), "a string"),
     "step": ((int,), "an integer >= 0"),
     "total_steps": ((int,), "an integer >= 0"),

@@ -10,13 +10,13 @@ the job), or exit with code 124. A resume needs the world size the checkpoint wa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,14 +49,15 @@ from model.distributed import (
 )
 from model.errors import UserError
 from model.io import (
-    append_jsonl,
     atomic_write_text,
     cut_jsonl,
     record_failure,
     update_status,
 )
+from model.loggers import TrainLoggers
 from model.network import CausalFusion, build_model, count_params, train_flops_per_image
 from model.perf import matmul_peak_flops, mfu, peak_memory_mb
+from model.progress import Progress, run_log
 
 log = logging.getLogger("cfh.train")
 
@@ -72,6 +73,7 @@ RESUMABLE_KEYS = (
     "train.dist_timeout_s",
     "train.compile",
     "train.grad_checkpointing",
+    "train.loggers",
     "sample",
     "eval",
     "cluster",
@@ -240,26 +242,19 @@ def train(cfg: DictConfig) -> dict:
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        _attach_log_file(run_dir / "log.txt")
-        update_status(run_dir, state="running", phase="train", error=None)
-    barrier(info)  # the folder exists and an earlier failure is cleared before any rank works
-    try:
-        return _train(cfg, run_dir, info, device)
-    except Exception as e:
-        # the first rank to fail names the cause; the others then fail on its missing collectives
-        record_failure(run_dir, e, info.rank, info.world)
-        if isinstance(e, TrainingFailed):
-            log.error("%s", e)
-        raise
-
-
-def _attach_log_file(path: Path) -> None:
-    if any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in log.handlers):
-        return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    with run_log(run_dir / "log.txt", enabled=info.is_main):  # rank 0 writes the run's log
+        if info.is_main:
+            update_status(run_dir, state="running", phase="train", error=None)
+        barrier(info)  # the folder exists and an earlier failure is cleared before any rank works
+        try:
+            return _train(cfg, run_dir, info, device)
+        except Exception as e:
+            # the first rank to fail names the cause; the others then fail on its missing
+            # collectives
+            record_failure(run_dir, e, info.rank, info.world)
+            if isinstance(e, TrainingFailed):
+                log.error("%s", e)
+            raise
 
 
 def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device) -> dict:
@@ -360,13 +355,15 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
         barrier(info)
 
     window = _Window()
-    bar = _progress(step, int(t_cfg.steps), info)
+    bar = Progress(int(t_cfg.steps), "train", log, unit="step", initial=step, enabled=info.is_main)
+    sinks = TrainLoggers(run_dir, t_cfg.loggers, resume_step=step, enabled=info.is_main)
     t_start = time.perf_counter()
-    with _SignalCatcher() as signals:
+    with _SignalCatcher() as signals, contextlib.closing(sinks), contextlib.closing(bar):
         while step < t_cfg.steps:
             caught = reduce_max(signals.code(), info, device)  # the same answer on every rank
             if caught:
                 save(step)
+                sinks.close()  # the events so far are on disk before the job goes
                 if info.is_main:
                     update_status(run_dir, state="requeued", step=step)
                 signals.hand_over(signals.signal_of(caught))
@@ -439,14 +436,14 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
             if step % t_cfg.log_every == 0 or step == t_cfg.steps:
                 flops = train_flops_per_image(net.cfg, window.mean_seq_len())
                 row = window.flush(step, lr, info, flops, peak, device, t_start)
+                sinks.log(row)
                 if info.is_main:
-                    append_jsonl(run_dir / "metrics.jsonl", row)
                     update_status(run_dir, step=step, loss=row["loss"])
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
             bar.update(1)
             if step % t_cfg.ckpt_every == 0 and step < t_cfg.steps:
                 save(step)
-    bar.close()
+                sinks.flush()
     save(step)
     summary = {"step": step, "params": count_params(net), "wall_s": time.perf_counter() - t_start}
     if info.is_main:
@@ -556,16 +553,3 @@ class _Window:
         }
         self._reset()
         return row
-
-
-def _progress(start: int, total: int, info: DistInfo) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=start,
-        desc="train",
-        unit="step",
-        disable=not (info.is_main and sys.stderr.isatty()),
-        dynamic_ncols=True,
-    )

@@ -114,6 +114,14 @@ def test_first_sweep_runs_everything_and_prints_status(swept):
         assert all(
             (swept["root"] / "runs" / sig / e["file"]).is_file() for e in status["evals"].values()
         )
+        # status.json's log is the run's log.txt: training, sampling and eval lines in one file
+        assert status["log"] == str(swept["root"].absolute() / "runs" / sig / "log.txt")
+        text = Path(status["log"]).read_text()
+        assert "cfh.train: train: 4/4 step (100%)" in text and "cfh.sample: sample: 20/20" in text
+        assert "cfh.inference: wrote eval record" in text
+    (failed,) = states["failed"]
+    status = read_status(swept["root"] / "runs" / failed)
+    assert "UnidentifiedImageError" in Path(status["log"]).read_text()  # the traceback
 
 
 def test_status_shows_every_point(swept):
@@ -121,6 +129,9 @@ def test_status_shows_every_point(swept):
     assert code == 1
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["signature", "ar.mode", "ar.steps", "data"]
+    header = lines[0].split()
+    assert "phase" in header and {"fid@S1", "fid@S2"} <= set(header)  # a FID per S_eval
+    assert sum(" done " in line for line in lines) == 2  # the completed points' phase
     assert sum(" completed " in line for line in lines) == 2
     assert sum(" failed " in line for line in lines) == 1
     assert "2/2" in out  # eval points done
