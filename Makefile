@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_grid.py
 	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_ddp.py
+	$(PY) benchmarks/bench_cli.py
 
 clean:
 	rm -rf $(VENV) .cache outputs

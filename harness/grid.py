@@ -475,14 +475,22 @@ def plain_copy(value: Any) -> Any:
     return value
 
 
-@functools.cache
 def _default_groups() -> dict[str, str]:
+    return _default_groups_for(config_dirs())
+
+
+@functools.cache
+def _default_groups_for(dirs: tuple[Path, ...]) -> dict[str, str]:
     cfg = resolve_overrides([])
     return {g: cfg[g]["name"] for g in CONFIG_GROUPS}
 
 
-@functools.lru_cache(maxsize=64)
 def _composed(names: tuple[str, ...]) -> dict:
+    return _composed_for(config_dirs(), names)
+
+
+@functools.lru_cache(maxsize=64)
+def _composed_for(dirs: tuple[Path, ...], names: tuple[str, ...]) -> dict:
     return resolve_overrides([f"{g}={n}" for g, n in zip(CONFIG_GROUPS, names, strict=True)])
 
 
@@ -555,9 +563,14 @@ def _checked_eval_settings(
     return settings, result
 
 
-@functools.cache
 def _default_config() -> dict:
     """The default config, to validate eval settings (with the point's data) on their own."""
+    return _default_config_for(config_dirs())
+
+
+@functools.cache
+def _default_config_for(dirs: tuple[Path, ...]) -> dict:
+    """_default_config for one set of config dirs (they may change within a process)."""
     return resolve_overrides([])
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from harness.config import resolve_overrides
+from harness.config import config_dirs, resolve_overrides
 from model.errors import UserError
 from model.io import atomic_write_json, atomic_write_text, now_iso, read_status
 
@@ -80,8 +80,13 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@functools.cache
 def _default_flat() -> dict[str, Any]:
+    """The default config, flat, for the config dirs in effect (they may change in-process)."""
+    return _default_flat_for(config_dirs())
+
+
+@functools.cache
+def _default_flat_for(dirs: tuple[Path, ...]) -> dict[str, Any]:
     return flatten(resolve_overrides([]))
 
 

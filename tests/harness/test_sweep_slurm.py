@@ -170,7 +170,7 @@ def test_raising_job_is_failed_and_retried_alone(root, four, slurm_cluster, tmp_
     code, out = cfh("--root", str(root), "status", "raises")
     assert code == 1 and "raises: 1 completed, 1 failed" in out, out
     assert "^ UnidentifiedImageError: cannot identify image file" in out and "x.png" in out
-    assert "(log: " in out and "_log.err" in out
+    assert "(log: " in out and "log.txt" in out  # the run's log: training lines + traceback
     good, bad = plan_sigs(root, "raises")
     good_job = read_submission(root / "runs" / good)["job_id"]
     bad_job = read_submission(root / "runs" / bad)["job_id"]
