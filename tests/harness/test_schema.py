@@ -151,7 +151,7 @@ def test_cfh_train_refuses_with_one_line_and_writes_nothing(tmp_path, key, text,
     assert not list(tmp_path.iterdir()), "something was written"
 
 
-SAMPLE = CASES[::7]
+SAMPLE = CASES[::14]  # every 14th: the dry run shares the schema with cfh train
 
 
 @pytest.mark.parametrize("key,text,kind", SAMPLE, ids=[f"{k}={t}" for k, t, _ in SAMPLE])
