@@ -117,14 +117,19 @@ def _parser() -> OverridesParser:
     return OverridesParser.create()
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split a hydra-style `key=value` override into (key, typed value)."""
+def _parsed(text: str) -> Any:
+    """Hydra's Override for `key=value` text; UserError when it does not parse."""
     if "=" not in text:
         raise UserError(f"expected key=value, got {text!r}")
     try:
-        ov = _parser().parse_override(text)
+        return _parser().parse_override(text)
     except HydraException as e:
         raise UserError(f"cannot parse override {text!r}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split a hydra-style `key=value` override into (key, typed value)."""
+    ov = _parsed(text)
     if ov.is_sweep_override():
         raise UserError(
             f"{text!r} is a sweep; give it to `cfh sweep GRID` (one more axis) or a grid file"
@@ -136,12 +141,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def parse_sweep(text: str) -> tuple[str, list] | None:
     """(key, values) of a hydra sweep override (`a,b`, `range(...)`, `choice(...)`, a `glob(...)`
     of a config group's options); None for a plain `key=value`. Hydra's parser does the parsing."""
-    if "=" not in text:
-        raise UserError(f"expected key=value, got {text!r}")
-    try:
-        ov = _parser().parse_override(text)
-    except HydraException as e:
-        raise UserError(f"cannot parse override {text!r}: {e}") from None
+    ov = _parsed(text)
     if not ov.is_sweep_override():
         return None
     key = ov.key_or_group
