@@ -22,6 +22,14 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def fresh_python(code: str) -> str:
+    """stdout of `code` run in a new interpreter that imports this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_help_imports_neither_torch_nor_pandas():
     code = (
         "import sys\n"
@@ -31,10 +39,7 @@ def test_help_imports_neither_torch_nor_pandas():
         "heavy = [m for m in ('torch', 'pandas', 'numpy', 'submitit') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
-    ).stdout
+    out = fresh_python(code)
     assert "HEAVY []" in out, out
 
 
@@ -46,10 +51,7 @@ def test_status_and_dry_run_import_neither_torch_nor_pandas(tmp_path):
         f"assert main(['sweep', 'smoke', '--dry-run', '--root', {str(tmp_path)!r}]) == 0\n"
         "print('HEAVY', [m for m in ('torch', 'pandas') if m in sys.modules])\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
-    ).stdout
+    out = fresh_python(code)
     assert "HEAVY []" in out, out
 
 
