@@ -87,8 +87,9 @@ class JointObjective(nn.Module):
                 logits.flatten(0, 1).float(), tc[:, 1:].flatten(), ignore_index=PAD
             )
         # parameters of an empty part still join the graph (DDP expects every gradient)
-        unused = sum(p.sum() for p in net.parameters()) * 0.0
-        return loss_d + unused, loss_t
+        if bool(gen.all()) or bool(captioning.all()):  # only then is a part empty
+            loss_d = loss_d + sum(p.sum() for p in net.parameters()) * 0.0
+        return loss_d, loss_t
 
 
 def image_cache(net: CausalFusion, x0: torch.Tensor) -> KVCache:
