@@ -48,9 +48,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import UserError
 from harness.config import load_config
 from harness.schema import ATTENTIONS, BENCH_MEASURES
-from model.errors import UserError
 
 MEASURES = BENCH_MEASURES
 BACKENDS = ATTENTIONS
@@ -99,7 +99,7 @@ def _csv(text: str | None, allowed: Sequence[str] | None, what: str) -> list[str
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """cfh bench [key=value ...] [--sizes T,XS] [--backends sdpa,flex] [--repeats N]"""
-    from model.network import SIZES
+    from model.method.network import SIZES
 
     overrides = list(args.overrides)
     extra = []
@@ -136,7 +136,7 @@ def default_path(root: str | os.PathLike) -> Path:
 
 def write_bench(doc: dict, path: Path) -> None:
     """Write a bench document atomically (the results loader may be reading the folder)."""
-    from model.io import atomic_write_json
+    from core.io import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, doc)
@@ -147,7 +147,7 @@ def run_bench_point(run_dir: str | os.PathLike, cfg: dict, main: bool = True) ->
 
     Called by harness/jobs.py instead of train + eval; only rank 0 measures.
     """
-    from model.io import update_status
+    from core.io import update_status
 
     rdir = Path(run_dir)
     if not main:
@@ -305,8 +305,8 @@ def machine_info(device: torch.device) -> dict:
 
 def pick_device(cfg: DictConfig) -> torch.device:
     """train.device, as the trainer reads it (auto = CUDA when present)."""
-    from model.distributed import DistInfo
-    from model.train import pick_device as trainer_device
+    from model.training.distributed import DistInfo
+    from model.training.trainer import pick_device as trainer_device
 
     return trainer_device(cfg, DistInfo())
 
@@ -319,8 +319,8 @@ def run_bench(
     grid: str | None = None,
 ) -> dict:
     """Measure every size (cfg with model=<size>) and backend; the bench document (not written)."""
-    from model.io import now_iso
-    from model.perf import matmul_peak_flops
+    from core.io import now_iso
+    from model.training.perf import matmul_peak_flops
 
     device = pick_device(cfg)  # cfg passed harness.schema.validate_config (load_config)
     if device.type == "cuda" and cfg.bench.clock == "cpu":
@@ -363,7 +363,7 @@ def _use_bf16(cfg: DictConfig, device: torch.device) -> bool:
 
 def _common(cfg: DictConfig, net: torch.nn.Module) -> dict:
     """Columns every row of one model shares."""
-    from model.network import count_params
+    from model.method.network import count_params
 
     return {
         "model": cfg.model.name,
@@ -390,7 +390,7 @@ class Split:
 
 def trainer_splits(cfg: DictConfig, count: int, batch: int, device: torch.device) -> list[Split]:
     """The splits model/train.py draws at steps 0..count-1 on rank 0 (same sampler, same seeds)."""
-    from model import ar
+    from model.method import ar
 
     t = cfg.train
     grid = int(cfg.data.resolution) // int(cfg.data.patch_size)
@@ -447,7 +447,7 @@ def train_step(
     bf16: bool,
 ) -> None:
     """One step exactly as model/train.py runs it (minus data loading and logging)."""
-    from model.diffusion import causalfusion_loss
+    from model.method.diffusion import causalfusion_loss
 
     t = cfg.train
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -484,7 +484,7 @@ def _fake_batch(cfg: DictConfig, batch: int, device: torch.device):
 
 def _build_net(cfg: DictConfig, attention: str, device: torch.device) -> torch.nn.Module:
     """cfh's network for `cfg` with the given backend, seeded (every backend gets equal weights)."""
-    from model.train import model_from_config
+    from model.training.trainer import model_from_config
 
     c = copy.deepcopy(cfg)
     c.model.attention = attention
@@ -496,9 +496,9 @@ def _build_net(cfg: DictConfig, attention: str, device: torch.device) -> torch.n
 
 def bench_train(cfg: DictConfig, device: torch.device) -> list[dict]:
     """Training-step rows for cfh (each backend) and the reference, interleaved on equal splits."""
-    from model.diffusion import Diffusion
-    from model.network import train_flops_per_image
-    from model.perf import matmul_peak_flops
+    from model.method.diffusion import Diffusion
+    from model.method.network import train_flops_per_image
+    from model.training.perf import matmul_peak_flops
 
     bench = cfg.bench
     batch = int(cfg.train.batch_size)
@@ -588,9 +588,9 @@ def bench_sample(cfg: DictConfig, device: torch.device) -> list[dict]:
 
     fp32 and no guidance, like model/inference.py; the same labels, orders and noise for all.
     """
-    from model import ar
-    from model.diffusion import Diffusion, make_sampler
-    from model.sampling import generate
+    from model.method import ar
+    from model.method.diffusion import Diffusion, make_sampler
+    from model.method.sampling import generate
 
     bench = cfg.bench
     refmod = reference_module()
@@ -656,7 +656,7 @@ def bench_sample(cfg: DictConfig, device: torch.device) -> list[dict]:
 
 def bench_extract(cfg: DictConfig, device: torch.device) -> list[dict]:
     """Milliseconds per image of each FID feature extractor, run as model/evaluate.py runs it."""
-    from model.evaluate import extractor_weights, single_thread
+    from model.evaluation.extractors import extractor_weights, single_thread
 
     bench = cfg.bench
     rows = []

@@ -164,7 +164,7 @@ def print_config_job(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn user errors into one clear line and exit code 2."""
-    from model.errors import UserError
+    from core.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_in(argv))

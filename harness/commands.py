@@ -92,7 +92,7 @@ def _setup_logging() -> None:
 def _join_job() -> bool:
     """Export torchrun's variables for a multi-task job; True on rank 0 (the one that prints)."""
     from harness.executors import export_distributed_env
-    from model.distributed import dist_info
+    from model.training.distributed import dist_info
 
     export_distributed_env()
     return dist_info().is_main
@@ -100,7 +100,7 @@ def _join_job() -> bool:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """cfh train run_dir=R [key=value ...]"""
-    from model.train import TrainingFailed, train
+    from model.training.trainer import TrainingFailed, train
 
     _setup_logging()
     cfg = load_config(args.overrides)
@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """cfh sample run_dir=R sample.num=N sample.ar_steps=S ..."""
-    from model.inference import sample_run
+    from model.evaluation.inference import sample_run
 
     _setup_logging()
     cfg = load_config(args.overrides)
@@ -135,7 +135,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """cfh evaluate run_dir=R eval.extractor=... sample.ar_steps=S ..."""
-    from model.inference import evaluate_run
+    from model.evaluation.inference import evaluate_run
 
     _setup_logging()
     cfg = load_config(args.overrides)
@@ -152,7 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     """cfh caption run_dir=R caption.input=[0,1,img.png] caption.method=greedy|beam|nucleus"""
-    from model.captioning import caption_run
+    from model.tasks.captioning import caption_run
 
     _setup_logging()
     cfg = load_config(args.overrides)
@@ -167,8 +167,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """cfh stats data=... eval.extractor=... eval.split=... [eval.ref_num=N] --out F.npz"""
     from pathlib import Path
 
-    from model.errors import UserError
-    from model.metrics import write_split_statistics
+    from core.errors import UserError
+    from model.evaluation.metrics import write_split_statistics
 
     _setup_logging()
     cfg = load_config(args.overrides)
@@ -189,7 +189,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     """cfh encode data=imagefolder data.root=DIR --vae VAE_DIR --out LATENTS_DIR"""
     import torch
 
-    from model.encode import encode_dataset
+    from model.data.encode import encode_dataset
 
     _setup_logging()
     cfg = load_config(args.overrides)

@@ -25,8 +25,8 @@ from hydra.errors import HydraException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import UserError
 from harness.schema import validate_config
-from model.errors import UserError
 
 SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_DIR_ENV = "CFH_CONFIG_DIR"

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     """cfh edit run_dir=R edit.task=... edit.region=... edit.input=..."""
-    from model.editing import check_edit_config, edit_run
+    from model.tasks.editing import check_edit_config, edit_run
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.overrides)

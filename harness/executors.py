@@ -51,6 +51,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import DelayedSubmission, UncompletedJobError, temporary_save_path
 
+from core.errors import UserError
 from harness.profiles import (  # noqa: F401 - the profile API, re-exported where it was
     BACKENDS,
     MAX_ARRAY_SIZE,
@@ -58,7 +59,6 @@ from harness.profiles import (  # noqa: F401 - the profile API, re-exported wher
     validate_profile,
     world_size,
 )
-from model.errors import UserError
 
 STATES = ("pending", "running", "completed", "failed", "cancelled", "requeued")
 

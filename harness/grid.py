@@ -55,6 +55,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from core.errors import UserError
 from harness.config import (
     CONFIG_GROUPS,
     config_dirs,
@@ -67,7 +68,6 @@ from harness.config import (
 )
 from harness.profiles import validate_profile, world_size
 from harness.schema import num_tokens, validate_config
-from model.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 TOP_KEYS = ("description", "base", "axes", "zip", "include", "exclude", "seeds", "eval")
@@ -539,7 +539,9 @@ def _checked_eval_settings_cached(
     probe = plain_copy(_default_config())
     probe["data"], probe["sample"], probe["eval"] = data, sub["sample"], sub["eval"]
     probe["train"]["order_block"] = block
-    from model.checks import check_eval_extractor  # torch-free (model.evaluate imports torch)
+    from model.data.checks import (
+        check_eval_extractor,  # torch-free (model.evaluation.extractors imports torch)
+    )
 
     try:
         validate_config(probe)

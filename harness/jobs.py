@@ -28,12 +28,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.io import now_iso, read_status, record_failure, update_status
 from harness.config import parse_override, resolve_overrides, set_key
 from harness.runs import read_point
 from harness.schema import validate_config
-from model.distributed import barrier, dist_info, init_distributed
-from model.io import now_iso, read_status, record_failure, update_status
-from model.progress import run_log
+from model.training.distributed import barrier, dist_info, init_distributed
+from model.training.progress import run_log
 
 log = logging.getLogger("cfh.jobs")
 
@@ -95,7 +95,7 @@ def with_overrides(cfg: dict, overrides: list[str]) -> dict:
 
 def _final_checkpoint_exists(rdir: Path, steps: int) -> bool:
     """The final checkpoint is there and passes its checksum (else training redoes it)."""
-    from model.checkpoint import checkpoint_path, damage
+    from model.training.checkpoint import checkpoint_path, damage
 
     return damage(checkpoint_path(rdir, steps)) is None
 
@@ -203,13 +203,13 @@ def _leave_if_preempted() -> None:
 
 
 def _default_train(cfg: DictConfig) -> Any:
-    from model.train import train
+    from model.training.trainer import train
 
     return train(cfg)
 
 
 def _default_eval(cfg: DictConfig) -> dict:
-    from model.inference import evaluate_run
+    from model.evaluation.inference import evaluate_run
 
     return evaluate_run(cfg)
 

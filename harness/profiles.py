@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 
 BACKENDS = ("local", "slurm")
 MAX_ARRAY_SIZE = 1000  # SLURM's default MaxArraySize is 1001: longer lists go in several arrays

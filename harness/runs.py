@@ -30,9 +30,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from core.errors import UserError
+from core.io import atomic_write_json, atomic_write_text, now_iso, read_status
 from harness.config import config_dirs, resolve_overrides
-from model.errors import UserError
-from model.io import atomic_write_json, atomic_write_text, now_iso, read_status
 
 SIGNATURE_LEN = 10
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")

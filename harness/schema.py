@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from model.errors import UserError
+from core.errors import UserError
 
 AR_MODES = ("fixed", "uniform", "decay")
 ORDERS = ("random", "raster", "block_raster", "dilated")
@@ -297,7 +297,7 @@ def _cross_checks(cfg: _Attr) -> None:
     from harness.profiles import validate_profile
 
     # model.checks, not model.data / model.network: validation must not import torch
-    from model.checks import SIZE_NAMES, check_data_config
+    from model.data.checks import SIZE_NAMES, check_data_config
 
     if cfg.model.name not in SIZE_NAMES:
         allowed = ", ".join(SIZE_NAMES)
@@ -359,7 +359,7 @@ def _cross_checks(cfg: _Attr) -> None:
 
 def _joint_checks(cfg: _Attr) -> None:
     """Keys of joint image-text runs against the data: captions or not."""
-    from model.checks import CAPTION_DATASETS
+    from model.data.checks import CAPTION_DATASETS
 
     d = _run_data(cfg)
     joint = d.name in CAPTION_DATASETS

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.io import load_status
 from harness.runs import read_submission, run_dir
-from model.io import load_status
 
 # "damaged": status.json exists but is not what a job writes (the row says why)
 STATES = (

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError
+from core.io import now_iso
 from harness import runs
 from harness.config import parse_override, resolve_overrides
 from harness.grid import Grid, TrainPoint, format_value, get_value, load_grid
@@ -40,8 +42,6 @@ from harness.status import (
     summary,
     train_rate,
 )
-from model.errors import UserError
-from model.io import now_iso
 
 # What reconcile does with a point, by state (failed/cancelled depend on --retry).
 ACTION_BY_STATE = {
@@ -391,7 +391,7 @@ def extend_runs(root: str, decisions: list[Decision], steps: int) -> list[Decisi
     already at `steps` or beyond is not shortened."""
     from omegaconf import OmegaConf
 
-    from model.io import atomic_write_text
+    from core.io import atomic_write_text
 
     out = []
     for d in decisions:
@@ -418,7 +418,7 @@ def extend_runs(root: str, decisions: list[Decision], steps: int) -> list[Decisi
 
 def _extended_evals_done(rdir: Any, steps: int) -> bool:
     """Whether every eval of status.json was made at checkpoint `steps`."""
-    from model.io import read_status
+    from core.io import read_status
 
     evals = read_status(rdir).get("evals") or {}
     return all(isinstance(e, dict) and e.get("ckpt_step") == steps for e in evals.values())

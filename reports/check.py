@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.errors import UserError
-from model.io import atomic_write_text
+from core.errors import UserError
+from core.io import atomic_write_text
 from reports.results import EVAL_KEY_COLUMNS
 from reports.tables import pooled_std, seed_summary
 

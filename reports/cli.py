@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from model.errors import UserError
+from core.errors import UserError
 from reports.check import (
     DEFAULT_ABS_TOL,
     DEFAULT_K,

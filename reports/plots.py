@@ -25,7 +25,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from model.io import atomic_write_bytes  # noqa: E402
+from core.io import atomic_write_bytes  # noqa: E402
 from reports.results import EVAL_KEY_COLUMNS  # noqa: E402
 from reports.tables import final_evals, varying  # noqa: E402
 

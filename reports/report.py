@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from model.io import atomic_write_bytes, atomic_write_text, now_iso
+from core.io import atomic_write_bytes, atomic_write_text, now_iso
 from reports import plots
 from reports.results import EVAL_KEY_COLUMNS, Results, ResultsWarning, scan, set_size_cache
 from reports.tables import (

@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from model.errors import UserError
-from model.io import atomic_write_json, load_status
-from model.records import eval_record_problem, metrics_row_problem
+from core.errors import UserError
+from core.io import atomic_write_json, load_status
+from core.records import eval_record_problem, metrics_row_problem
 
 # Results column <- dotted key of the resolved run config.
 CONFIG_COLUMNS = {
@@ -659,7 +659,7 @@ def model_size(
     try:
         import torch
 
-        from model.network import build_model, count_params
+        from model.method.network import build_model, count_params
     except ImportError:
         return None
     try:
@@ -688,7 +688,7 @@ def _with_flops_fn(entry: dict) -> dict:
 
     def flops_fn(seq_len: float) -> float:
         try:
-            from model.network import ModelConfig, train_flops_per_image
+            from model.method.network import ModelConfig, train_flops_per_image
 
             return float(train_flops_per_image(ModelConfig(**mc), seq_len))
         except Exception:

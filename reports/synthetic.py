@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from model.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 CONFIG_TEMPLATE: dict[str, Any] = {
     "model": {"name": "T", "num_cond_tokens": 4, "pos_embed": "sincos", "attention": "sdpa"},

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.io import read_jsonl, read_status
 from harness.cli import main
-from model.checkpoint import checkpoint_path, checkpoint_paths, read_checkpoint
-from model.io import read_jsonl, read_status
+from model.training.checkpoint import checkpoint_path, checkpoint_paths, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import checkpoint_path, checkpoint_paths, read_checkpoint
-from model.io import read_jsonl
+from core.io import read_jsonl
+from model.training.checkpoint import checkpoint_path, checkpoint_paths, read_checkpoint
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

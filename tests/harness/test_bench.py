@@ -7,15 +7,15 @@ import pytest
 import torch
 import yaml
 
+from core.errors import UserError
+from core.io import read_status
 from harness import bench as hb
 from harness.cli import main as cfh
 from harness.config import load_config
 from harness.grid import load_grid
 from harness.jobs import run_point
 from model import Diffusion, build_model, equal_group_sizes, generate, make_sampler
-from model.errors import UserError
-from model.io import read_status
-from model.masks import generalized_causal_mask
+from model.method.masks import generalized_causal_mask
 from reports.results import read_bench
 
 ref = hb.reference_module()

@@ -63,8 +63,8 @@ def test_static_table_matches_the_registered_commands():
 
 
 def test_size_names_match_the_model_registry():
-    from model.checks import SIZE_NAMES
-    from model.network import SIZES
+    from model.data.checks import SIZE_NAMES
+    from model.method.network import SIZES
 
     assert tuple(SIZES) == SIZE_NAMES
 
@@ -224,8 +224,8 @@ def test_local_dry_run_resources(tmp_path, capsys):
     ],
 )
 def test_slurm_additional_parameters_validation(value, message):
+    from core.errors import UserError
     from harness.profiles import validate_profile
-    from model.errors import UserError
 
     profile = {"name": "slurm", "backend": "slurm", "slurm_additional_parameters": value}
     with pytest.raises(UserError, match=message):
@@ -233,9 +233,9 @@ def test_slurm_additional_parameters_validation(value, message):
 
 
 def test_slurm_additional_parameters_reach_submitit(tmp_path):
+    from core.errors import UserError
     from harness.executors import slurm_parameters
     from harness.profiles import validate_profile
-    from model.errors import UserError
 
     extra = {"gres": "gpu:a100:1", "nodelist": "n1", "mail_type": "END"}
     p = validate_profile(

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import UserError
 from harness import config
 from harness.cli import main
 from harness.grid import grid_path, list_grids, load_grid
-from model.errors import UserError
 
 GRID = """
 base: {model: T, data: digits, train.steps: 2}

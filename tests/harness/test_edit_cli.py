@@ -20,7 +20,7 @@ FAST = ["sample.steps=3", "sample.batch_size=64"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A run trained for 2 steps."""
-    from model.train import train
+    from model.training.trainer import train
 
     run_dir = tmp_path_factory.mktemp("edit-cli") / "run"
     train(load_config([*RUN, f"run_dir={run_dir}", "train.steps=2", "train.ckpt_every=2"]))

@@ -18,9 +18,9 @@ import pytest
 import submitit
 import yaml
 
+from core.errors import UserError
 from harness import executors as ex
 from harness.config import SHIPPED_CONFIG_DIR
-from model.errors import UserError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

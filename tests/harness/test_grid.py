@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from harness.grid import list_grids, load_grid
-from model.errors import UserError
 
 BASE = {"model": "T", "data": "digits", "train.steps": 10}
 

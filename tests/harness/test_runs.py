@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 
+from core.errors import UserError
 from harness import runs
 from harness.config import resolve_overrides
 from harness.grid import load_grid
 from harness.status import derive_state
-from model.errors import UserError
 
 
 def sig(*overrides: str) -> str:

@@ -85,8 +85,8 @@ def refused(*argv: str) -> tuple[int, str]:
 
 def bad_inputs() -> list[tuple[str, str, str]]:
     """(key, override text, 'type' | 'range') for every refused candidate of every key."""
+    from core.errors import UserError
     from harness.schema import validate_config
-    from model.errors import UserError
 
     cases = []
     for key, default in all_keys().items():

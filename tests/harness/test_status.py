@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.io import update_status
 from harness.runs import run_dir
 from harness.status import Row, eval_label, progress_lines, render, row_for, train_rate
-from model.io import update_status
 
 SIG = "a" * 10
 

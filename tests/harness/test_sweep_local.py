@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.io import read_status
 from harness.cli import main
 from harness.runs import read_submission
-from model.io import read_status
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -257,7 +257,7 @@ def test_a_damaged_status_json_is_one_damaged_row(swept, text, reason):
 
 
 def _final(run_dir: Path) -> dict:
-    from model.checkpoint import checkpoint_paths, read_checkpoint
+    from model.training.checkpoint import checkpoint_paths, read_checkpoint
 
     return read_checkpoint(checkpoint_paths(run_dir)[-1])
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.io import read_status
 from harness.cli import main
 from harness.runs import read_submission
-from model.io import read_status
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -13,7 +13,7 @@ import time
 
 def main() -> int:
     kind, rank, at_step, args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-    import model.train as trainer
+    import model.training.trainer as trainer
     from harness.cli import main as cfh
 
     real = trainer.causalfusion_loss

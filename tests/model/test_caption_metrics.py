@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from model.caption_metrics import (
+from core.errors import UserError
+from model.evaluation.caption_metrics import (
     caption_accuracy,
     caption_digit,
     caption_scores,
     normalize_caption,
 )
-from model.errors import UserError
 
 # The example in Maluuba/nlg-eval (examples/hyp.txt, ref1.txt, ref2.txt), whose README and
 # nlgeval/tests/test_nlgeval.py publish coco-caption's scores for it: Bleu_4 0.201143,

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import captions as mc
-from model.captions import (
+from core.errors import UserError
+from model.data import captions as mc
+from model.data.captions import (
     CAPTION_DATASETS,
     CaptionData,
     check_caption_config,
@@ -19,9 +20,8 @@ from model.captions import (
     stamps_root,
     write_captions_jsonl,
 )
-from model.data import build_dataset
-from model.errors import UserError
-from model.text import split_words
+from model.data.sources import build_dataset
+from model.data.tokenizers import split_words
 
 DIGITS = {"name": "digits_captions", "root": None, "resolution": 8, "channels": 1,
           "num_classes": 10, "patch_size": 1, "flip": False, "captions_per_image": 2,

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.io import read_jsonl
 from harness.cli import main
 from harness.config import load_config
-from model.checkpoint import (
+from model.evaluation.inference import resolve_checkpoint
+from model.training.checkpoint import (
     DamagedCheckpoints,
     checkpoint_path,
     checkpoint_paths,
@@ -18,9 +20,7 @@ from model.checkpoint import (
     load_latest_checkpoint,
     read_checkpoint,
 )
-from model.inference import resolve_checkpoint
-from model.io import read_jsonl
-from model.train import train
+from model.training.trainer import train
 
 TINY = [
     "model=T",

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import (
+from core.errors import UserError
+from model.data.sources import (
     BatchStream,
     ShardedEpochSampler,
     build_dataset,
@@ -17,7 +18,6 @@ from model.data import (
     dataset_key,
     reference_images,
 )
-from model.errors import UserError
 
 DIGITS = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
           "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.io import read_jsonl, read_status
+from core.io import read_jsonl, read_status
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -11,10 +11,12 @@ import torch
 from omegaconf import OmegaConf
 from tiny_models import tiny_model, tiny_vae
 
+from core.errors import UserError
 from harness.config import load_config
 from model import Diffusion, make_sampler
-from model.data import build_dataset
-from model.editing import (
+from model.data.sources import build_dataset
+from model.evaluation.inference import evaluate_run, load_trained
+from model.tasks.editing import (
     EDIT_ORDERS,
     check_edit_config,
     edit_images,
@@ -25,8 +27,6 @@ from model.editing import (
     swap_labels,
     task_samples,
 )
-from model.errors import UserError
-from model.inference import evaluate_run, load_trained
 
 # digits with 2x2 patches: a 4x4 token grid (L = 16) keeps CPU training and sampling cheap
 TINY_RUN = [
@@ -222,7 +222,7 @@ def test_image_files_for_latent_runs_go_through_the_vae(tmp_path):
     pytest.importorskip("diffusers")
     from PIL import Image
 
-    from model.encode import encode_dataset
+    from model.data.encode import encode_dataset
 
     vae = tiny_vae(in_channels=1)
     digits = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
@@ -254,7 +254,7 @@ def test_image_files_for_latent_runs_go_through_the_vae(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A model T trained on digits (2x2 patches, uniform S_train) for TRAIN_STEPS steps."""
-    from model.train import train
+    from model.training.trainer import train
 
     run = tmp_path_factory.mktemp("edit-run") / "run"
     cfg = load_config([*TINY_RUN, f"run_dir={run}", f"train.steps={TRAIN_STEPS}",
@@ -286,7 +286,7 @@ CONTEXT_RUN = [
 @pytest.fixture(scope="module")
 def context_trained(tmp_path_factory):
     """Model T trained 500 steps on digits, 2x2 tokens of 4x4 pixels, top-then-bottom splits."""
-    from model.train import train
+    from model.training.trainer import train
 
     run = tmp_path_factory.mktemp("context-run") / "run"
     train(load_config([*CONTEXT_RUN, f"run_dir={run}"]))

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tiny_models import tiny_vae
 
-from model.data import build_dataset, reference_images
-from model.encode import decode_latents, encode_dataset
-from model.errors import UserError
+from core.errors import UserError
+from model.data.encode import decode_latents, encode_dataset
+from model.data.sources import build_dataset, reference_images
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -97,7 +97,7 @@ def test_encode_bad_input(tmp_path):
 
 
 def test_both_flips_are_encoded_and_the_seeded_sampler_picks_one(tmp_path):
-    from model.data import BatchStream
+    from model.data.sources import BatchStream
 
     folder = write_image_folder(tmp_path / "train")
     vae = tiny_vae()

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from model.data import reference_images
-from model.errors import UserError
-from model.evaluate import (
+from core.errors import UserError
+from model.data.sources import reference_images
+from model.evaluation.extractors import (
     classifier_checkpoint,
     classifier_extractor_class,
     convert_fid_helper_inception,
@@ -19,7 +19,7 @@ from model.evaluate import (
     load_classifier,
     weights_hash,
 )
-from model.metrics import compute_metrics
+from model.evaluation.metrics import compute_metrics
 
 DIGITS = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
           "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip

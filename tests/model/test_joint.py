@@ -2,19 +2,19 @@
 
 import pytest
 import torch
-from classcond_golden import classcond_digests
+from classcond_golden import classcond_outputs, digests, load_golden
 from tiny_models import tiny_model
 
 from model import CausalFusion, Diffusion, equal_group_sizes, generate, make_sampler
-from model.joint import JointObjective, caption_images
-from model.masks import generalized_causal_mask, joint_mask
-from model.text import BOS, EOS, PAD
+from model.data.tokenizers import BOS, EOS, PAD
+from model.method.joint import JointObjective, caption_images
+from model.method.masks import generalized_causal_mask, joint_mask
 
-# digests printed by classcond_golden.py at the commit before text tokens existed (05b6f77)
-GOLDEN = {
-    "loss": "0x1.531c940000000p+2",
-    "samples": "4e9bab08260460b34c65162ecef6e21f2dcca2b83905a24fbeba1602e9bd9ef4",
-}
+# Tolerances against the stored values (tests/model/golden/classcond.json): float32 kernels
+# differ by instruction set (AVX2 vs AVX-512) in the last bits, which 4 sampling steps grow to
+# about 1e-6 relative; a real change of the class-conditional path moves values by far more.
+GOLDEN_RTOL = 1e-4
+GOLDEN_ATOL_OF_MAX = 1e-4  # absolute tolerance, as a fraction of the largest stored |value|
 V, T_MAX = 11, 8
 
 
@@ -57,8 +57,14 @@ def test_no_text_is_the_class_conditional_mask(sizes):
     assert torch.equal(joint_mask(4, sizes, 0, True), generalized_causal_mask(4, sizes))
 
 
-def test_class_conditional_loss_and_samples_unchanged_bitwise():
-    assert classcond_digests() == GOLDEN
+def test_class_conditional_loss_and_samples_unchanged():
+    loss, samples = classcond_outputs()
+    golden_loss, golden_samples = load_golden()
+    assert loss.item() == pytest.approx(golden_loss, rel=GOLDEN_RTOL)
+    atol = GOLDEN_ATOL_OF_MAX * golden_samples.abs().max().item()
+    torch.testing.assert_close(samples, golden_samples, rtol=GOLDEN_RTOL, atol=atol)
+    # bitwise within one process: the same seeds give the same bytes
+    assert digests(*classcond_outputs()) == digests(loss, samples)
 
 
 def _text(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -131,7 +137,7 @@ def test_cached_caption_decoding_equals_full_forward():
         logp[..., PAD] = logp[..., BOS] = -torch.inf
         assert torch.equal(logp.argmax(-1)[0], seq[0, 1:]) or len(ids) == T_MAX - 2
     # step by step with the cache vs one masked pass over the whole caption
-    from model.joint import _step_logits, image_cache
+    from model.method.joint import _step_logits, image_cache
 
     seq = _text(3, 6, seed=4)
     cache = image_cache(net, x0)
@@ -143,7 +149,7 @@ def test_cached_caption_decoding_equals_full_forward():
 
 
 def test_beam_and_nucleus_decoding():
-    from model.noise import SampleNoise
+    from model.method.noise import SampleNoise
 
     net = tiny_joint(3)
     x0 = torch.randn(4, 1, 4, 4)

@@ -16,8 +16,8 @@ from PIL import Image
 
 from harness.cli import main
 from harness.config import load_config
-from model.checkpoint import checkpoint_paths, read_checkpoint
-from model.train import train
+from model.training.checkpoint import checkpoint_paths, read_checkpoint
+from model.training.trainer import train
 
 RUN = ["model=T", "data=digits_captions", "train.batch_size=16", "train.log_every=1"]
 FAST = ["sample.steps=3", "sample.num=20", "sample.batch_size=64"]
@@ -131,7 +131,7 @@ def test_caption_of_a_class_conditional_run_is_refused(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_small_joint_model_captions_and_generates_digits(tmp_path):
     """1,500 CPU steps (about 100 s): both directions far above chance (0.1)."""
-    from model.inference import evaluate_run
+    from model.evaluation.inference import evaluate_run
 
     run_dir = tmp_path / "joint"
     steps = ["train.steps=1500", "train.batch_size=32", "train.lr=1e-3", "train.ema_decay=0.99",

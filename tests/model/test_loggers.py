@@ -9,12 +9,12 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from core.errors import UserError
+from core.io import read_jsonl
 from harness.config import load_config
-from model.checkpoint import checkpoint_path, remove_checkpoint
-from model.errors import UserError
-from model.io import read_jsonl
-from model.loggers import eval_tag, log_eval_record, tensorboard_dir
-from model.train import train
+from model.training.checkpoint import checkpoint_path, remove_checkpoint
+from model.training.loggers import eval_tag, log_eval_record, tensorboard_dir
+from model.training.trainer import train
 
 TINY = [
     "model=T",

@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
+from core.errors import UserError
 from model import generalized_causal_mask
-from model.errors import UserError
-from model.masks import flex_block_mask
+from model.method.masks import flex_block_mask
 
 
 def rule_mask(cond_len, group_sizes):

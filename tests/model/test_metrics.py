@@ -8,11 +8,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from core.errors import UserError
 from harness.config import load_config
-from model.data import reference_images
-from model.errors import UserError
-from model.inference import eval_settings, settings_hash
-from model.metrics import compute_metrics, read_reference, write_reference, write_split_statistics
+from model.data.sources import reference_images
+from model.evaluation.inference import eval_settings, settings_hash
+from model.evaluation.metrics import (
+    compute_metrics,
+    read_reference,
+    write_reference,
+    write_split_statistics,
+)
 
 DIGITS = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
           "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip
@@ -96,7 +101,7 @@ def test_every_input_that_changes_a_metric_changes_the_record_key(cache, tmp_pat
     write_split_statistics(DIGITS, "test", None, "classifier", ref_a, cache_dir=cache)
     write_split_statistics(DIGITS, "test", 100, "classifier", ref_b, cache_dir=cache)
     inception = tmp_path / "inception.pth"
-    from model.evaluate import inception_weights
+    from model.evaluation.extractors import inception_weights
 
     state = torch.load(inception_weights(None, cache), weights_only=True)
     name = next(k for k in state if k.endswith("weight") and not k.startswith("fc"))

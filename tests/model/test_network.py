@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import SIZES, CausalFusion, ModelConfig, build_model, count_params
-from model.network import sequence_length, train_flops_per_image
+from model.method.network import sequence_length, train_flops_per_image
 
 
 def tiny(dtype=torch.float32, seed=0, **kw) -> CausalFusion:

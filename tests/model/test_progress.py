@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from harness.config import load_config
-from model.progress import Progress, interval_s, run_log
-from model.train import train
+from model.training.progress import Progress, interval_s, run_log
+from model.training.trainer import train
 
 
 def test_plain_lines_carry_done_total_rate_and_eta(caplog) -> None:
@@ -66,7 +66,7 @@ def test_run_log_holds_a_runs_lines_only_while_inside(tmp_path: Path) -> None:
 
 
 def test_training_and_sampling_progress_reach_the_runs_log(tmp_path: Path, monkeypatch) -> None:
-    from model.inference import sample_run
+    from model.evaluation.inference import sample_run
 
     monkeypatch.setenv("CFH_PROGRESS_S", "0")  # a line at every step / batch
     run = tmp_path / "run"
@@ -81,7 +81,7 @@ def test_training_and_sampling_progress_reach_the_runs_log(tmp_path: Path, monke
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    from model.evaluate import extractor_weights
+    from model.evaluation.extractors import extractor_weights
 
     digits = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
               "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip
@@ -92,9 +92,9 @@ def classifier(tmp_path_factory):
 def test_extraction_with_progress_equals_torch_fidelitys_loop(classifier, caplog) -> None:
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-    from model.data import reference_images
-    from model.evaluate import single_thread
-    from model.metrics import Images, extract_features
+    from model.data.sources import reference_images
+    from model.evaluation.extractors import single_thread
+    from model.evaluation.metrics import Images, extract_features
 
     digits, weights = classifier
     images, _ = reference_images(digits, "test", 150)

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from model.errors import UserError
-from model.text import (
+from core.errors import UserError
+from model.data.tokenizers import (
     BOS,
     EOS,
     PAD,

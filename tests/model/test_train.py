@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import UserError
+from core.io import read_jsonl, read_status
 from harness.config import load_config
-from model.checkpoint import checkpoint_paths
-from model.errors import UserError
-from model.io import read_jsonl, read_status
-from model.train import TrainingFailed, train
+from model.training.checkpoint import checkpoint_paths
+from model.training.trainer import TrainingFailed, train
 
 TINY = [
     "model=T",
@@ -82,7 +82,7 @@ def test_changed_model_or_data_is_refused(tmp_path: Path) -> None:
 
 
 def test_nonfinite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
-    import model.train as trainer
+    import model.training.trainer as trainer
 
     real = trainer.causalfusion_loss
 

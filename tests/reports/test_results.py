@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model.errors import UserError
+from core.errors import UserError
 from reports import load_results
 from reports import synthetic as sy
 from reports.results import ResultsWarning, plan_points
@@ -50,7 +50,7 @@ def test_training_stats_skip_warmup_and_sum_wall_time(smoke_root: Path):
 
 
 def test_params_and_flops_from_model_network(smoke_root: Path):
-    pytest.importorskip("model.network")
+    pytest.importorskip("model.method.network")
     df = _load(smoke_root)
     assert df["params"].notna().all() and (df["params"] > 1e5).all()
     flops = df.groupby("s_train", observed=True)["flops"].first()

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from model.checkpoint import (
+from core.errors import UserError
+from core.io import atomic_write_bytes, atomic_write_json, now_iso
+from model.data.joint_pairs import is_caption_data, saved_tokenizer
+from model.method.diffusion import Diffusion, make_sampler
+from model.method.network import CausalFusion
+from model.method.noise import SampleNoise
+from model.method.sampling import sample as sample_images
+from model.training.checkpoint import (
     DamagedCheckpoints,
     checkpoint_path,
     checkpoint_paths,
@@ -29,16 +36,9 @@ from model.checkpoint import (
     read_checkpoint,
     step_of,
 )
-from model.diffusion import Diffusion, make_sampler
-from model.distributed import DistInfo, dist_info, shard_range
-from model.errors import UserError
-from model.io import atomic_write_bytes, atomic_write_json, now_iso
-from model.joint_data import is_caption_data, saved_tokenizer
-from model.network import CausalFusion
-from model.noise import SampleNoise
-from model.progress import Progress, run_log
-from model.sampling import sample as sample_images
-from model.train import model_from_config
+from model.training.distributed import DistInfo, dist_info, shard_range
+from model.training.progress import Progress, run_log
+from model.training.trainer import model_from_config
 
 log = logging.getLogger("cfh.inference")
 
@@ -122,7 +122,7 @@ def sample_settings(cfg: DictConfig, ckpt_step: int, joint: bool = False) -> dic
     if joint and settings["task"] == "generate":
         settings["task"] = "t2i"  # a joint run generates from text
     if settings["task"] == "t2i":
-        from model.joint_data import read_prompts
+        from model.data.joint_pairs import read_prompts
 
         prompts = read_prompts(s, int(s.num))
         if prompts is None:
@@ -137,8 +137,8 @@ def eval_settings(cfg: DictConfig, ckpt_step: int, train_data: Any) -> dict:
     """Everything that decides an eval record's numbers: the samples' settings, the extractor
     and a hash of its actual weights (and the classifier's recipe), the reference (split and
     ref_num, or the statistics file's sha256), the KID subset size and the bootstrap count."""
-    from model.evaluate import classifier_recipe, extractor_weights
-    from model.metrics import file_sha256
+    from model.evaluation.extractors import classifier_recipe, extractor_weights
+    from model.evaluation.metrics import file_sha256
 
     extractor = str(cfg.eval.extractor)
     _, _, weights_hash = extractor_weights(extractor, train_data, cfg.eval.weights_path)
@@ -229,7 +229,7 @@ def _sample_run(cfg: DictConfig, run_dir: Path, device: torch.device | None) -> 
         elif settings["task"] == "t2i":
             drawn = _text_to_image_samples(net, train_cfg, cfg, device, mine)
         else:  # inpaint / outpaint / swap: real images of eval.split edited in context
-            from model.editing import task_samples
+            from model.tasks.editing import task_samples
 
             drawn = task_samples(net, train_cfg, cfg, device, mine)
         _write_shard(path, *drawn)
@@ -295,7 +295,7 @@ def _write_shard(
 
 def _wait_for(paths: list[Path], run_dir: Path, timeout_s: float) -> None:
     """Block until every file exists; fail after timeout_s, or at once when a rank failed."""
-    from model.io import read_status
+    from core.io import read_status
 
     deadline = time.monotonic() + timeout_s
     while missing := [p for p in paths if not p.exists()]:
@@ -352,8 +352,8 @@ def _text_to_image_samples(
     Prompts of one token length share a batch (the cache holds no padding); per-sample noise
     makes a sample independent of that grouping.
     """
-    from model.joint_data import prompt_labels, read_prompts, split_prompts
-    from model.text import encode_batch
+    from model.data.joint_pairs import prompt_labels, read_prompts, split_prompts
+    from model.data.tokenizers import encode_batch
 
     num = int(cfg.sample.num)
     prompts = read_prompts(cfg.sample, num)
@@ -423,7 +423,7 @@ def decode_to_pixels(x: torch.Tensor, train_cfg: Any) -> torch.Tensor:
     """Model outputs -> pixels in [-1, 1] (VAE-decoded for latent data)."""
     if train_cfg.data.name != "latents":
         return x
-    from model.encode import decode_latents
+    from model.data.encode import decode_latents
 
     return decode_latents(x, train_cfg.data)
 
@@ -444,7 +444,7 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     with run_log(run_dir / "log.txt", enabled=dist_info().is_main):
         record, new = _evaluate_run(cfg, run_dir, device)
         if new and record.get("path"):
-            from model.loggers import log_eval_record
+            from model.training.loggers import log_eval_record
 
             log_eval_record(run_dir, OmegaConf.load(run_dir / "config.yaml"), record)
             log.info("wrote eval record %s", record["path"])
@@ -453,13 +453,13 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
 
 def _evaluate_run(cfg: DictConfig, run_dir: Path, device: torch.device | None) -> tuple[dict, bool]:
     """(the eval record, whether it was written now)."""
-    from model.metrics import compute_metrics
+    from model.evaluation.metrics import compute_metrics
 
     step = step_of(resolve_checkpoint(run_dir, cfg.sample.ckpt))
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     if cfg.eval.task == "caption":
         return _evaluate_captions(cfg, run_dir, step, device)
-    from model.evaluate import check_eval_extractor
+    from model.evaluation.extractors import check_eval_extractor
 
     check_eval_extractor(train_cfg.data, cfg.eval)
     settings = eval_settings(cfg, step, train_cfg.data)
@@ -500,7 +500,11 @@ def _evaluate_captions(
     cfg: DictConfig, run_dir: Path, step: int, device: torch.device | None
 ) -> tuple[dict, bool]:
     """eval.task=caption: the eval record of captions of the eval split (model.captioning)."""
-    from model.captioning import caption_metrics_of_run, caption_settings, write_caption_record
+    from model.tasks.captioning import (
+        caption_metrics_of_run,
+        caption_settings,
+        write_caption_record,
+    )
 
     settings = {
         **caption_settings(cfg, step),

@@ -34,7 +34,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from model.checks import (  # noqa: F401 - the torch-free config checks, re-exported here
+from core.errors import UserError
+from model.data.checks import (  # noqa: F401 - the torch-free config checks, re-exported here
     CAPTION_DATASETS,
     CAPTIONED_IMAGES,
     DATASETS,
@@ -54,7 +55,6 @@ from model.checks import (  # noqa: F401 - the torch-free config checks, re-expo
     check_data_config,
     read_latent_meta,
 )
-from model.errors import UserError
 
 # --------------------------------------------------------------------------------------------
 # datasets
@@ -301,7 +301,7 @@ def build_dataset(data_cfg: Any, split: str = "train") -> Dataset:
     if name == "imagefolder":
         return _imagefolder(data_cfg, flip)
     if name in CAPTION_DATASETS:  # the images alone (captions: model.joint_data.CaptionPairs)
-        from model.captions import load_caption_data
+        from model.data.captions import load_caption_data
 
         data = load_caption_data(data_cfg, split)
         return ImageTensorDataset(data.images, data.labels.clamp(min=0))

@@ -51,7 +51,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.data import (
+from core.errors import UserError
+from core.io import atomic_write_text
+from model.data.sources import (
     _digits_arrays,
     _digits_split_indices,
     _expect,
@@ -59,9 +61,7 @@ from model.data import (
     center_crop_arr,
     cfg_get,
 )
-from model.errors import UserError
-from model.io import atomic_write_text
-from model.text import TOKENIZERS
+from model.data.tokenizers import TOKENIZERS
 
 CAPTION_DATASETS = ("digits_captions", "mnist_captions", "stamps", "captions")
 SPLITS = {

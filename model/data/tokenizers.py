@@ -37,8 +37,8 @@ from typing import Any, Protocol
 
 import torch
 
-from model.errors import UserError
-from model.io import atomic_write_text
+from core.errors import UserError
+from core.io import atomic_write_text
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")

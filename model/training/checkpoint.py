@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.errors import UserError
-from model.io import atomic_write_bytes, atomic_write_text
+from core.errors import UserError
+from core.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("cfh.train")
 

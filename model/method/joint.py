@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.diffusion import Diffusion, causalfusion_loss
-from model.errors import UserError
-from model.network import CausalFusion, KVCache
-from model.noise import NoiseSource, uniform
-from model.text import BOS, EOS, PAD
+from core.errors import UserError
+from model.data.tokenizers import BOS, EOS, PAD
+from model.method.diffusion import Diffusion, causalfusion_loss
+from model.method.network import CausalFusion, KVCache
+from model.method.noise import NoiseSource, uniform
 
 DECODERS = ("greedy", "beam", "nucleus")
 

@@ -20,12 +20,12 @@ from collections.abc import Callable
 
 import torch
 
-from model.ar import equal_group_sizes, token_order
-from model.diffusion import Sampler
-from model.errors import UserError
-from model.masks import check_group_sizes
-from model.network import CausalFusion, KVCache
-from model.noise import NoiseSource, SampleNoise, normal
+from core.errors import UserError
+from model.method.ar import equal_group_sizes, token_order
+from model.method.diffusion import Sampler
+from model.method.masks import check_group_sizes
+from model.method.network import CausalFusion, KVCache
+from model.method.noise import NoiseSource, SampleNoise, normal
 
 MIN_CPU_BATCH = 16  # every matmul then has >= 16 rows: batch-invariant rounding on CPU
 

@@ -29,7 +29,7 @@ import functools
 
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 
 COND, CLEAN, NOISY, PAD, TEXT = 0, 1, 2, 3, 4
 TEXT_FIRST_GROUP, TEXT_LAST_GROUP = 0, 2  # text group id: before (t2i) / after (i2t) the image

@@ -13,10 +13,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from model.captions import CAPTION_DATASETS, CaptionData, load_caption_data
-from model.data import cfg_get, to_float
-from model.errors import UserError
-from model.text import Tokenizer, build_tokenizer, encode_batch, load_tokenizer, save_tokenizer
+from core.errors import UserError
+from model.data.captions import CAPTION_DATASETS, CaptionData, load_caption_data
+from model.data.sources import cfg_get, to_float
+from model.data.tokenizers import (
+    Tokenizer,
+    build_tokenizer,
+    encode_batch,
+    load_tokenizer,
+    save_tokenizer,
+)
 
 TOKENIZER_FILE = "tokenizer.json"
 DIGIT_CAPTION_DATASETS = ("digits_captions", "mnist_captions")
@@ -91,7 +97,7 @@ def prompt_labels(prompts: list[str], data_cfg: Any) -> torch.Tensor:
     """The digit a prompt names (digit datasets; -1 where none or another dataset)."""
     if cfg_get(data_cfg, "name") not in DIGIT_CAPTION_DATASETS:
         return torch.full((len(prompts),), -1, dtype=torch.long)
-    from model.caption_metrics import caption_digit
+    from model.evaluation.caption_metrics import caption_digit
 
     digits = [caption_digit(p) for p in prompts]
     return torch.tensor([-1 if d is None else d for d in digits], dtype=torch.long)

@@ -38,14 +38,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from model.ar import ORDERS, equal_group_sizes, token_order
-from model.data import build_dataset, center_crop_arr, image_source_cfg, read_latent_meta
-from model.diffusion import Diffusion, Sampler, make_sampler
-from model.errors import UserError
-from model.io import atomic_write_bytes, atomic_write_json, now_iso
-from model.network import CausalFusion
-from model.noise import NoiseSource, SampleNoise, uniform
-from model.sampling import generate
+from core.errors import UserError
+from core.io import atomic_write_bytes, atomic_write_json, now_iso
+from model.data.sources import build_dataset, center_crop_arr, image_source_cfg, read_latent_meta
+from model.method.ar import ORDERS, equal_group_sizes, token_order
+from model.method.diffusion import Diffusion, Sampler, make_sampler
+from model.method.network import CausalFusion
+from model.method.noise import NoiseSource, SampleNoise, uniform
+from model.method.sampling import generate
 
 TASKS = ("inpaint", "outpaint", "swap")
 EDIT_ORDERS = ("nearest", *ORDERS)
@@ -295,7 +295,7 @@ def _vae_for(train_cfg: Any, path: Path):
             f"edit.input={str(path)!r} is an image file, but this run trains on VAE latents and "
             f"{why}; give a dataset index instead"
         )
-    from model.encode import load_vae
+    from model.data.encode import load_vae
 
     return load_vae(str(vae_path)), float(meta["scale_factor"])
 
@@ -441,7 +441,7 @@ def edit_run(
     cfg: DictConfig, spec: EditSpec | None = None, device: torch.device | None = None
 ) -> dict:
     """`cfh edit`: edit the inputs, write input | mask | results rows as a PNG; return paths."""
-    from model.inference import (
+    from model.evaluation.inference import (
         decode_to_pixels,
         image_grid_png,
         load_trained,
@@ -549,7 +549,7 @@ def task_samples(
     Labels are the inputs' own classes, or for swap each input's new class (y + 1 + i % (K-1)),
     so the classifier's class_acc scores the swap.
     """
-    from model.inference import decode_to_pixels, sample_progress, to_uint8
+    from model.evaluation.inference import decode_to_pixels, sample_progress, to_uint8
 
     task, split = str(cfg.eval.task), str(cfg.eval.split)
     if task not in TASKS:

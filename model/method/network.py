@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from model.errors import UserError
-from model.masks import check_group_sizes, flex_block_mask, generalized_causal_mask
+from core.errors import UserError
+from model.method.masks import check_group_sizes, flex_block_mask, generalized_causal_mask
 
 POS_EMBEDS = ("sincos", "learned")
 ATTENTIONS = ("sdpa", "flex")
@@ -482,7 +482,7 @@ class CausalFusion(nn.Module):
 
     def _text_first_mask(self, sizes: list[int], text_visible: torch.Tensor) -> torch.Tensor:
         """(B, 1, n, n) mask of [cond, text, clean, noisy]: padding and dropped text unseen."""
-        from model.masks import joint_mask
+        from model.method.masks import joint_mask
 
         B, T = text_visible.shape
         C, device = self.cfg.num_cond_tokens, text_visible.device
@@ -497,7 +497,7 @@ class CausalFusion(nn.Module):
         The sequence is [null-class condition, the whole image clean (raster order), text]; each
         text token sees the condition, every image token and the text up to itself.
         """
-        from model.masks import joint_mask
+        from model.method.masks import joint_mask
 
         B, L, C, T = x0.shape[0], self.num_tokens, self.cfg.num_cond_tokens, text.shape[1]
         positions = torch.arange(L, device=x0.device).expand(B, L)

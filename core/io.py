@@ -116,7 +116,7 @@ def now_iso() -> str:
 
 def load_status(run_dir: str | os.PathLike) -> tuple[dict, str | None]:
     """(status.json as a dict, None), or ({}, why it is damaged); ({}, None) when absent."""
-    from model.records import status_problem
+    from core.records import status_problem
 
     try:
         text = (Path(run_dir) / "status.json").read_text(encoding="utf-8")

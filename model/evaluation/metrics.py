@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.data import dataset_key, reference_dataset
-from model.errors import UserError
-from model.evaluate import (
+from core.errors import UserError
+from core.io import atomic_torch_save, atomic_write_bytes
+from model.data.sources import dataset_key, reference_dataset
+from model.evaluation.extractors import (
     EXTRACTORS,
     INCEPTION_FE,
     cache_root,
@@ -43,8 +44,7 @@ from model.evaluate import (
     extractor_weights,
     single_thread,
 )
-from model.io import atomic_torch_save, atomic_write_bytes
-from model.progress import Progress
+from model.training.progress import Progress
 
 log = logging.getLogger("cfh.extract")
 

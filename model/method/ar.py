@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from model.errors import UserError
-from model.masks import check_group_sizes
-from model.noise import NoiseSource, uniform
+from core.errors import UserError
+from model.method.masks import check_group_sizes
+from model.method.noise import NoiseSource, uniform
 
 ORDERS = ("random", "raster", "block_raster", "dilated")
 STEP_MODES = ("fixed", "uniform", "decay")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 
 # model.network.SIZES has these keys, in this order (tests/model/test_network.py checks it).
 SIZE_NAMES = ("T", "XS", "S", "B", "L", "XL", "H", "ablation")
@@ -108,7 +108,7 @@ def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
     for split in splits:
         _check_split(name, split)
     if name in CAPTION_DATASETS:
-        from model.captions import check_caption_config
+        from model.data.captions import check_caption_config
 
         check_caption_config(data_cfg)
     elif name == "digits":

@@ -25,8 +25,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from model import ar
-from model.checkpoint import (
+from core.errors import UserError
+from core.io import (
+    atomic_write_text,
+    cut_jsonl,
+    record_failure,
+    update_status,
+)
+from model.data.sources import BatchStream, build_dataset
+from model.method import ar
+from model.method.diffusion import Diffusion, causalfusion_loss
+from model.method.network import CausalFusion, build_model, count_params, train_flops_per_image
+from model.training.checkpoint import (
     checkpoint_path,
     checkpoint_paths,
     load_latest_checkpoint,
@@ -37,9 +47,7 @@ from model.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from model.data import BatchStream, build_dataset
-from model.diffusion import Diffusion, causalfusion_loss
-from model.distributed import (
+from model.training.distributed import (
     DistInfo,
     barrier,
     gather_to_all,
@@ -47,17 +55,9 @@ from model.distributed import (
     reduce_max,
     reduce_mean,
 )
-from model.errors import UserError
-from model.io import (
-    atomic_write_text,
-    cut_jsonl,
-    record_failure,
-    update_status,
-)
-from model.loggers import TrainLoggers
-from model.network import CausalFusion, build_model, count_params, train_flops_per_image
-from model.perf import matmul_peak_flops, mfu, peak_memory_mb
-from model.progress import Progress, run_log
+from model.training.loggers import TrainLoggers
+from model.training.perf import matmul_peak_flops, mfu, peak_memory_mb
+from model.training.progress import Progress, run_log
 
 log = logging.getLogger("cfh.train")
 
@@ -103,7 +103,7 @@ def model_from_config(cfg: DictConfig, text_vocab: int = 0) -> CausalFusion:
     image-text model with `text_vocab` token ids (its tokenizer's vocabulary size)."""
     text = {}
     if text_vocab:
-        from model.joint_data import max_text_len
+        from model.data.joint_pairs import max_text_len
 
         text = {"text_vocab": text_vocab, "max_text_len": max_text_len(cfg.data)}
     return build_model(
@@ -266,12 +266,12 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    from model.joint_data import is_caption_data
+    from model.data.joint_pairs import is_caption_data
 
     joint = is_caption_data(cfg.data)
     tokenizer = None
     if joint:
-        from model.joint_data import run_tokenizer
+        from model.data.joint_pairs import run_tokenizer
 
         # every rank builds the same vocabulary; rank 0 writes it (before its first checkpoint)
         tokenizer = run_tokenizer(cfg.data, run_dir, write=info.is_main)
@@ -286,8 +286,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
     )
     diffusion = Diffusion()
     if tokenizer is not None:
-        from model.captions import load_caption_data
-        from model.joint_data import CaptionPairs, max_text_len
+        from model.data.captions import load_caption_data
+        from model.data.joint_pairs import CaptionPairs, max_text_len
 
         data = load_caption_data(cfg.data, "train")
         dataset = CaptionPairs(data, tokenizer, max_text_len(cfg.data))
@@ -330,7 +330,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo, device: torch.device)
 
     train_net: torch.nn.Module = net
     if joint:
-        from model.joint import JointObjective
+        from model.method.joint import JointObjective
 
         train_net = JointObjective(net)  # both losses in one forward, as DDP needs
     if info.world > 1:

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from model.errors import UserError
-from model.noise import NoiseSource, normal
+from core.errors import UserError
+from model.method.noise import NoiseSource, normal
 
 NOISE_WEIGHTINGS = ("uniform", "high_noise", "min_snr")
 SAMPLERS = ("ddpm", "ddim")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from model.errors import UserError
+from core.errors import UserError
 
 # pycocoevalcap/tokenizer/ptbtokenizer.py drops these PTB tokens after tokenizing:
 # "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from model.data import build_dataset, cfg_get, read_latent_meta
-from model.errors import UserError
-from model.io import atomic_write_bytes, atomic_write_json, now_iso
-from model.noise import SampleNoise
-from model.progress import Progress
+from core.errors import UserError
+from core.io import atomic_write_bytes, atomic_write_json, now_iso
+from model.data.sources import build_dataset, cfg_get, read_latent_meta
+from model.method.noise import SampleNoise
+from model.training.progress import Progress
 
 log = logging.getLogger("cfh.encode")
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from model.io import append_jsonl
+from core.io import append_jsonl
 
 LOGGERS = ("jsonl", "tensorboard")
 TENSORBOARD_DIR = "tensorboard"

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from model.errors import UserError
-from model.io import atomic_write_bytes, atomic_write_json, now_iso
-from model.joint import caption_images
-from model.joint_data import DIGIT_CAPTION_DATASETS, is_caption_data, saved_tokenizer
-from model.noise import SampleNoise
+from core.errors import UserError
+from core.io import atomic_write_bytes, atomic_write_json, now_iso
+from model.data.joint_pairs import DIGIT_CAPTION_DATASETS, is_caption_data, saved_tokenizer
+from model.method.joint import caption_images
+from model.method.noise import SampleNoise
 
 CAPTION_BATCH = 64
 
@@ -80,8 +80,8 @@ def decode_captions(
 
 def caption_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     """`cfh caption`: caption caption.input; write captions.json and sheet.png; return them."""
-    from model.editing import load_inputs
-    from model.inference import _run_dir, load_trained, settings_hash, to_uint8
+    from model.evaluation.inference import _run_dir, load_trained, settings_hash, to_uint8
+    from model.tasks.editing import load_inputs
 
     run_dir = _run_dir(cfg)
     device = device or torch.device("cpu")
@@ -105,7 +105,7 @@ def caption_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "captions.json", record)
-    from model.inference import decode_to_pixels
+    from model.evaluation.inference import decode_to_pixels
 
     pixels = to_uint8(decode_to_pixels(x, train_cfg))
     atomic_write_bytes(out / "sheet.png", caption_sheet_png(pixels, captions))
@@ -152,9 +152,9 @@ def caption_metrics_of_run(
 ) -> tuple[dict, list[dict]]:
     """eval.task=caption: caption the first min(sample.num, N) eval.split images, score them;
     (metrics, the first 8 captions with their references)."""
-    from model.caption_metrics import caption_accuracy, caption_scores
-    from model.captions import load_caption_data
-    from model.data import to_float
+    from model.data.captions import load_caption_data
+    from model.data.sources import to_float
+    from model.evaluation.caption_metrics import caption_accuracy, caption_scores
 
     _check_joint(train_cfg, "eval.task=caption")
     data = load_caption_data(train_cfg.data, str(cfg.eval.split))

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from model.checks import check_eval_extractor  # noqa: F401 - re-exported
-from model.data import build_dataset, cfg_get, dataset_key, image_source_cfg
-from model.errors import UserError
-from model.io import atomic_torch_save
+from core.errors import UserError
+from core.io import atomic_torch_save
+from model.data.checks import check_eval_extractor  # noqa: F401 - re-exported
+from model.data.sources import build_dataset, cfg_get, dataset_key, image_source_cfg
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Evaluation: sampling a run, feature extractors, FID/KID/P-R and caption metrics."""

@@ -1,0 +1,1 @@
+"""The method: the CausalFusion network, masks, AR schedule, diffusion, noise and sampling."""

@@ -1,0 +1,1 @@
+"""Tasks beyond generation: in-context editing and captioning of a trained run."""

@@ -1,0 +1,1 @@
+"""Training: the trainer loop, checkpoints, distributed helpers, loggers, progress, MFU."""
