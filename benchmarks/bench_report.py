@@ -14,12 +14,17 @@ import argparse
 import itertools
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
 
-from reports import synthetic as sy
-from reports.results import ResultsWarning
+# The synthetic run folders are a test fixture (tests/reports/synthetic.py), not product code.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reports"))
+
+import synthetic as sy  # noqa: E402
+
+from reports.results import ResultsWarning  # noqa: E402
 
 S_TRAIN = [("fixed", s, 0.9) for s in (1, 2, 4, 8, 64)] + [("uniform", 1, 0.9)]
 S_TRAIN += [("decay", 1, d) for d in (0.8, 0.85, 0.9, 0.95)]
@@ -72,7 +77,7 @@ def main() -> None:
     t0 = time.perf_counter()
     from reports import load_results
     from reports.report import write_report
-    from reports.results import set_size_cache
+    from reports.sizes import set_size_cache
 
     set_size_cache(root / ".cache" / "reports" / "model_sizes.json")
     c1, t1 = time.process_time(), time.perf_counter()

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.records import status_problem
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -116,8 +118,6 @@ def now_iso() -> str:
 
 def load_status(run_dir: str | os.PathLike) -> tuple[dict, str | None]:
     """(status.json as a dict, None), or ({}, why it is damaged); ({}, None) when absent."""
-    from core.records import status_problem
-
     try:
         text = (Path(run_dir) / "status.json").read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.errors import UserError
+
 DISTRIBUTION = "causalfusion-harness"
 
 # subcommand -> (module that registers it, help line), in the order `cfh --help` lists them.
@@ -95,7 +97,7 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=argparse.SUPPRESS,
         metavar="DIR",
-        help="your own configs (grids/, cluster/, model/, data/, as in harness/configs); its "
+        help="your own configs (grids/, cluster/, model/, data/, as in experiments/); its "
         "files win over shipped ones of the same name (repeatable; also $CFH_CONFIG_DIR)",
     )
 
@@ -121,7 +123,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfh",
         description="Train, sample, evaluate and ablate CausalFusion; sweeps on SLURM or locally.",
-        epilog="Config keys and their meaning: harness/configs/config.yaml; commands: README.md.\n"
+        epilog="Config keys and their meaning: experiments/config.yaml; commands: README.md.\n"
         "Run `cfh COMMAND --help` for a command's options and examples.",
         allow_abbrev=False,  # command_in must see global options spelled out
     )
@@ -154,18 +156,8 @@ def set_config_dirs(dirs: Sequence[str]) -> None:
         os.environ["CFH_CONFIG_DIR"] = os.pathsep.join(dict.fromkeys(paths))
 
 
-def print_config_job(args: argparse.Namespace) -> int:
-    """`--cfg job` of a single-run command: the composed, validated config as YAML."""
-    from harness.config import load_config, to_yaml
-
-    print(to_yaml(load_config(args.overrides)), end="")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn user errors into one clear line and exit code 2."""
-    from core.errors import UserError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_in(argv))
     args, extra = parser.parse_known_args(argv)

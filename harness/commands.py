@@ -11,9 +11,9 @@ import json
 import logging
 import sys
 
-from harness.config import load_config
+from harness.config import load_config, print_config_job
 
-KEYS = "Config keys and their meaning: harness/configs/config.yaml (README.md: Config)."
+KEYS = "Config keys and their meaning: experiments/config.yaml (README.md: Config)."
 EPILOGS = {
     "train": """examples:
   cfh train model=T data=digits train.steps=40 run_dir=outputs/try
@@ -40,8 +40,6 @@ EPILOGS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add train, sample, evaluate, caption, encode and stats to the cfh parser."""
-    from harness.cli import print_config_job
-
     for name, func, text in (
         ("train", cmd_train, "train (or resume) one run into run_dir"),
         ("sample", cmd_sample, "draw samples from a trained run at any S_eval"),
@@ -100,13 +98,14 @@ def _join_job() -> bool:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """cfh train run_dir=R [key=value ...]"""
+    cfg = load_config(args.overrides)  # a bad key or value fails here, before torch loads
+    from harness.jobs import trainer_hooks
     from model.training.trainer import TrainingFailed, train
 
     _setup_logging()
-    cfg = load_config(args.overrides)
     main = _join_job()
     try:
-        summary = train(cfg)
+        summary = train(cfg, **trainer_hooks())
     except TrainingFailed as e:
         print(f"error: training failed: {e}", file=sys.stderr)
         return 1
@@ -117,10 +116,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """cfh sample run_dir=R sample.num=N sample.ar_steps=S ..."""
-    from model.evaluation.inference import sample_run
+    cfg = load_config(args.overrides)  # a bad key or value fails here, before torch loads
+    from model.tasks.evaluate import sample_run
 
     _setup_logging()
-    cfg = load_config(args.overrides)
     if not _join_job():
         sample_run(cfg)  # this rank's share
         return 0
@@ -135,10 +134,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """cfh evaluate run_dir=R eval.extractor=... sample.ar_steps=S ..."""
-    from model.evaluation.inference import evaluate_run
+    cfg = load_config(args.overrides)  # a bad key or value fails here, before torch loads
+    from model.tasks.evaluate import evaluate_run
 
     _setup_logging()
-    cfg = load_config(args.overrides)
     if not _join_job():
         evaluate_run(cfg)  # this rank's share of the samples; rank 0 scores
         return 0
@@ -152,10 +151,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     """cfh caption run_dir=R caption.input=[0,1,img.png] caption.method=greedy|beam|nucleus"""
+    cfg = load_config(args.overrides)  # a bad key or value fails here, before torch loads
     from model.tasks.captioning import caption_run
 
     _setup_logging()
-    cfg = load_config(args.overrides)
     result = caption_run(cfg)
     for item in result["captions"]:
         print(f"{item['input']}: {item['caption']}")
@@ -165,13 +164,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """cfh stats data=... eval.extractor=... eval.split=... [eval.ref_num=N] --out F.npz"""
+    cfg = load_config(args.overrides)  # a bad key or value fails here, before torch loads
     from pathlib import Path
 
     from core.errors import UserError
     from model.evaluation.metrics import write_split_statistics
 
     _setup_logging()
-    cfg = load_config(args.overrides)
     out = Path(args.out)
     if out.suffix != ".npz" or out.is_dir():
         raise UserError(f"--out {args.out} must be a .npz file path")
@@ -187,12 +186,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     """cfh encode data=imagefolder data.root=DIR --vae VAE_DIR --out LATENTS_DIR"""
+    cfg = load_config(args.overrides)  # a bad key or value fails here, before torch loads
     import torch
 
     from model.data.encode import encode_dataset
 
     _setup_logging()
-    cfg = load_config(args.overrides)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

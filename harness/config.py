@@ -1,16 +1,15 @@
-"""Compose cfh's hydra config from the shipped configs plus user config dirs; validate it.
+"""Compose cfh's hydra config from the config dirs (harness.config_search); validate it.
 
-The shipped configs are package data (harness/configs/: config.yaml, model/, data/, cluster/,
-grids/). User dirs (`cfh --config-dir DIR` or $CFH_CONFIG_DIR, os.pathsep-separated) have the
-same layout; they come first on hydra's search path, so a user file wins over a shipped one with
-the same name, and their grids and profiles are listed beside the shipped ones.
+Hydra composes config.yaml once per choice of config groups (model, data, cluster) over a search
+path with the user dirs before the shipped one; `key=value` overrides are then applied to a plain
+copy, refusing keys the config does not have.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,54 +25,13 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import UserError
+from core.keys import flatten
+from harness.config_search import config_dirs, find_config, group_options
 from harness.schema import validate_config
 
-SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CONFIG_DIR_ENV = "CFH_CONFIG_DIR"
 CONFIG_GROUPS = ("model", "data", "cluster")
 # Mappings whose keys are open (sbatch option names): set_key may add a key there.
 OPEN_SECTIONS = ("cluster.slurm_additional_parameters",)
-
-
-def user_config_dirs() -> tuple[Path, ...]:
-    """The user config dirs from $CFH_CONFIG_DIR, first = highest priority; missing dirs refused."""
-    return _parse_dirs(os.environ.get(CONFIG_DIR_ENV, ""), os.getcwd())
-
-
-@functools.lru_cache(maxsize=16)
-def _parse_dirs(text: str, cwd: str) -> tuple[Path, ...]:
-    """Cached: grid expansion resolves configs once per point, and this runs every time."""
-    dirs = []
-    for part in text.split(os.pathsep):
-        if not part:
-            continue
-        path = (Path(cwd) / Path(part).expanduser()).resolve()
-        if not path.is_dir():
-            raise UserError(
-                f"config dir {part!r} ($CFH_CONFIG_DIR or --config-dir): no such folder"
-            )
-        dirs.append(path)
-    return tuple(dict.fromkeys(dirs))
-
-
-def config_dirs() -> tuple[Path, ...]:
-    """Every config dir in search order: the user dirs, then the shipped configs."""
-    return (*user_config_dirs(), SHIPPED_CONFIG_DIR)
-
-
-def find_config(relpath: str, dirs: Sequence[Path] | None = None) -> Path | None:
-    """The file that wins for a path such as `grids/smoke.yaml` (user dirs first), or None."""
-    for root in config_dirs() if dirs is None else dirs:
-        path = root / relpath
-        if path.is_file():
-            return path
-    return None
-
-
-def group_options(group: str, dirs: Sequence[Path] | None = None) -> list[str]:
-    """The names a config group offers: yaml files in <config dir>/<group>/ of every dir."""
-    roots = config_dirs() if dirs is None else dirs
-    return sorted({p.stem for root in roots for p in (root / group).glob("*.yaml")})
 
 
 def _compose(dirs: tuple[Path, ...], overrides: list[str]) -> DictConfig:
@@ -178,6 +136,17 @@ def resolve_overrides(overrides: Sequence[str] = ()) -> dict:
     return cfg
 
 
+def default_config() -> dict:
+    """The default config (no overrides) for the config dirs in effect; shared: do not change it."""
+    return _default_config_for(config_dirs())
+
+
+@functools.cache
+def _default_config_for(dirs: tuple[Path, ...]) -> dict:
+    """default_config per search path (the config dirs may change within a process)."""
+    return resolve_overrides([])
+
+
 def load_config(overrides: Sequence[str] = (), validate: bool = True) -> DictConfig:
     """Compose config.yaml with `key=value` overrides; raise UserError if invalid."""
     cfg = resolve_overrides(overrides)
@@ -215,13 +184,21 @@ def set_key(cfg: dict, key: str, value: Any) -> None:
             break  # a new option name is allowed here; its validator checks it
         if not isinstance(node, dict) or part not in node:
             parent = ".".join(parts[:i])
-            raise UserError(f"unknown config key {key!r}; {_nearby_keys(cfg, parent)}")
+            raise UserError(
+                f"unknown config key {key!r}; {_did_you_mean(cfg, key)}{_nearby_keys(cfg, parent)}"
+            )
         if i < len(parts) - 1:
             node = node[part]
     leaf = parts[-1]
     if isinstance(node.get(leaf), dict) and not isinstance(value, dict):
         raise UserError(f"{key} is a section, not a value; {_nearby_keys(cfg, key)}")
     node[leaf] = value
+
+
+def _did_you_mean(cfg: dict, key: str) -> str:
+    """ "did you mean 'train.steps'? " for a key one typo away from an existing one, else ""."""
+    close = difflib.get_close_matches(key, flatten(cfg), n=3, cutoff=0.8)
+    return f"did you mean {' or '.join(repr(k) for k in close)}? " if close else ""
 
 
 def _nearby_keys(cfg: dict, parent_key: str) -> str:
@@ -242,3 +219,9 @@ def to_yaml(cfg: DictConfig) -> str:
 def to_container(cfg: DictConfig) -> dict:
     """The resolved config as plain Python containers."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def print_config_job(args: Any) -> int:
+    """`--cfg job` of a single-run command: its composed, validated config as YAML."""
+    print(to_yaml(load_config(args.overrides)), end="")
+    return 0

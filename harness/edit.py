@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from harness.config import load_config
+from harness.config import load_config, print_config_job
 
 HELP = "edit real images in context: inpaint, outpaint, or regenerate a region as another class"
 EPILOG = """examples:
@@ -19,13 +19,11 @@ left_half, right_half, top_half, bottom_half, all, none, box:r0:c0:r1:c1 (token 
 columns, half-open), pixels:y0:x0:y1:x1 (every token touching the pixel box). The region's
 tokens are generated in sample.ar_steps groups (at most one per token) in edit.order; the noise,
 sampler, CFG and checkpoint come from sample.*. Dataset indices read eval.split.
-Config keys and their meaning: harness/configs/config.yaml (edit.*, sample.*)."""
+Config keys and their meaning: experiments/config.yaml (edit.*, sample.*)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `edit` to the cfh parser."""
-    from harness.cli import print_config_job
-
     p = sub.add_parser(
         "edit",
         help=HELP,

@@ -29,11 +29,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core.io import now_iso, read_status, record_failure, update_status
+from core.progress import run_log
 from harness.config import parse_override, resolve_overrides, set_key
 from harness.runs import read_point
 from harness.schema import validate_config
 from model.training.distributed import barrier, dist_info, init_distributed
-from model.training.progress import run_log
 
 log = logging.getLogger("cfh.jobs")
 
@@ -140,7 +140,7 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
             from harness.bench import run_bench_point
 
             phase = "bench"
-            return run_bench_point(rdir, cfg, main)
+            return run_bench_point(rdir, cfg, main, threads=slurm_cpus())
         steps = int(cfg["train"]["steps"])
         # Every rank sees the same checkpoint folder, so all ranks skip (or train) together.
         if not _final_checkpoint_exists(rdir, steps):
@@ -196,7 +196,7 @@ def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -
 
 def _leave_if_preempted() -> None:
     """Between eval points: on a preemption warning, leave so that PointJob requeues the job."""
-    from harness.executors import preemption_requested
+    from harness.point_job import preemption_requested
 
     if preemption_requested():
         raise SystemExit(124)  # not an Exception: the run is not marked failed
@@ -205,11 +205,28 @@ def _leave_if_preempted() -> None:
 def _default_train(cfg: DictConfig) -> Any:
     from model.training.trainer import train
 
-    return train(cfg)
+    return train(cfg, **trainer_hooks())
+
+
+def slurm_cpus() -> int | None:
+    """The CPUs SLURM allotted to this task (SLURM_CPUS_PER_TASK); None outside SLURM."""
+    value = os.environ.get("SLURM_CPUS_PER_TASK")
+    return int(value) if value else None
+
+
+def mark_requeued(run_dir: Path, step: int) -> None:
+    """The trainer saved at `step` on a preemption signal: the run waits for its requeue."""
+    update_status(run_dir, state="requeued", step=step)
+
+
+def trainer_hooks() -> dict[str, Any]:
+    """What the harness tells the trainer (model/ knows nothing of SLURM or requeues): one CPU
+    thread per allotted CPU (SLURM packs array tasks side by side), and the requeued state."""
+    return {"num_threads": slurm_cpus(), "on_preempt": mark_requeued}
 
 
 def _default_eval(cfg: DictConfig) -> dict:
-    from model.evaluation.inference import evaluate_run
+    from model.tasks.evaluate import evaluate_run
 
     return evaluate_run(cfg)
 

@@ -1,5 +1,5 @@
-"""Cluster profiles (cluster/<name>.yaml of a config dir, see harness.config): validation and
-resources, without submitit.
+"""Cluster profiles (cluster/<name>.yaml of a config dir, see harness.config_search): validation,
+resources, and a point's cluster settings checked against its profile, without submitit.
 
 Grid expansion, `cfh status` and `cfh sweep --dry-run` validate profiles; they import this
 module, not harness.executors, so submitit is imported only when something is submitted.
@@ -7,11 +7,17 @@ module, not harness.executors, so submitit is imported only when something is su
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from core.errors import UserError
+from harness.config_search import config_dirs, find_config, group_options
 
 BACKENDS = ("local", "slurm")
 MAX_ARRAY_SIZE = 1000  # SLURM's default MaxArraySize is 1001: longer lists go in several arrays
@@ -96,13 +102,8 @@ _SBATCH_FROM_KEYS = {
 
 
 def _as_dict(cfg: Any) -> dict:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     if isinstance(cfg, Mapping):
         return dict(cfg)
     raise UserError(f"a cluster profile must be a mapping, got {type(cfg).__name__}")
@@ -116,7 +117,7 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
     if not isinstance(d.get("name"), str) or not d["name"]:
         raise UserError(f"cluster.name={d.get('name')!r} is not allowed; expected a profile name")
     name = d["name"]
-    where = f"cluster profile '{name}' (cluster/{name}.yaml: harness/configs or --config-dir)"
+    where = f"cluster profile '{name}' (cluster/{name}.yaml: experiments or --config-dir)"
 
     def bad(key: str, why: str = "") -> UserError:
         got = d.get(key)
@@ -248,3 +249,58 @@ def _local_gpu_count() -> int:
         return int(torch.cuda.device_count())
     except Exception:  # noqa: BLE001 - no torch / no driver: no GPUs
         return 0
+
+
+# ---------------------------------------------------------------- a point's resources
+
+
+def _profile(name: str) -> dict:
+    """The cluster profile file that wins for a name (user config dirs first)."""
+    path = find_config(f"cluster/{name}.yaml")
+    if path is None:
+        raise UserError(f"unknown cluster profile {name!r}; allowed: {group_options('cluster')}")
+    return _load_profile(path)
+
+
+@functools.cache
+def _load_profile(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+
+
+def check_cluster(cfg: dict, error: Any) -> None:
+    """Resource sanity: known backend, a valid profile, no GPUs on a CPU profile, and a global
+    batch that splits evenly over the point's ranks."""
+    cluster_json = json.dumps(cfg["cluster"], sort_keys=True)
+    problem = _cluster_problem(cluster_json, cfg["train"]["device"], config_dirs())
+    if problem:
+        raise error(problem)
+    ranks, batch = world_size(cfg["cluster"]), cfg["train"]["batch_size"]
+    if batch % ranks:
+        raise error(
+            f"train.batch_size={batch} does not split over the point's {ranks} ranks "
+            f"(cluster.nodes x tasks per node); use a multiple of {ranks}"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _cluster_problem(cluster_json: str, device: str, dirs: tuple[Path, ...]) -> str | None:
+    """What is wrong with one resource shape, or None (cached: grids repeat shapes; `dirs`, the
+    config search path, is in the key because the profile files come from it)."""
+    c = json.loads(cluster_json)
+    if c.get("backend") not in BACKENDS:
+        return f"cluster.backend={c.get('backend')!r}; allowed: {', '.join(BACKENDS)}"
+    gpus = c.get("gpus_per_node", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        return f"cluster.gpus_per_node={gpus!r} must be an integer >= 0"
+    if not _profile(c["name"]).get("gpus_per_node", 0) and (gpus or device == "cuda"):
+        cpu_only = f"cluster profile {c['name']!r} is a CPU profile (gpus_per_node: 0)"
+        gpu_profiles = [p for p in group_options("cluster") if _profile(p).get("gpus_per_node")]
+        hint = f"; GPU profiles: {', '.join(gpu_profiles)}" if gpu_profiles else ""
+        if gpus:
+            return f"cluster.gpus_per_node={gpus}: {cpu_only}{hint}"
+        return f"train.device=cuda: {cpu_only}; use train.device=auto or cpu{hint}"
+    try:
+        validate_profile(c)
+    except UserError as e:
+        return str(e)
+    return None

@@ -1,9 +1,7 @@
-"""Signatures, run folders and grid folders: where every point's state lives on disk.
+"""Run folders and grid folders: where every point's state lives on disk.
 
-A run's signature is a short hash of its resolved config's delta from the default config,
-restricted to keys that change results (dora's idea), plus the number of ranks when it is not
-1: the same training in two grids is one run folder, `<root>/runs/<signature>/`, trained once.
-A grid keeps `<root>/grids/<name>/plan.json` (its expanded points as last swept) and
+A run is trained once in `<root>/runs/<signature>/` (harness.signatures), whichever grids use
+it. A grid keeps `<root>/grids/<name>/plan.json` (its expanded points as last swept) and
 `runs/<signature>` symlinks to its run folders.
 
 Files in a run folder written here (the trainer and jobs.py own status.json and the rest):
@@ -19,10 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,130 +28,9 @@ from omegaconf import OmegaConf
 
 from core.errors import UserError
 from core.io import atomic_write_json, atomic_write_text, now_iso, read_status
-from harness.config import config_dirs, resolve_overrides
-
-SIGNATURE_LEN = 10
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-SIGNATURE_RE = re.compile(r"^[0-9a-f]{10}$")  # SIGNATURE_LEN hex digits
-# Keys (and key prefixes) that decide how or where a run executes, not what it learns.
-NON_RESULT_KEYS = (
-    "run_dir",
-    "sample",
-    "eval",
-    "cluster",
-    "train.log_every",
-    "train.loggers",  # where metrics go, not what they are
-    "train.num_workers",
-    "train.ckpt_every",
-    "train.keep_checkpoints",
-    "train.device",
-    "train.dist_timeout_s",
-    "train.compile",
-    "train.grad_checkpointing",
-    "train.max_nonfinite",
-    "model.attention",  # sdpa and flex compute the same attention
-)
-# key -> (key, values) under which it is used; elsewhere it is ignored by the trainer, so it is
-# left out of the signature (uniform S_train does not depend on train.ar.steps).
-CONDITIONAL_KEYS = {
-    "train.ar.steps": ("train.ar.mode", ("fixed",)),
-    "train.ar.decay": ("train.ar.mode", ("decay",)),
-    "train.order_block": ("train.order", ("block_raster",)),
-    "train.loss.min_snr_gamma": ("train.loss.noise_weighting", ("min_snr",)),
-}
-
-
-# ---------------------------------------------------------------- signatures
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
-def _default_flat() -> dict[str, Any]:
-    """The default config, flat, for the config dirs in effect (they may change in-process)."""
-    return _default_flat_for(config_dirs())
-
-
-@functools.cache
-def _default_flat_for(dirs: tuple[Path, ...]) -> dict[str, Any]:
-    return flatten(resolve_overrides([]))
-
-
-@functools.cache
-def _is_result_key(key: str) -> bool:
-    return not any(key == k or key.startswith(f"{k}.") for k in NON_RESULT_KEYS)
-
-
-def _canonical(value: Any, default: Any) -> Any:
-    """Compare 1 and 1.0 as equal where the default is a float (the config's type)."""
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def config_delta(cfg: dict) -> dict[str, Any]:
-    """{dotted key: value} where the resolved config differs from the default, result keys only."""
-    flat = flatten(cfg)
-    default = _default_flat()
-    for key, (cond, values) in CONDITIONAL_KEYS.items():
-        if key in flat and flat.get(cond) not in values:
-            flat[key] = default.get(key)
-    if not flat.get("bench.enabled"):  # bench.* settings only shape bench points
-        for key in [k for k in flat if k.startswith("bench.") and k != "bench.enabled"]:
-            flat[key] = default.get(key)
-    aw = "train.loss.ar_weight."
-    if flat.get(f"{aw}max") == flat.get(f"{aw}min"):  # the schedule only shapes a ramp
-        flat[f"{aw}schedule"] = default.get(f"{aw}schedule")
-    delta = {}
-    for key in sorted(set(flat) | set(default)):
-        if not _is_result_key(key):
-            continue
-        value = _canonical(flat.get(key), default.get(key))
-        if value != _canonical(default.get(key), default.get(key)) or key not in default:
-            delta[key] = value
-    ranks = _world_size(cfg.get("cluster") or {})
-    if ranks != 1:  # each rank has its own random streams: another rank count, another run
-        delta["world_size"] = ranks
-    return delta
-
-
-def _world_size(cluster: dict) -> int:
-    from harness.profiles import world_size
-
-    return world_size(cluster)
-
-
-def signature(cfg: dict) -> str:
-    """Short hash (10 hex of sha1) of the resolved config's result-relevant delta."""
-    from harness.grid import short_hash
-
-    return short_hash(config_delta(cfg), SIGNATURE_LEN)
-
+from core.names import check_name, check_signature
 
 # ---------------------------------------------------------------- names and folders
-
-
-def check_name(name: str, what: str = "grid name") -> str:
-    """A folder name from the user: letters, digits, _ and - only (no path traversal)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise UserError(f"{what} {name!r} may only use letters, digits, _ and -")
-    return name
-
-
-def check_signature(sig: str) -> str:
-    """A signature read from disk or typed by the user: exactly 10 lowercase hex digits."""
-    if not isinstance(sig, str) or not SIGNATURE_RE.match(sig):
-        raise UserError(f"signature {sig!r} must be {SIGNATURE_LEN} lowercase hex digits")
-    return sig
 
 
 def run_dir(root: str | os.PathLike, sig: str) -> Path:

@@ -2,10 +2,10 @@
 
 `validate_config` is what `cfh train|sample|evaluate|edit|bench`, `cfh sweep` (and --dry-run)
 and grid expansion all call before anything is written or submitted. Every key of
-harness/configs/config.yaml and of its groups has an entry in SCHEMA (a test walks them all);
-`cluster.*` is checked by the cluster profile's own table (harness.executors.validate_profile),
-and the dataset-specific rules by model.data.check_data_config. A bad value raises one
-UserError line: `key=value is not allowed; expected ...`.
+experiments/config.yaml and of its groups has an entry in SCHEMA (a test walks them all);
+`cluster.*` is checked by the cluster profile's own table (harness.profiles.validate_profile),
+and the dataset-specific rules by model.data.checks.check_data_config. The lists of choices come
+from core.choices. A bad value raises one UserError line: `key=value is not allowed; expected ...`.
 """
 
 from __future__ import annotations
@@ -18,32 +18,36 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.choices import (
+    ATTENTIONS,
+    BENCH_CLOCKS,
+    BENCH_MEASURES,
+    CAPTION_DATASETS,
+    DATASETS,
+    DECODERS,
+    DEVICES,
+    EDIT_ORDERS,
+    EDIT_TASKS,
+    EVAL_TASKS,
+    EXTRACTORS,
+    JOINT_TASKS,
+    LOGGERS,
+    NOISE_WEIGHTINGS,
+    NUM_DIFFUSION_STEPS,
+    ORDERS,
+    POS_EMBEDS,
+    PRECISIONS,
+    SAMPLERS,
+    SIZE_NAMES,
+    STEP_MODES,
+    TOKENIZERS,
+    WEIGHT_SCHEDULES,
+)
 from core.errors import UserError
-
-AR_MODES = ("fixed", "uniform", "decay")
-ORDERS = ("random", "raster", "block_raster", "dilated")
-EDIT_ORDERS = ("nearest", *ORDERS)
-AR_SCHEDULES = ("linear", "cosine")
-NOISE_WEIGHTINGS = ("uniform", "high_noise", "min_snr")
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-SAMPLERS = ("ddpm", "ddim")
-EXTRACTORS = ("classifier", "inception")
-TASKS = ("generate", "inpaint", "outpaint", "swap", "caption", "t2i")
-JOINT_TASKS = ("caption", "t2i")
-EDIT_TASKS = ("inpaint", "outpaint", "swap")
-DATASETS = (
-    "digits", "mnist", "imagefolder", "latents",
-    "digits_captions", "mnist_captions", "stamps", "captions",
-)  # fmt: skip
-TOKENIZERS = ("word", "bpe")
-DECODERS = ("greedy", "beam", "nucleus")
-ATTENTIONS = ("sdpa", "flex")
-POS_EMBEDS = ("sincos", "learned")
-BENCH_MEASURES = ("train", "sample", "extract")
-BENCH_CLOCKS = ("wall", "cpu")
-NUM_DIFFUSION_STEPS = 1000
-LOGGERS = ("jsonl", "tensorboard")  # model.loggers.LOGGERS
+from core.keys import flatten
+from harness.config_search import group_options
+from harness.profiles import validate_profile
+from model.data.checks import check_data_config  # torch-free, as this module must stay
 
 
 @dataclass(frozen=True)
@@ -132,12 +136,12 @@ def _edit_input(v: Any) -> bool:
 SCHEMA: dict[str, Spec] = {
     "seed": integer(0),
     "run_dir": text(null=True),
-    # model (harness/configs/model/*.yaml); model.name is checked against the size registry
+    # model (experiments/model/*.yaml); model.name is checked against the size registry
     "model.name": text(),
     "model.num_cond_tokens": integer(1),
     "model.pos_embed": choice(*POS_EMBEDS),
     "model.attention": choice(*ATTENTIONS),
-    # data (harness/configs/data/*.yaml); the dataset's own rules: model.data.check_data_config
+    # data (experiments/data/*.yaml); the dataset's own rules: model.data.check_data_config
     "data.name": choice(*DATASETS),
     "data.root": text(null=True),
     "data.resolution": integer(1),
@@ -164,14 +168,14 @@ SCHEMA: dict[str, Spec] = {
     "train.grad_clip": number(0),
     "train.ema_decay": number(0, 1),
     "train.label_dropout": number(0, 1, hi_open=True),
-    "train.ar.mode": choice(*AR_MODES),
+    "train.ar.mode": choice(*STEP_MODES),
     "train.ar.steps": integer(1),
     "train.ar.decay": number(0, 1, lo_open=True),
     "train.order": choice(*ORDERS),
     "train.order_block": integer(1),
     "train.loss.ar_weight.max": number(0),
     "train.loss.ar_weight.min": number(0),
-    "train.loss.ar_weight.schedule": choice(*AR_SCHEDULES),
+    "train.loss.ar_weight.schedule": choice(*WEIGHT_SCHEDULES),
     "train.loss.noise_weighting": choice(*NOISE_WEIGHTINGS),
     "train.loss.min_snr_gamma": number(0, lo_open=True),
     "train.precision": choice(*PRECISIONS),
@@ -213,7 +217,7 @@ SCHEMA: dict[str, Spec] = {
     "eval.ref_num": integer(2, null=True),
     "eval.reference": text(null=True),
     "eval.bootstrap": Spec("0 (none) or an integer >= 2", lambda v: _int(v) and (v == 0 or v >= 2)),
-    "eval.task": choice(*TASKS),
+    "eval.task": choice(*EVAL_TASKS),
     # bench (harness.bench)
     "bench.enabled": boolean(),
     "bench.backends": subset(ATTENTIONS),
@@ -252,29 +256,17 @@ SCHEMA: dict[str, Spec] = {
 SCHEMA_SECTIONS = ("cluster",)  # checked as a whole by their own validators
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1} (lists are values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in SCHEMA_SECTIONS:
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
 def num_tokens(cfg: Any) -> int:
     """L: tokens per image for the configured data resolution and patch size."""
     return (int(cfg.data.resolution) // int(cfg.data.patch_size)) ** 2
 
 
-class _Attr(dict):
-    """Read-only attribute access over a nested plain dict."""
+class ConfigView(dict):
+    """Read-only attribute access over a nested plain config dict (`cfg.data.resolution`)."""
 
     def __getattr__(self, name: str) -> Any:
         value = self[name]
-        return _Attr(value) if isinstance(value, dict) else value
+        return ConfigView(value) if isinstance(value, dict) else value
 
 
 def validate_config(cfg: DictConfig | dict) -> None:
@@ -282,7 +274,7 @@ def validate_config(cfg: DictConfig | dict) -> None:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     assert isinstance(cfg, dict)
-    for key, value in flatten(cfg).items():
+    for key, value in flatten(cfg, keep=SCHEMA_SECTIONS).items():
         if key in SCHEMA_SECTIONS:
             continue
         spec = SCHEMA.get(key)
@@ -290,15 +282,10 @@ def validate_config(cfg: DictConfig | dict) -> None:
             raise UserError(f"unknown config key {key!r} (no schema entry)")
         if not spec.accepts(value):
             raise UserError(f"{key}={value!r} is not allowed; expected {spec.describe()}")
-    _cross_checks(_Attr(cfg))
+    _cross_checks(ConfigView(cfg))
 
 
-def _cross_checks(cfg: _Attr) -> None:
-    from harness.profiles import validate_profile
-
-    # model.checks, not model.data / model.network: validation must not import torch
-    from model.data.checks import SIZE_NAMES, check_data_config
-
+def _cross_checks(cfg: ConfigView) -> None:
     if cfg.model.name not in SIZE_NAMES:
         allowed = ", ".join(SIZE_NAMES)
         raise UserError(f"model={cfg.model.name!r} is not allowed; choose one of: {allowed}")
@@ -346,8 +333,6 @@ def _cross_checks(cfg: _Attr) -> None:
     run_dir = cfg.run_dir
     if run_dir is not None and Path(str(run_dir)).exists() and not Path(str(run_dir)).is_dir():
         raise UserError(f"run_dir={run_dir} is a file; expected a folder (or a new path)")
-    from harness.config import group_options
-
     profiles = group_options("cluster")
     if cfg.cluster.get("name") not in profiles:
         raise UserError(
@@ -357,10 +342,8 @@ def _cross_checks(cfg: _Attr) -> None:
     validate_profile(cfg.cluster)
 
 
-def _joint_checks(cfg: _Attr) -> None:
+def _joint_checks(cfg: ConfigView) -> None:
     """Keys of joint image-text runs against the data: captions or not."""
-    from model.data.checks import CAPTION_DATASETS
-
     d = _run_data(cfg)
     joint = d.name in CAPTION_DATASETS
     names = ", ".join(CAPTION_DATASETS)
@@ -392,11 +375,11 @@ def _joint_checks(cfg: _Attr) -> None:
         )
 
 
-def _run_data(cfg: _Attr) -> _Attr:
+def _run_data(cfg: ConfigView) -> ConfigView:
     """The data a command works on: a trained run's (run_dir/config.yaml), else cfg.data."""
     if cfg.run_dir is not None:
         path = Path(str(cfg.run_dir)) / "config.yaml"
         if path.is_file():
             data = OmegaConf.to_container(OmegaConf.load(path).data, resolve=True)
-            return _Attr({**cfg.data, **data})  # type: ignore[dict-item]
+            return ConfigView({**cfg.data, **data})  # type: ignore[dict-item]
     return cfg.data

@@ -19,13 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.io import load_status
+from core.runfolder import ROW_STATES, read_run_folder
 from harness.runs import read_submission, run_dir
 
-# "damaged": status.json exists but is not what a job writes (the row says why)
-STATES = (
-    "pending", "running", "completed", "failed", "requeued", "cancelled", "missing", "damaged"
-)  # fmt: skip
+STATES = ROW_STATES  # a row's states, in the order the summary line counts them
 FAILING = ("failed", "damaged")
 ACTIVE = ("pending", "running", "requeued")
 WAITING = ("pending", "requeued")  # job states (harness.executors.job_states) of a queued job
@@ -143,34 +140,36 @@ def row_for(
     `eval_values`: {eval key: the eval axis values of that point}, which label its FID.
     """
     rdir = run_dir(root, sig)
-    status, problem = load_status(rdir)
+    folder = read_run_folder(rdir, full=False)
+    status = folder.status
     sub = read_submission(rdir)
     job_id = sub.get("job_id") or status.get("job_id")
-    if problem:
+    if folder.status_damaged:
         return Row(
             signature=sig,
             axes=axes,
             state="damaged",
             job_id=str(job_id) if job_id else None,
             evals_total=len(eval_keys),
-            error=f"damaged: status.json: {problem}",
+            error=folder.problems[0],
             log=str(rdir / "status.json"),
         )
     state = derive_state(status, sub, sched.get(str(job_id)) if job_id else None, eval_keys)
-    evals = status.get("evals") if isinstance(status.get("evals"), dict) else {}
     # Trained by the last job, which ended before eval points that a grid added since: the
     # point is pending and nothing will run it unless the sweep submits it again.
     last_job_wrote = sub.get("job_id") is None or str(status.get("job_id")) == str(sub["job_id"])
     evals_missing = state == "pending" and status.get("state") == "completed" and last_job_wrote
-    mine = [evals[k] for k in eval_keys if isinstance(evals.get(k), dict)]
+    done = folder.eval_entries(eval_keys)
+    mine = list(done.values())
     scored = [r for r in mine if r.get("fid") is not None]  # caption evals have no FID
     fids = {
-        eval_label(evals[k].get("s_eval"), (eval_values or {}).get(k)): evals[k]["fid"]
-        for k in eval_keys
-        if isinstance(evals.get(k), dict) and evals[k].get("fid") is not None
+        eval_label(rec.get("s_eval"), (eval_values or {}).get(k)): rec["fid"]
+        for k, rec in done.items()
+        if rec.get("fid") is not None
     }
     latest = max(scored, key=lambda r: str(r.get("created") or ""), default={})
-    error, log = status.get("error"), status.get("log")
+    said = folder.progress()
+    error, log = said["error"], said["log"]
     if state == "failed" and not error:
         error = f"job {job_id} ended ({sched.get(str(job_id), 'unknown')}) without finishing"
     return Row(
@@ -178,17 +177,17 @@ def row_for(
         axes=axes,
         state=state,
         job_id=str(job_id) if job_id else None,
-        attempts=status.get("attempts"),
-        step=status.get("step"),
-        total_steps=status.get("total_steps"),
-        loss=status.get("loss"),
+        attempts=said["attempts"],
+        step=said["step"],
+        total_steps=said["total_steps"],
+        loss=said["loss"],
         fid=latest.get("fid"),
         evals_done=len(mine),
         evals_total=len(eval_keys),
         elapsed_s=_elapsed(status, state),
         error=error if state == "failed" else None,
         log=log if state == "failed" else None,
-        phase=status.get("phase"),
+        phase=said["phase"],
         fids=fids,
         extra={"evals_missing": evals_missing},
     )

@@ -1,4 +1,4 @@
-"""`cfh sweep GRID`, `cfh status GRID`, `cfh cancel GRID`: reconcile a grid with what exists.
+"""`cfh sweep GRID`: reconcile a grid with what exists (status and cancel: harness.monitor).
 
 `cfh sweep` expands and validates the grid, then compares every point with its run folder and
 the scheduler: a point with no result is submitted, a running one left alone, a completed one
@@ -6,42 +6,34 @@ skipped, a failed or cancelled one resubmitted only with --retry; points that le
 the last sweep are reported (their jobs cancelled with --prune). It prints that plan before
 submitting (--dry-run stops there), so running it twice submits nothing the second time.
 
-Execution goes through harness.executors (submitit): every point is one job running
-`harness.jobs.run_point(run_dir)` (train, then its eval points), wrapped in the checkpointable
-PointJob that requeues on preemption or time-out. cluster=local runs the points on this machine,
-at most `cluster.parallelism` at once, and blocks until they end, then prints the status table;
-cluster=slurm submits one job array per resource shape and returns (--wait blocks). Job pickles
-and logs live in `<root>/submitit/`; each run's submission.json records its job.
+Execution goes through harness.submission and harness.executors (submitit): every point is one
+job running `harness.jobs.run_point(run_dir)` (train, then its eval points), wrapped in the
+checkpointable PointJob that requeues on preemption or time-out. cluster=local runs the points
+on this machine, at most `cluster.parallelism` at once, and blocks until they end, then prints
+the status table; cluster=slurm submits one job array per resource shape and returns (--wait
+blocks). Job pickles and logs live in `<root>/submitit/`; each run's submission.json records its
+job.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.io import now_iso
+from core.names import SIGNATURE_RE
 from harness import runs
-from harness.config import parse_override, resolve_overrides
-from harness.grid import Grid, TrainPoint, format_value, get_value, load_grid
-from harness.status import (
-    ACTIVE,
-    FAILING,
-    Row,
-    collect,
-    progress_lines,
-    render,
-    row_for,
-    short_key,
-    summary,
-    train_rate,
-)
+from harness.expansion import Grid
+from harness.grid import load_grid
+from harness.monitor import cmd_cancel, cmd_status, print_status, wait
+from harness.points import TrainPoint
+from harness.status import ACTIVE, collect, short_key
+from harness.submission import cancel_points, compress_ids, resources_text, submit, wait_local
+from harness.values import format_value
 
 # What reconcile does with a point, by state (failed/cancelled depend on --retry).
 ACTION_BY_STATE = {
@@ -97,7 +89,7 @@ def _removed(grid: Grid, points: Sequence[TrainPoint], root: str, prune: bool) -
     gone: dict[str, dict] = {}
     for entry in list(old.get("points", [])) + list(old.get("removed", [])):
         sig = entry.get("signature")
-        if isinstance(sig, str) and runs.SIGNATURE_RE.match(sig) and sig not in current:
+        if isinstance(sig, str) and SIGNATURE_RE.match(sig) and sig not in current:
             gone.setdefault(sig, entry)
     if not gone:
         return []
@@ -137,90 +129,6 @@ def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
     return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
-# ---------------------------------------------------------------- submission
-
-
-def submitit_folder(root: str) -> Path:
-    """`<root>/submitit`: job pickles and logs; local runs share its parallelism slots."""
-    return (Path(root) / "submitit").absolute()
-
-
-def submit(points: Sequence[TrainPoint], grid: Grid, root: str) -> list[tuple[TrainPoint, Any]]:
-    """Submit the points, one job array per resource shape; record each job in submission.json."""
-    from harness.executors import PointJob, make_executor, submit_array
-
-    by_shape: dict[str, list[TrainPoint]] = {}
-    for p in points:
-        by_shape.setdefault(p.shape, []).append(p)
-    folder = submitit_folder(root)
-    out = []
-    for shape_points in by_shape.values():
-        cluster = shape_points[0].config["cluster"]
-        executor = make_executor(cluster, folder, job_name=f"cfh-{grid.name}")
-        dirs = [str(runs.run_dir(root, p.signature).absolute()) for p in shape_points]
-        jobs = submit_array(executor, PointJob.for_profile(cluster), dirs)
-        for p, job in zip(shape_points, jobs, strict=True):
-            runs.write_submission(
-                runs.run_dir(root, p.signature),
-                job_id=str(job.job_id),
-                backend=cluster["backend"],
-                folder=str(folder),
-                submitted=now_iso(),
-                grid=grid.name,
-                cancelled=False,
-            )
-            out.append((p, job))
-    return out
-
-
-def print_progress(root: str, rows: Sequence[Row]) -> None:
-    """`HH:MM:SS` and one line per active point (state, phase, step/total, ETA)."""
-    rates = {r.signature: train_rate(runs.run_dir(root, r.signature)) for r in rows}
-    lines = progress_lines(rows, rates)
-    if lines:
-        print(f"{time.strftime('%H:%M:%S')} {len(lines)} active:", flush=True)
-        print("\n".join(f"  {line}" for line in lines), flush=True)
-
-
-def wait_local(root: str, submitted: Sequence[tuple[TrainPoint, Any]], every: float = 60) -> None:
-    """Block until the local jobs end, printing one line per finished point and, every `every`
-    seconds, one line per running point."""
-    pending = list(submitted)
-    total = len(pending)
-    last = time.monotonic()
-    while pending:
-        time.sleep(0.5)
-        if time.monotonic() - last >= every:
-            last = time.monotonic()
-            rows = [row_for(p.signature, p.axes, [e.key for e in p.evals], root, {})
-                    for p, _ in pending]  # fmt: skip
-            print_progress(root, rows)
-        for item in [x for x in pending if x[1].done()]:
-            pending.remove(item)
-            p = item[0]
-            row = row_for(p.signature, p.axes, [e.key for e in p.evals], root, {})
-            fid = f", fid {row.fid:.2f}" if row.fid is not None else ""
-            n = total - len(pending)
-            print(f"[{n}/{total}] {p.signature} {row.state}{fid}", flush=True)
-
-
-def cancel_points(root: str, sigs: Sequence[str]) -> list[str]:
-    """Cancel the points' jobs and mark them cancelled; returns the job ids cancelled."""
-    from harness.executors import cancel
-
-    groups: dict[tuple[str, str | None], list[str]] = {}
-    for sig in sigs:
-        rdir = runs.run_dir(root, sig)
-        sub = runs.read_submission(rdir)
-        if sub.get("job_id"):
-            key = (sub.get("backend", "local"), sub.get("folder"))
-            groups.setdefault(key, []).append(str(sub["job_id"]))
-        runs.write_submission(rdir, cancelled=True)
-    for (backend, folder), ids in groups.items():
-        cancel(ids, backend, folder=Path(folder) if folder else None)
-    return [j for ids in groups.values() for j in ids]
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -248,12 +156,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not todo:
         print("nothing to submit")
         if args.wait and not local:
-            _wait(root, grid.name, every)
-        return _print_status(root, grid.name) if local or args.wait else 0
+            wait(root, grid.name, every)
+        return print_status(root, grid.name) if local or args.wait else 0
     ids = [str(job.job_id) for _, job in submitted]
     if local:
         parallel = todo[0].config["cluster"].get("parallelism", 1)
-        print(f"running {len(todo)} points here, {parallel} at a time (jobs {_compress(ids)})")
+        print(f"running {len(todo)} points here, {parallel} at a time (jobs {compress_ids(ids)})")
         try:
             wait_local(root, submitted, every)
         except KeyboardInterrupt:
@@ -264,54 +172,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             )
             raise
         print(f"sweep {grid.name} finished in {time.perf_counter() - t0:.0f} s")
-        return _print_status(root, grid.name)
-    print(f"submitted {len(ids)} jobs: {_compress(ids)}")
+        return print_status(root, grid.name)
+    print(f"submitted {len(ids)} jobs: {compress_ids(ids)}")
     if args.wait:
-        _wait(root, grid.name, every)
-        return _print_status(root, grid.name)
+        wait(root, grid.name, every)
+        return print_status(root, grid.name)
     print(f"watch with: cfh --root {root} status {grid.name} --watch")
     return 0
-
-
-def arrays(points: Sequence[TrainPoint]) -> list[list[TrainPoint]]:
-    """The job arrays submit() makes: one per resource shape, at most MAX_ARRAY_SIZE points."""
-    from harness.profiles import MAX_ARRAY_SIZE
-
-    by_shape: dict[str, list[TrainPoint]] = {}
-    for p in points:
-        by_shape.setdefault(p.shape, []).append(p)
-    return [
-        group[i : i + MAX_ARRAY_SIZE]
-        for group in by_shape.values()
-        for i in range(0, len(group), MAX_ARRAY_SIZE)
-    ]
-
-
-def resources_text(grid: Grid, points: Sequence[TrainPoint], root: str) -> str:
-    """Each array's resources; for SLURM profiles the #SBATCH options submitit would write."""
-    from harness.profiles import validate_profile
-
-    lines = []
-    groups = arrays(points)
-    for i, group in enumerate(groups):
-        p = validate_profile(group[0].config["cluster"])
-        tasks = p.tasks_per_node
-        mem = f"{p.mem_gb:g} GB" if p.mem_gb is not None else "default"
-        head = (
-            f"array {i + 1}/{len(groups)}: {len(group)} points, cluster {p.name} ({p.backend}): "
-            f"nodes {p.nodes}, tasks/node {tasks}, gpus/node {p.gpus_per_node}, cpus/task "
-            f"{p.cpus_per_task}, mem {mem}, time {p.timeout_min:g} min"
-        )
-        if p.backend == "local":
-            lines.append(f"{head}, {p.parallelism} at a time")
-            continue
-        lines.append(f"{head}, partition {p.partition or 'default'}")
-        from harness.executors import sbatch_options  # submitit's own sbatch script builder
-
-        opts = sbatch_options(p, submitit_folder(root), f"cfh-{grid.name}", len(group))
-        lines += [f"  #SBATCH {o}" for o in opts]
-        lines += [f"  setup: {line}" for line in p.setup]
-    return "\n".join(lines)
 
 
 def cfg_job(args: argparse.Namespace) -> int:
@@ -450,126 +317,9 @@ def _plan_and_submit(
     return todo, submit(todo, grid, root) if todo else []
 
 
-def _compress(ids: Sequence[str]) -> str:
-    arrays: dict[str, list[str]] = {}
-    for j in ids:
-        head, _, task = j.partition("_")
-        arrays.setdefault(head, []).append(task)
-    parts = [f"{h}_[{','.join(t)}]" if any(t) else h for h, t in arrays.items()]
-    return " ".join(parts)
-
-
-def _plan_or_grid(root: str, name: str) -> dict:
-    """The grid's plan.json; a grid never swept gives its expanded points (all missing)."""
-    plan = runs.read_plan(root, runs.check_name(name)) if "/" not in name else {}
-    if plan.get("points"):
-        return plan
-    grid = load_grid(name)
-    points = grid.expand()
-    return {
-        "grid": grid.name,
-        "axis_keys": grid.axis_keys(),
-        "points": [p.to_json() for p in points],
-    }
-
-
-def _print_status(root: str, name: str) -> int:
-    plan = _plan_or_grid(root, name)
-    rows = collect(root, plan)
-    print(render(rows, plan.get("axis_keys", [])))
-    print(f"{plan.get('grid', name)}: {summary(rows)}")
-    if plan.get("removed"):
-        print(
-            f"{len(plan['removed'])} points removed from the grid "
-            "(cfh sweep --prune cancels and unlinks them)"
-        )
-    return 1 if any(r.state in FAILING for r in rows) else 0
-
-
-def _wait(root: str, name: str, every: float = 60.0, poll_s: float = 5.0) -> None:
-    """Block until no point of the grid is pending, running or requeued; every `every` seconds
-    print one line per active point (print_progress)."""
-    last = None
-    while True:
-        rows = collect(root, _plan_or_grid(root, name))
-        if not any(r.state in ACTIVE for r in rows):
-            return
-        if last is None or time.monotonic() - last >= every:
-            last = time.monotonic()
-            print_progress(root, rows)
-        time.sleep(min(poll_s, every))
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """cfh status GRID [--watch [SECONDS]]"""
-    name = _grid_name(args.grid)
-    if not args.watch:
-        return _print_status(args.root, name)
-    try:
-        while True:
-            if sys.stdout.isatty():
-                print("\033[2J\033[H", end="")
-            print(f"{time.strftime('%H:%M:%S')}  cfh status {name} (every {args.watch:g} s)")
-            _print_status(args.root, name)
-            rows = collect(args.root, _plan_or_grid(args.root, name))
-            if not any(r.state in ACTIVE for r in rows):
-                return 0
-            time.sleep(args.watch)
-    except KeyboardInterrupt:
-        return 0
-
-
-def _grid_name(text: str) -> str:
-    """A grid name from a name or a grid file path (its stem)."""
-    name = Path(text).stem if text.endswith((".yaml", ".yml")) else text
-    return runs.check_name(name)
-
-
-def matches_filters(point: dict, filters: Sequence[tuple[str, Any]]) -> bool:
-    """The plan point's resolved config has every filter's value."""
-    if not filters:
-        return True
-    axes = point.get("axes", {})
-    cfg = None
-    for key, value in filters:
-        if key in axes:
-            got = axes[key]
-        else:
-            cfg = cfg or resolve_overrides(point.get("overrides", []))
-            try:
-                got = get_value(cfg, key)
-            except (KeyError, TypeError):
-                raise UserError(f"filter {key}={value!r}: no such config key") from None
-        if got != value or isinstance(got, bool) != isinstance(value, bool):
-            return False
-    return True
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    """cfh cancel GRID [key=value filters]"""
-    name = _grid_name(args.grid)
-    if not runs.read_plan(args.root, name).get("points"):
-        raise UserError(f"grid {name} has not been swept under {args.root}; nothing to cancel")
-    filters = [parse_override(f) for f in args.overrides]
-    with runs.grid_lock(args.root, name, "cfh cancel"):
-        plan = runs.read_plan(args.root, name)
-        chosen = [p for p in plan["points"] if matches_filters(p, filters)]
-        if not chosen:
-            raise UserError(f"no point of grid {name} matches {' '.join(args.overrides)}")
-        rows = collect(args.root, {**plan, "points": chosen})
-        active = [r.signature for r in rows if r.state in ACTIVE]
-        ids = cancel_points(args.root, active)
-    print(
-        f"cancelled {len(active)} points (jobs {_compress(ids) or 'none'}); "
-        f"{len(rows) - len(active)} matching points were not active"
-    )
-    _print_status(args.root, name)
-    return 0
-
-
 KEYS = (
-    "Config keys and their meaning: harness/configs/config.yaml; grid files: "
-    "harness/configs/grids/ (and --config-dir)."
+    "Config keys and their meaning: experiments/config.yaml; grid files: "
+    "experiments/grids/ (and --config-dir)."
 )
 SWEEP_EPILOG = f"""examples:
   cfh sweep smoke --dry-run                          # the plan and each array's resources

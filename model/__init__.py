@@ -23,7 +23,7 @@ _EXPORTS = {
     "generalized_causal_mask": "model.method.masks",
     "SIZES": "model.method.network",
     "CausalFusion": "model.method.network",
-    "KVCache": "model.method.network",
+    "KVCache": "model.method.kv_cache",
     "ModelConfig": "model.method.network",
     "build_model": "model.method.network",
     "count_params": "model.method.network",

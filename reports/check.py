@@ -20,7 +20,7 @@ import pandas as pd
 
 from core.errors import UserError
 from core.io import atomic_write_text
-from reports.results import EVAL_KEY_COLUMNS
+from reports.columns import EVAL_KEY_COLUMNS
 from reports.tables import pooled_std, seed_summary
 
 BASELINE_DIR = Path(__file__).resolve().parent / "baselines"

@@ -17,11 +17,10 @@ from reports.check import (
     run_check,
     write_baseline,
 )
-from reports.results import ResultsWarning, check_name, load_results, set_size_cache
+from reports.results import ResultsWarning, check_name, load_results
+from reports.sizes import set_size_cache
 
-KEYS = (
-    "Config keys: harness/configs/config.yaml; report contents: README.md (What the numbers mean)."
-)
+KEYS = "Config keys: experiments/config.yaml; report contents: README.md (What the numbers mean)."
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

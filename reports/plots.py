@@ -8,158 +8,20 @@ MAX_SETTINGS training settings are cut to the best ones so legends stay readable
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never open a window (also on a login node without X)
+from reports import plot_style as ps  # sets the file-only backend before any figure
+from reports.plot_style import MAX_SETTINGS, PALETTE, Palette
+from reports.tables import final_evals
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
-
-from core.io import atomic_write_bytes  # noqa: E402
-from reports.results import EVAL_KEY_COLUMNS  # noqa: E402
-from reports.tables import final_evals, varying  # noqa: E402
-
-MAX_SETTINGS = 10  # the colour-blind palette has 10 distinguishable colours
+__all__ = ["MAX_SETTINGS", "all_plots", "pareto_front"]
 MAX_SAMPLE_ROWS = 8
-PALETTE = "colorblind"
-
-
-@contextmanager
-def _style() -> Iterator[None]:
-    """Seaborn's whitegrid look, scoped so that importing reports never changes global rcParams."""
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        yield
-
-
-def save(fig: Figure, out: Path, name: str) -> Path:
-    """Write `fig` as <out>/<name>.png and .svg atomically; return the PNG path."""
-    out.mkdir(parents=True, exist_ok=True)
-    for ext, kw in (("png", {"dpi": 100}), ("svg", {})):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, **kw)  # constrained layout: no second "tight" draw
-        atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue())
-        fig.set_layout_engine("none")  # text layout dominates: keep the first draw's layout
-    return out / f"{name}.png"
-
-
-@dataclass
-class Palette:
-    """The training settings the plots show: short legend labels (the parts they share are
-    said once, in `common`) and one fixed colour each, the same in every plot."""
-
-    short: dict[str, str]  # full setting label -> legend label
-    colours: dict[str, tuple]  # legend label -> colour
-    common: str = ""
-    total: int = 0  # settings in the data, shown or not
-
-    def legend_title(self, what: str = "training setting") -> str:
-        """Legend title naming what the shown settings share."""
-        return f"{what}\n(all: {self.common})" if self.common else what
-
-
-def setting_palette(df: pd.DataFrame, limit: int = MAX_SETTINGS) -> Palette:
-    """Colours for the training settings the plots show: all of them when there are at most
-    `limit`, else the `limit` best by mean final FID over eval settings."""
-    train = df[df["kind"] == "train"]
-    names = list(dict.fromkeys(train.sort_values(["s_train", "setting"])["setting"].dropna()))
-    total = len(names)
-    scored = final_evals(df)
-    if len(names) > limit and not scored.empty:
-        best = set(scored.groupby("setting")["fid"].mean().nsmallest(limit).index)
-        names = [n for n in names if n in best]
-    names = names[:limit]
-    parts = [n.split(", ") for n in names]
-    shared = [p for p in parts[0] if all(p in q for q in parts)] if len(parts) > 1 else []
-    short = {
-        n: ", ".join(x for x in p if x not in shared) or n
-        for n, p in zip(names, parts, strict=True)
-    }
-    colours = sns.color_palette(PALETTE, n_colors=max(len(names), 1))
-    return Palette(
-        short=short,
-        colours=dict(zip(short.values(), colours, strict=False)),
-        common=", ".join(shared),
-        total=total,
-    )
-
-
-def top_settings(data: pd.DataFrame, palette: Palette) -> tuple[pd.DataFrame, str]:
-    """The rows of the shown settings, labelled short; a title note when some were left out."""
-    kept = data[data["setting"].isin(list(palette.short))]
-    kept = kept.assign(setting=kept["setting"].map(palette.short))
-    shown = len(palette.short)
-    note = (
-        f" (best {shown} of {palette.total} settings by mean FID)" if shown < palette.total else ""
-    )
-    return kept, note
-
-
-def _eval_label(data: pd.DataFrame) -> pd.Series | None:
-    """A label for eval settings other than S_eval and ckpt that vary (None when none do)."""
-    cols = [c for c in varying(data, EVAL_KEY_COLUMNS) if c not in ("s_eval", "ckpt_step")]
-    if not cols:
-        return None
-    parts = [c + "=" + data[c].astype(object).astype(str) for c in cols]
-    return pd.concat(parts, axis=1).agg(", ".join, axis=1)
-
-
-def _log_if_wide(ax, values: pd.Series, axis: str = "y") -> None:
-    """Log scale when values span more than a factor 10 (FID from 13 to 400 is common),
-    with plain tick labels (20, 50, 100) rather than powers of ten."""
-    v = values[values > 0]
-    if len(v) and v.max() / v.min() > 10:
-        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-        _plain_log_ticks(ax.yaxis if axis == "y" else ax.xaxis)
-
-
-def _plain_log_ticks(axis) -> None:
-    """Ticks at 1-2-5 steps labelled 20, 50, 100 on a log axis."""
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _legend_outside(ax, title: str) -> None:
-    """Move the legend right of the axes, titled, widening the figure to make room for it."""
-    legend = ax.get_legend()
-    if legend is None:
-        return
-    texts = [t.get_text() for t in legend.get_texts()] + title.split("\n")
-    longest = max(map(len, texts), default=0)
-    fig = ax.figure
-    fig.set_figwidth(fig.get_figwidth() + 0.6 + 0.075 * longest)  # ~0.075 in per character
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), title=title, frameon=False)
-
-
-def _hue(data: pd.DataFrame, palette: Palette) -> dict:
-    """hue arguments: the (short-labelled) settings present, in order, in their colours."""
-    present = set(data["setting"])
-    order = [k for k in palette.colours if k in present]
-    return {"hue": "setting", "hue_order": order, "palette": {k: palette.colours[k] for k in order}}
-
-
-def _s_eval_style(values: pd.Series) -> tuple[pd.Series, list[str]]:
-    """S_eval as text for a `style` mapping, and its numeric order."""
-    order = [f"{v:g}" for v in sorted(values.dropna().unique())]
-    return values.map("{:g}".format, na_action="ignore"), order
-
-
-def _s_eval_ticks(ax, values: pd.Series) -> None:
-    """Log2 x axis with a tick at every evaluated S_eval."""
-    ticks = sorted(values.dropna().unique())
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
 
 
 def fid_vs_s_eval(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> Path | None:
@@ -167,10 +29,10 @@ def fid_vs_s_eval(df: pd.DataFrame, out: Path, palette: Palette | None = None) -
     data = final_evals(df)
     if data.empty or data["s_eval"].nunique() < 2:  # one S_eval: the tables say it all
         return None
-    palette = palette or setting_palette(df)
-    data, note = top_settings(data, palette)
-    style = _eval_label(data)
-    with _style():
+    palette = palette or ps.setting_palette(df)
+    data, note = ps.top_settings(data, palette)
+    style = ps.eval_label(data)
+    with ps.seaborn_style():
         fig = Figure(figsize=(6, 4.5), layout="constrained")
         ax = fig.subplots()
         sns.lineplot(
@@ -182,17 +44,17 @@ def fid_vs_s_eval(df: pd.DataFrame, out: Path, palette: Palette | None = None) -
             errorbar="sd",
             marker="o",
             ax=ax,
-            **_hue(data, palette),
+            **ps.hue(data, palette),
         )
-        _s_eval_ticks(ax, data["s_eval"])
-        _log_if_wide(ax, data["fid"])
+        ps.s_eval_ticks(ax, data["s_eval"])
+        ps.log_if_wide(ax, data["fid"])
         ax.set(
             title=f"FID vs sampling AR steps{note}",
             xlabel="S_eval (AR steps at sampling)",
             ylabel="FID (lower is better)",
         )
-        _legend_outside(ax, palette.legend_title())
-        return save(fig, out, "fid_vs_s_eval")
+        ps.legend_outside(ax, palette.legend_title())
+        return ps.save(fig, out, "fid_vs_s_eval")
 
 
 def heatmap_s_train_s_eval(df: pd.DataFrame, out: Path) -> Path | None:
@@ -209,7 +71,7 @@ def heatmap_s_train_s_eval(df: pd.DataFrame, out: Path) -> Path | None:
     positive = grid.where(grid > 0)
     lo, hi = positive.min().min(), positive.max().max()
     norm = LogNorm(lo, hi) if np.isfinite([lo, hi]).all() and hi > lo else None
-    with _style():
+    with ps.seaborn_style():
         fig = Figure(figsize=(3.0 + 1.1 * grid.shape[1], 1.6 + 0.45 * grid.shape[0]),
                      layout="constrained")  # fmt: skip
         ax = fig.subplots()
@@ -223,13 +85,13 @@ def heatmap_s_train_s_eval(df: pd.DataFrame, out: Path) -> Path | None:
             ax=ax,
         )
         if norm is not None:
-            _plain_log_ticks(ax.collections[0].colorbar.ax.yaxis)
+            ps.plain_log_ticks(ax.collections[0].colorbar.ax.yaxis)
         ax.set(
             title=f"Mean FID by S_train and S_eval{note}",
             xlabel="S_eval (AR steps at sampling)",
             ylabel="S_train (AR steps in training)",
         )
-        return save(fig, out, "heatmap_s_train_s_eval")
+        return ps.save(fig, out, "heatmap_s_train_s_eval")
 
 
 def training_curves(
@@ -243,17 +105,17 @@ def training_curves(
         fid = fid.iloc[0:0]
     if loss.empty and fid.empty:
         return None
-    palette = palette or setting_palette(df)
-    loss, note = top_settings(loss, palette) if not loss.empty else (loss, "")
-    fid, fid_note = top_settings(fid, palette)
-    with _style():
+    palette = palette or ps.setting_palette(df)
+    loss, note = ps.top_settings(loss, palette) if not loss.empty else (loss, "")
+    fid, fid_note = ps.top_settings(fid, palette)
+    with ps.seaborn_style():
         fig = Figure(figsize=(10, 4.5), layout="constrained")
         ax_loss, ax_fid = fig.subplots(1, 2)
         if not loss.empty:
             sns.lineplot(
-                data=loss, x="step", y="loss", errorbar="sd", ax=ax_loss, **_hue(loss, palette)
+                data=loss, x="step", y="loss", errorbar="sd", ax=ax_loss, **ps.hue(loss, palette)
             )
-            _log_if_wide(ax_loss, loss["loss"])
+            ps.log_if_wide(ax_loss, loss["loss"])
         fig.suptitle(f"Training loss and FID over training{note or fid_note}")
         ax_loss.set(
             title="Training loss",
@@ -261,7 +123,7 @@ def training_curves(
             ylabel="loss (weighted MSE on noise)",
         )
         if not fid.empty:
-            s_eval, s_order = _s_eval_style(fid["s_eval"])
+            s_eval, s_order = ps.s_eval_style(fid["s_eval"])
             sns.lineplot(
                 data=fid.assign(S_eval=s_eval),
                 x="ckpt_step",
@@ -271,20 +133,20 @@ def training_curves(
                 errorbar="sd",
                 marker="o",
                 ax=ax_fid,
-                **_hue(fid, palette),
+                **ps.hue(fid, palette),
             )
-            _log_if_wide(ax_fid, fid["fid"])
+            ps.log_if_wide(ax_fid, fid["fid"])
         ax_fid.set(
             title="FID over training", xlabel="checkpoint step", ylabel="FID (lower is better)"
         )
         if fid.empty:  # loss curves only
             ax_fid.set_visible(False)
-            _legend_outside(ax_loss, palette.legend_title())
-            return save(fig, out, "training_curves")
+            ps.legend_outside(ax_loss, palette.legend_title())
+            return ps.save(fig, out, "training_curves")
         if ax_loss.get_legend() is not None:
             ax_loss.get_legend().remove()  # the FID panel's legend names the same settings
-        _legend_outside(ax_fid, palette.legend_title("training setting / S_eval"))
-        return save(fig, out, "training_curves")
+        ps.legend_outside(ax_fid, palette.legend_title("training setting / S_eval"))
+        return ps.save(fig, out, "training_curves")
 
 
 def throughput_vs_params(df: pd.DataFrame, out: Path) -> Path | None:
@@ -308,12 +170,12 @@ def throughput_vs_params(df: pd.DataFrame, out: Path) -> Path | None:
     sample = data[data["sample_img_per_s"].notna()]
     if train.empty and sample.empty:
         return None
-    s_eval, s_order = _s_eval_style(sample["s_eval"])
+    s_eval, s_order = ps.s_eval_style(sample["s_eval"])
     sample = sample.assign(S_eval=s_eval.fillna("-"))
     sample = sample.groupby(["source", "S_eval", "params"], as_index=False)[
         "sample_img_per_s"
     ].mean()
-    with _style():
+    with ps.seaborn_style():
         fig = Figure(figsize=(13, 4.8), layout="constrained")
         ax_t, ax_s = fig.subplots(1, 2)
         if not train.empty:
@@ -321,15 +183,15 @@ def throughput_vs_params(df: pd.DataFrame, out: Path) -> Path | None:
                 data=train, x="params", y="train_img_per_s", hue="source", style="model",
                 s=70, palette=PALETTE, ax=ax_t,
             )  # fmt: skip
-            _log_if_wide(ax_t, train["train_img_per_s"])
-            _legend_outside(ax_t, "source / model")
+            ps.log_if_wide(ax_t, train["train_img_per_s"])
+            ps.legend_outside(ax_t, "source / model")
         if not sample.empty:
             sns.lineplot(
                 data=sample, x="params", y="sample_img_per_s", hue="S_eval", hue_order=s_order,
                 style="source", markers=True, palette=PALETTE, ax=ax_s,
             )  # fmt: skip
-            _log_if_wide(ax_s, sample["sample_img_per_s"])
-            _legend_outside(ax_s, "S_eval / source")
+            ps.log_if_wide(ax_s, sample["sample_img_per_s"])
+            ps.legend_outside(ax_s, "S_eval / source")
         for ax, what in ((ax_t, "training"), (ax_s, "sampling")):
             ax.set_xscale("log")
             ax.set(
@@ -337,7 +199,7 @@ def throughput_vs_params(df: pd.DataFrame, out: Path) -> Path | None:
                 xlabel="parameters (count, log scale)",
                 ylabel=f"{what} throughput (images/s)",
             )
-        return save(fig, out, "throughput_vs_params")
+        return ps.save(fig, out, "throughput_vs_params")
 
 
 def fid_vs_cost(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> Path | None:
@@ -347,8 +209,8 @@ def fid_vs_cost(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> 
     data = data[data["sample_cost"].notna() | data["sample_img_per_s"].notna()]
     if data.empty:
         return None
-    palette = palette or setting_palette(df)
-    data, note = top_settings(data, palette)
+    palette = palette or ps.setting_palette(df)
+    data, note = ps.top_settings(data, palette)
     points = data.groupby(["setting", "eval_key"], observed=True, as_index=False).agg(
         fid=("fid", "mean"),
         cost=("sample_cost", "first"),
@@ -356,9 +218,9 @@ def fid_vs_cost(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> 
         s_eval=("s_eval", "first"),
     )
     points["ms_per_img"] = 1000.0 / points["img_s"]
-    s_eval, s_order = _s_eval_style(points["s_eval"])
+    s_eval, s_order = ps.s_eval_style(points["s_eval"])
     points["S_eval"] = s_eval
-    with _style():
+    with ps.seaborn_style():
         fig = Figure(figsize=(10, 4.8), layout="constrained")
         axes = fig.subplots(1, 2, sharey=True)
         fig.suptitle(f"FID vs sampling cost, Pareto front in black{note}")
@@ -373,19 +235,19 @@ def fid_vs_cost(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> 
                 continue
             sns.scatterplot(
                 data=part, x=x, y="fid", style="S_eval", style_order=s_order, s=70, ax=ax,
-                **_hue(part, palette),
+                **ps.hue(part, palette),
             )  # fmt: skip
             front = pareto_front(part, x)
             ax.plot(front[x], front["fid"], drawstyle="steps-post", color="black", lw=1.2,
                     marker="o", ms=13, mfc="none", zorder=0, label="Pareto front")  # fmt: skip
             ax.set_xscale("log")
-            _plain_log_ticks(ax.xaxis)
-            _log_if_wide(ax, points["fid"])
+            ps.plain_log_ticks(ax.xaxis)
+            ps.log_if_wide(ax, points["fid"])
             title = "analytic cost" if x == "cost" else "measured cost"
             ax.set(title=title, xlabel=label, ylabel="FID (lower is better)")
             ax.legend().remove() if ax is axes[0] else ax.legend()
-        _legend_outside(axes[1], palette.legend_title("training setting / S_eval"))
-        return save(fig, out, "fid_vs_cost")
+        ps.legend_outside(axes[1], palette.legend_title("training setting / S_eval"))
+        return ps.save(fig, out, "fid_vs_cost")
 
 
 def pareto_front(points: pd.DataFrame, cost: str, value: str = "fid") -> pd.DataFrame:
@@ -396,9 +258,9 @@ def pareto_front(points: pd.DataFrame, cost: str, value: str = "fid") -> pd.Data
 
 def sample_grids(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> Path | None:
     """One row of sample grids per run (first seed of each shown setting), one per S_eval."""
-    palette = palette or setting_palette(df)
+    palette = palette or ps.setting_palette(df)
     runs = df[(df["kind"] == "train") & (df["state"] == "completed")]
-    runs = top_settings(runs, palette)[0]
+    runs = ps.top_settings(runs, palette)[0]
     runs = runs.sort_values(["s_train", "setting", "seed"]).drop_duplicates("setting")
     panels = []
     for run in runs.itertuples():
@@ -414,7 +276,7 @@ def sample_grids(df: pd.DataFrame, out: Path, palette: Palette | None = None) ->
 
     with Image.open(next(iter(panels[0][1].values()))) as first:
         aspect = first.height / max(first.width, 1)  # panels shaped like the sample grids
-    with _style():
+    with ps.seaborn_style():
         width = 4.5  # large enough to see digits (an 8x8 sample is 40 px across)
         fig = Figure(
             figsize=(width * len(s_evals) + 1.5, (width * aspect + 0.7) * len(panels) + 0.6),
@@ -440,7 +302,7 @@ def sample_grids(df: pd.DataFrame, out: Path, palette: Palette | None = None) ->
             )  # fmt: skip
         common = f"\nall: {palette.common}" if palette.common else ""
         fig.suptitle(f"Samples per run (final checkpoint){common}")
-        return save(fig, out, "samples")
+        return ps.save(fig, out, "samples")
 
 
 def _class_ticks(ax, grid: Path, width: int, ncol: int = 10) -> None:
@@ -476,7 +338,7 @@ def _run_sample_grids(run_dir: Path) -> dict[float, Path]:
 def all_plots(df: pd.DataFrame, curves: pd.DataFrame, out: str | Path) -> dict[str, Path]:
     """Write every plot the data supports; {name: png path}."""
     out = Path(out)
-    palette = setting_palette(df)
+    palette = ps.setting_palette(df)
     made = {
         "fid_vs_s_eval": fid_vs_s_eval(df, out, palette),
         "heatmap_s_train_s_eval": heatmap_s_train_s_eval(df, out),

@@ -21,7 +21,9 @@ import yaml
 
 from core.io import atomic_write_bytes, atomic_write_text, now_iso
 from reports import plots
-from reports.results import EVAL_KEY_COLUMNS, Results, ResultsWarning, scan, set_size_cache
+from reports.columns import EVAL_KEY_COLUMNS
+from reports.results import Results, ResultsWarning, scan
+from reports.sizes import set_size_cache
 from reports.tables import (
     Table,
     all_tables,

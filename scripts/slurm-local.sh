@@ -9,7 +9,7 @@
 #
 # Daemons: munged (reused, never stopped, when one already answers), mariadbd (likewise),
 # slurmdbd, slurmctld, slurmd. Their pids are recorded in $CFH_SLURM_STATE (default
-# /run/cfh-slurm/pids). Settings follow ../shared/reference/slurm-local.md: cred_expire=10 so a
+# /run/cfh-slurm/pids). Settings: cred_expire=10 so a
 # requeued job restarts at once, sched_interval=5,bf_interval=2 so array tasks start at once,
 # CR_Core with CPUs=$CFH_SLURM_CPUS (default 4, more than the machine has, via
 # SlurmdParameters=config_overrides) so array tasks run side by side, and $CFH_SLURM_GPUS

@@ -36,7 +36,7 @@ class SlurmCluster:
     start_log: str = ""
 
     def profile(self, **overrides) -> dict:
-        """A slurm cluster profile (as in harness/configs/cluster/slurm.yaml) for this cluster."""
+        """A slurm cluster profile (as in experiments/cluster/slurm.yaml) for this cluster."""
         profile = {
             "name": "slurm-local",
             "backend": "slurm",

@@ -88,7 +88,8 @@ def installed(tmp_path_factory) -> dict:
 def test_the_wheel_ships_configs_and_reference(installed):
     py = str(installed["venv"] / "bin" / "python")
     code = (
-        "import harness, harness.reference; from harness.config import SHIPPED_CONFIG_DIR as d; "
+        "import harness, harness.reference; "
+        "from harness.config_search import SHIPPED_CONFIG_DIR as d; "
         "from harness.grid import list_grids; print(harness.__file__); print(list_grids()); "
         "print(sorted(p.name for p in (d / 'cluster').glob('*.yaml')))"
     )
@@ -106,7 +107,7 @@ def test_sweeps_from_outside_the_checkout(installed):
     (conf / "grids").mkdir(parents=True)
     (conf / "cluster").mkdir()
     (conf / "grids" / "tiny.yaml").write_text(textwrap.dedent(USER_GRID))
-    local = (REPO / "harness" / "configs" / "cluster" / "local.yaml").read_text()
+    local = (REPO / "experiments" / "cluster" / "local.yaml").read_text()
     assert "name: local" in local and "cpus_per_task: 2" in local
     profile = local.replace("name: local", "name: mybox").replace(
         "cpus_per_task: 2", "cpus_per_task: 1"

@@ -4,10 +4,12 @@
 labels (-1 where there is no class), one or more captions per image, and a name per image.
 
 - `digits_captions`, `mnist_captions`: the images, labels and splits of data=digits and
-  data=mnist (model/data.py), captioned from fixed templates that name the digit as a word or a
-  numeral ("a handwritten seven", "the digit 7, written thickly"). Each image gets
-  `captions_per_image` distinct templates, drawn with a generator seeded by (CAPTION_SEED,
-  dataset, image index), so its captions depend on nothing else. Templates with a property word
+  data=mnist (model/data/arrays.py), captioned from fixed templates
+  (model/data/caption_templates.py, filled in by model/data/digit_captions.py) that name the
+  digit as a word or a numeral ("a handwritten seven", "the digit 7, written thickly"). Each
+  image gets `captions_per_image` distinct templates, drawn with a generator seeded by
+  (CAPTION_SEED, dataset, image index), so its captions depend on nothing else. Templates with a
+  property word
   are used only for the images whose measurements back it. Ink is a pixel >= 128 (of 255), and
   the thresholds are the 1/3 and 2/3 quantiles over the training split, strict (a value equal to
   a threshold gets no word):
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import functools
 import json
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,57 +54,21 @@ from PIL import Image
 
 from core.errors import UserError
 from core.io import atomic_write_text
-from model.data.sources import (
-    _digits_arrays,
-    _digits_split_indices,
-    _expect,
-    _mnist_arrays,
-    center_crop_arr,
-    cfg_get,
+from model.data.arrays import center_crop_arr, digits_arrays, digits_split_indices, mnist_arrays
+from model.data.checks import SPLITS, captions_root, cfg_get, check_caption_config, stamps_folder
+from model.data.digit_captions import (
+    digit_captions,
+    digits_thresholds,
+    measure_digits,
+    mnist_thresholds,
+    property_words,
 )
-from model.data.tokenizers import TOKENIZERS
 
-CAPTION_DATASETS = ("digits_captions", "mnist_captions", "stamps", "captions")
-SPLITS = {
-    "digits_captions": ("train", "test"),
-    "mnist_captions": ("train", "valid", "test"),
-    "stamps": ("train", "test"),
-    "captions": ("train", "test"),
-}
-CAPTION_SEED = 20241202
-STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")
 STAMPS_SPLIT_SEED = 0
 STAMPS_TEST_FRACTION = 0.1
 JSONL_SPLIT_SEED = 0
 JSONL_TEST_FRACTION = 0.1
-INK_LEVEL = 128
 MNIST_OFFSETS = {"train": 0, "valid": 50_000, "test": 60_000}  # image index for the seed
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-# Fields: word (seven), a_word (a seven / an eight), num (7), size (small | large), thick (thin |
-# thick), thickly (thinly | thickly), slant (slanted left | slanted right | upright), slanted
-# (slanted | upright). Every template names the digit; the plain ones need no measurement.
-PLAIN_TEMPLATES = (
-    "a handwritten {word}",
-    "the digit {num}",
-    "{a_word}, written by hand",
-    "a handwritten digit {num}",
-    "the number {word}",
-    "an image of the digit {word}",
-)
-PROPERTY_TEMPLATES = (
-    "a {size} {word}",
-    "a {size} handwritten {num}",
-    "a {thick} {word}",
-    "the digit {num}, written {thickly}",
-    "a handwritten {num}, {slant}",
-    "{a_word}, drawn {slant}",
-    "a {size}, {slanted} {num}",
-    "a {thick}, {slanted} {word}",
-    "a {size}, {thick} {num}",
-)
-TEMPLATES = PLAIN_TEMPLATES + PROPERTY_TEMPLATES
-_DIGIT_FIELDS = frozenset({"word", "a_word", "num"})
 
 
 @dataclass
@@ -129,77 +94,6 @@ class CaptionData:
         return [c for caps in self.captions for c in caps]
 
 
-# --------------------------------------------------------------------------------------------
-# config checks
-
-
-def _positive_int(data_cfg: Any, key: str, default: Any = None) -> int:
-    """data.<key> as a positive integer (UserError naming the value otherwise)."""
-    value = cfg_get(data_cfg, key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"data.{key}={value!r} must be a positive integer")
-    return value
-
-
-def _check_split(name: str, split: str) -> None:
-    """UserError for a split the dataset does not have."""
-    if split not in SPLITS[name]:
-        raise UserError(
-            f"split {split!r} does not exist for data={name}; allowed: {', '.join(SPLITS[name])}"
-        )
-
-
-def check_caption_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
-    """The caption-dataset checks that need no images; UserError names the key and the value."""
-    name = cfg_get(data_cfg, "name")
-    if name not in CAPTION_DATASETS:
-        raise UserError(f"unknown data={name!r}; allowed: {', '.join(CAPTION_DATASETS)}")
-    if name == "digits_captions":
-        for key, allowed in (("resolution", (8,)), ("channels", (1,)), ("num_classes", (10,))):
-            _expect(data_cfg, key, allowed)
-    elif name == "mnist_captions":
-        _expect(data_cfg, "resolution", (28, 32))
-        _expect(data_cfg, "channels", (1,))
-        _expect(data_cfg, "num_classes", (10,))
-    else:
-        _positive_int(data_cfg, "resolution")
-        _expect(data_cfg, "channels", (3,) if name == "stamps" else (1, 3))
-        _expect(data_cfg, "num_classes", (1,))
-    res = cfg_get(data_cfg, "resolution")
-    patch = _positive_int(data_cfg, "patch_size", 1)
-    if res % patch:
-        raise UserError(f"data.patch_size={patch} does not divide data.resolution={res}")
-    per_image = _positive_int(data_cfg, "captions_per_image", 2)
-    if name in ("digits_captions", "mnist_captions") and per_image > len(PLAIN_TEMPLATES):
-        raise UserError(
-            f"data.captions_per_image={per_image} is more than the {len(PLAIN_TEMPLATES)} "
-            f"templates every image can have for data={name}; allowed: 1..{len(PLAIN_TEMPLATES)}"
-        )
-    if name != "captions" and cfg_get(data_cfg, "flip", False):
-        raise UserError(
-            f"data.flip=true is not allowed for data={name}: the captions describe the image as "
-            "drawn (slant direction, letters, signs), so a mirrored image would not match them"
-        )
-    _check_text_keys(data_cfg)
-    if name == "captions":
-        _captions_root(data_cfg)
-    if name == "stamps":
-        _stamps_folder(data_cfg)
-    if name != "captions":  # a captions folder may have more splits (root/<split>/)
-        for split in splits:
-            _check_split(name, split)
-
-
-def _check_text_keys(data_cfg: Any) -> None:
-    """data.tokenizer and data.max_text_len, where set."""
-    kind = cfg_get(data_cfg, "tokenizer", "word")
-    if kind not in TOKENIZERS:
-        raise UserError(f"data.tokenizer={kind!r} is not a tokenizer; allowed: {TOKENIZERS}")
-    max_len = cfg_get(data_cfg, "max_text_len", 16)
-    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
-        raise UserError(f"data.max_text_len={max_len!r} must be an integer >= 2 (BOS and EOS)")
-
-
 def load_caption_data(data_cfg: Any, split: str = "train") -> CaptionData:
     """The images and captions of one split of the caption dataset `data_cfg` names."""
     check_caption_config(data_cfg, (split,))
@@ -210,141 +104,24 @@ def load_caption_data(data_cfg: Any, split: str = "train") -> CaptionData:
     if name == "mnist_captions":
         return _mnist_captions(split, cfg_get(data_cfg, "resolution"), per_image)
     if name == "stamps":
-        cached = _stamps(_stamps_folder(data_cfg), cfg_get(data_cfg, "resolution"))[split]
+        cached = _stamps(stamps_folder(data_cfg), cfg_get(data_cfg, "resolution"))[split]
         return CaptionData(  # a copy: callers may change what they get
             cached.images.clone(), cached.labels.clone(), [list(c) for c in cached.captions],
             list(cached.names),
         )  # fmt: skip
     return _jsonl_split(
-        _captions_root(data_cfg),
+        captions_root(data_cfg),
         split,
         cfg_get(data_cfg, "resolution"),
         cfg_get(data_cfg, "channels"),
     )
 
 
-# --------------------------------------------------------------------------------------------
-# digits and MNIST: measured properties and templated captions
-
-
-def measure_digits(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image of uint8 (N, 1, H, W): ink box height (px), ink fraction, slant (nan: none)."""
-    out: dict[str, list[np.ndarray]] = {"height": [], "ink": [], "slant": []}
-    for start in range(0, len(images), 8192):  # chunks: MNIST as float64 at once is 300 MB
-        ink = (images[start : start + 8192, 0] >= INK_LEVEL).astype(np.float64)
-        _, h, w = ink.shape
-        rows = np.arange(h, dtype=np.float64)
-        cols = np.arange(w, dtype=np.float64)
-        per_row = ink.sum(2)
-        has = per_row > 0
-        top = has.argmax(1)
-        bottom = h - 1 - has[:, ::-1].argmax(1)
-        n = per_row.sum(1)
-        out["height"].append(np.where(n > 0, bottom - top + 1, 0))
-        out["ink"].append(n / (h * w))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_r = per_row @ rows / n
-            mean_c = ink.sum(1) @ cols / n
-            var_r = per_row @ rows**2 / n - mean_r**2
-            cov = np.einsum("nrc,r,c->n", ink, rows, cols) / n - mean_r * mean_c
-            slant = np.where(var_r > 1e-9, -cov / var_r, np.nan)
-        out["slant"].append(slant)
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-@dataclass(frozen=True)
-class DigitThresholds:
-    """Tercile thresholds: height (px), ink fraction per class, |slant|."""
-
-    height: tuple[float, float]
-    ink: dict[int, tuple[float, float]]
-    slant: tuple[float, float]
-
-
-def _terciles(values: np.ndarray) -> tuple[float, float]:
-    """The 1/3 and 2/3 quantiles of the finite values."""
-    lo, hi = np.quantile(values[np.isfinite(values)], [1 / 3, 2 / 3])
-    return float(lo), float(hi)
-
-
-def digit_thresholds(props: dict[str, np.ndarray], labels: np.ndarray) -> DigitThresholds:
-    """The thresholds of the property words, from the training images' measurements."""
-    return DigitThresholds(
-        height=_terciles(props["height"].astype(np.float64)),
-        ink={int(c): _terciles(props["ink"][labels == c]) for c in np.unique(labels)},
-        slant=_terciles(np.abs(props["slant"])),
-    )
-
-
-def property_words(
-    props: dict[str, np.ndarray], labels: np.ndarray, th: DigitThresholds
-) -> list[dict[str, str]]:
-    """Per image, the template fields its measurements back (size, thick, slant, ...)."""
-    out = []
-    for height, ink, slant, label in zip(
-        props["height"], props["ink"], props["slant"], labels, strict=True
-    ):
-        words: dict[str, str] = {}
-        if height < th.height[0]:
-            words["size"] = "small"
-        elif height > th.height[1]:
-            words["size"] = "large"
-        lo, hi = th.ink[int(label)]
-        if ink < lo:
-            words.update(thick="thin", thickly="thinly")
-        elif ink > hi:
-            words.update(thick="thick", thickly="thickly")
-        if np.isfinite(slant) and abs(slant) < th.slant[0]:
-            words.update(slant="upright", slanted="upright")
-        elif np.isfinite(slant) and abs(slant) > th.slant[1]:
-            side = "right" if slant > 0 else "left"
-            words.update(slant=f"slanted {side}", slanted="slanted")
-        out.append(words)
-    return out
-
-
-@functools.cache
-def _template_fields() -> tuple[frozenset[str], ...]:
-    """The fields each template uses (every one names the digit)."""
-    fields = []
-    for t in TEMPLATES:
-        names = frozenset(f for _, f, _, _ in string.Formatter().parse(t) if f)
-        assert names & _DIGIT_FIELDS, f"template {t!r} does not name the digit"
-        fields.append(names - _DIGIT_FIELDS)
-    return tuple(fields)
-
-
-def digit_captions(
-    labels: np.ndarray, words: list[dict[str, str]], seeds: np.ndarray, per_image: int
-) -> list[list[str]]:
-    """`per_image` distinct captions per image from the templates its words allow, seeded."""
-    fields = _template_fields()
-    out = []
-    for label, have, seed in zip(labels, words, seeds, strict=True):
-        label = int(label)
-        usable = [i for i, need in enumerate(fields) if need <= have.keys()]
-        rng = np.random.default_rng([CAPTION_SEED, *map(int, seed)])
-        picked = rng.choice(len(usable), size=per_image, replace=False)
-        word = DIGIT_WORDS[label]
-        values = {**have, "word": word, "num": str(label)}
-        values["a_word"] = f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-        out.append([TEMPLATES[usable[int(j)]].format(**values) for j in picked])
-    return out
-
-
-@functools.cache
-def _digits_thresholds() -> DigitThresholds:
-    """Property thresholds from the digits' training split."""
-    images, labels = _digits_arrays()
-    idx = _digits_split_indices()["train"]
-    return digit_thresholds(measure_digits(images[idx]), labels[idx])
-
-
 def _digits_captions(split: str, per_image: int) -> CaptionData:
     """data=digits' images and split, with templated captions."""
-    images, labels = _digits_arrays()
-    idx = _digits_split_indices()[split]
-    words = property_words(measure_digits(images[idx]), labels[idx], _digits_thresholds())
+    images, labels = digits_arrays()
+    idx = digits_split_indices()[split]
+    words = property_words(measure_digits(images[idx]), labels[idx], digits_thresholds())
     seeds = np.stack([np.zeros_like(idx), idx], 1)  # (dataset 0, index among all 1,797)
     return CaptionData(
         images=torch.from_numpy(images[idx]),
@@ -354,17 +131,10 @@ def _digits_captions(split: str, per_image: int) -> CaptionData:
     )
 
 
-@functools.cache
-def _mnist_thresholds() -> DigitThresholds:
-    """Property thresholds from MNIST's training split."""
-    images, labels = _mnist_arrays("train")
-    return digit_thresholds(measure_digits(images), labels)
-
-
 def _mnist_captions(split: str, resolution: int, per_image: int) -> CaptionData:
     """data=mnist's images (zero-padded to 32 as there) and splits, with templated captions."""
-    images, labels = _mnist_arrays(split)
-    words = property_words(measure_digits(images), labels, _mnist_thresholds())
+    images, labels = mnist_arrays(split)
+    words = property_words(measure_digits(images), labels, mnist_thresholds())
     index = MNIST_OFFSETS[split] + np.arange(len(labels))
     seeds = np.stack([np.ones_like(index), index], 1)  # (dataset 1, index among all 70,000)
     pad = (resolution - 28) // 2
@@ -379,27 +149,6 @@ def _mnist_captions(split: str, resolution: int, per_image: int) -> CaptionData:
 
 # --------------------------------------------------------------------------------------------
 # Tux Paint stamps
-
-
-def stamps_root() -> Path:
-    """The folder of the tuxpaint-stamps-default package (UserError when not installed)."""
-    if not STAMPS_ROOT.is_dir():
-        raise UserError(
-            f"data=stamps needs the Tux Paint stamps in {STAMPS_ROOT}: "
-            "apt-get install tuxpaint-stamps-default (or run scripts/install-stamps.sh)"
-        )
-    return STAMPS_ROOT
-
-
-def _stamps_folder(data_cfg: Any) -> Path:
-    """data.root when set (a folder of the package's layout), else the package's folder."""
-    root = cfg_get(data_cfg, "root")
-    if root is None:
-        return stamps_root()
-    path = Path(str(root)).expanduser()
-    if not path.is_dir():
-        raise UserError(f"data.root={str(root)!r} is not a folder (data=stamps needs one)")
-    return path
 
 
 def _english_line(txt: Path) -> str | None:
@@ -455,20 +204,6 @@ def _stamps(root: Path, resolution: int) -> dict[str, CaptionData]:
 
 # --------------------------------------------------------------------------------------------
 # a captions.jsonl folder
-
-
-def _captions_root(data_cfg: Any) -> Path:
-    """data.root of data=captions as an existing folder."""
-    root = cfg_get(data_cfg, "root")
-    if root is None:
-        raise UserError(
-            "data=captions needs data.root: a folder with captions.jsonl "
-            '(lines {"image": path, "caption": text})'
-        )
-    path = Path(str(root)).expanduser()
-    if not path.is_dir():
-        raise UserError(f"data.root={str(root)!r} is not a folder (data=captions needs one)")
-    return path
 
 
 def _read_jsonl(path: Path) -> dict[str, list[str]]:

@@ -1,8 +1,8 @@
 """Config checks that need no torch, numpy or data: datasets, splits, sizes, extractors.
 
 harness.schema runs them for every grid point, `cfh status` and `cfh sweep --dry-run`, which
-must not pay for importing torch; model.data, model.network and model.evaluate re-export them.
-Caption datasets' own checks live in model.captions (imported only for caption data).
+must not pay for importing torch; the datasets (model/data/sources.py, captions.py) run them
+again when they load. Caption datasets' checks are here too (`check_caption_config`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core.choices import CAPTION_DATASETS, DATASETS, TOKENIZERS
 from core.errors import UserError
+from model.data.caption_templates import PLAIN_TEMPLATES
 
-# model.network.SIZES has these keys, in this order (tests/model/test_network.py checks it).
-SIZE_NAMES = ("T", "XS", "S", "B", "L", "XL", "H", "ablation")
-
-IMAGE_DATASETS = ("digits", "mnist", "imagefolder", "latents")
-CAPTION_DATASETS = ("digits_captions", "mnist_captions", "stamps", "captions")  # model.captions
-DATASETS = IMAGE_DATASETS + CAPTION_DATASETS
 SPLITS = {
     "digits": ("train", "test"),
     "mnist": ("train", "valid", "test"),
@@ -32,10 +28,9 @@ SPLITS = {
     "captions": ("train", "test"),
 }
 CAPTIONED_IMAGES = {"digits_captions": "digits", "mnist_captions": "mnist"}  # same images
-DIGITS_SPLIT_SEED = 0
-DIGITS_TEST_FRACTION = 0.2
 MNIST_RESOLUTIONS = (28, 32)
 REFERENCE_SUBSET_SEED = 0
+STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")  # the tuxpaint-stamps-default package
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,7 +53,7 @@ def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None or value == "???" else value
 
 
-def _name(data_cfg: Any) -> str:
+def dataset_name(data_cfg: Any) -> str:
     """The dataset name, validated."""
     name = cfg_get(data_cfg, "name")
     if name not in DATASETS:
@@ -66,7 +61,7 @@ def _name(data_cfg: Any) -> str:
     return name
 
 
-def _root(data_cfg: Any) -> Path:
+def data_root(data_cfg: Any) -> Path:
     """data.root as an existing folder (imagefolder, latents)."""
     name = cfg_get(data_cfg, "name")
     root = cfg_get(data_cfg, "root")
@@ -80,14 +75,14 @@ def _root(data_cfg: Any) -> Path:
     return path
 
 
-def _check_split(name: str, split: str) -> None:
+def check_split(name: str, split: str) -> None:
     """Raise a UserError for a split the dataset does not have."""
     allowed = SPLITS.get(name)
     if allowed is not None and split not in allowed:
         raise UserError(f"eval.split={split!r} does not exist for data={name}; allowed: {allowed}")
 
 
-def _expect(data_cfg: Any, key: str, allowed: tuple) -> Any:
+def expect_choice(data_cfg: Any, key: str, allowed: tuple) -> Any:
     """Check data.<key> against the values the dataset supports."""
     value = cfg_get(data_cfg, key)
     if value not in allowed:
@@ -104,23 +99,21 @@ def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
     Run before anything is written or submitted (harness.schema.validate_config) and again by
     build_dataset; UserError names the key, the value and what the dataset allows.
     """
-    name = _name(data_cfg)
+    name = dataset_name(data_cfg)
     for split in splits:
-        _check_split(name, split)
+        check_split(name, split)
     if name in CAPTION_DATASETS:
-        from model.data.captions import check_caption_config
-
         check_caption_config(data_cfg)
     elif name == "digits":
         for key, allowed in (("resolution", (8,)), ("channels", (1,)), ("num_classes", (10,))):
-            _expect(data_cfg, key, allowed)
+            expect_choice(data_cfg, key, allowed)
     elif name == "mnist":
-        _expect(data_cfg, "resolution", MNIST_RESOLUTIONS)
-        _expect(data_cfg, "channels", (1,))
-        _expect(data_cfg, "num_classes", (10,))
+        expect_choice(data_cfg, "resolution", MNIST_RESOLUTIONS)
+        expect_choice(data_cfg, "channels", (1,))
+        expect_choice(data_cfg, "num_classes", (10,))
     elif name == "imagefolder":
-        _expect(data_cfg, "channels", (1, 3))
-        root = _root(data_cfg)
+        expect_choice(data_cfg, "channels", (1, 3))
+        root = data_root(data_cfg)
         classes = _class_folders(str(root))
         if not classes:
             raise UserError(
@@ -134,7 +127,7 @@ def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
                 f"class folders; set data.num_classes={classes}"
             )
     else:
-        _check_latents(data_cfg)
+        check_latents(data_cfg)
 
 
 @functools.lru_cache(maxsize=64)
@@ -144,9 +137,9 @@ def _class_folders(root: str) -> int:
         return sum(1 for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
-def _check_latents(data_cfg: Any) -> dict:
+def check_latents(data_cfg: Any) -> dict:
     """A latents folder against the config: meta.json's geometry, scale, flipped latents."""
-    root = _root(data_cfg)
+    root = data_root(data_cfg)
     meta = read_latent_meta(root)
     if cfg_get(data_cfg, "flip", False) and not meta.get("flips"):
         raise UserError(
@@ -196,3 +189,101 @@ def check_eval_extractor(data: Any, evaluation: Any) -> None:
             f"eval.extractor=classifier needs classes and data={data['name']} has none; "
             "use eval.extractor=inception"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# caption datasets (model/data/captions.py)
+
+
+def _positive_int(data_cfg: Any, key: str, default: Any = None) -> int:
+    """data.<key> as a positive integer (UserError naming the value otherwise)."""
+    value = cfg_get(data_cfg, key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"data.{key}={value!r} must be a positive integer")
+    return value
+
+
+def check_caption_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
+    """The caption-dataset checks that need no images; UserError names the key and the value."""
+    name = cfg_get(data_cfg, "name")
+    if name not in CAPTION_DATASETS:
+        raise UserError(f"unknown data={name!r}; allowed: {', '.join(CAPTION_DATASETS)}")
+    if name == "digits_captions":
+        for key, allowed in (("resolution", (8,)), ("channels", (1,)), ("num_classes", (10,))):
+            expect_choice(data_cfg, key, allowed)
+    elif name == "mnist_captions":
+        expect_choice(data_cfg, "resolution", MNIST_RESOLUTIONS)
+        expect_choice(data_cfg, "channels", (1,))
+        expect_choice(data_cfg, "num_classes", (10,))
+    else:
+        _positive_int(data_cfg, "resolution")
+        expect_choice(data_cfg, "channels", (3,) if name == "stamps" else (1, 3))
+        expect_choice(data_cfg, "num_classes", (1,))
+    res = cfg_get(data_cfg, "resolution")
+    patch = _positive_int(data_cfg, "patch_size", 1)
+    if res % patch:
+        raise UserError(f"data.patch_size={patch} does not divide data.resolution={res}")
+    per_image = _positive_int(data_cfg, "captions_per_image", 2)
+    if name in ("digits_captions", "mnist_captions") and per_image > len(PLAIN_TEMPLATES):
+        raise UserError(
+            f"data.captions_per_image={per_image} is more than the {len(PLAIN_TEMPLATES)} "
+            f"templates every image can have for data={name}; allowed: 1..{len(PLAIN_TEMPLATES)}"
+        )
+    if name != "captions" and cfg_get(data_cfg, "flip", False):
+        raise UserError(
+            f"data.flip=true is not allowed for data={name}: the captions describe the image as "
+            "drawn (slant direction, letters, signs), so a mirrored image would not match them"
+        )
+    _check_text_keys(data_cfg)
+    if name == "captions":
+        captions_root(data_cfg)
+    if name == "stamps":
+        stamps_folder(data_cfg)
+    if name != "captions":  # a captions folder may have more splits (root/<split>/)
+        for split in splits:
+            check_split(name, split)
+
+
+def _check_text_keys(data_cfg: Any) -> None:
+    """data.tokenizer and data.max_text_len, where set."""
+    kind = cfg_get(data_cfg, "tokenizer", "word")
+    if kind not in TOKENIZERS:
+        raise UserError(f"data.tokenizer={kind!r} is not a tokenizer; allowed: {TOKENIZERS}")
+    max_len = cfg_get(data_cfg, "max_text_len", 16)
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
+        raise UserError(f"data.max_text_len={max_len!r} must be an integer >= 2 (BOS and EOS)")
+
+
+def stamps_root() -> Path:
+    """The folder of the tuxpaint-stamps-default package (UserError when not installed)."""
+    if not STAMPS_ROOT.is_dir():
+        raise UserError(
+            f"data=stamps needs the Tux Paint stamps in {STAMPS_ROOT}: "
+            "apt-get install tuxpaint-stamps-default (or run scripts/install-stamps.sh)"
+        )
+    return STAMPS_ROOT
+
+
+def stamps_folder(data_cfg: Any) -> Path:
+    """data.root when set (a folder of the package's layout), else the package's folder."""
+    root = cfg_get(data_cfg, "root")
+    if root is None:
+        return stamps_root()
+    path = Path(str(root)).expanduser()
+    if not path.is_dir():
+        raise UserError(f"data.root={str(root)!r} is not a folder (data=stamps needs one)")
+    return path
+
+
+def captions_root(data_cfg: Any) -> Path:
+    """data.root of data=captions as an existing folder."""
+    root = cfg_get(data_cfg, "root")
+    if root is None:
+        raise UserError(
+            "data=captions needs data.root: a folder with captions.jsonl "
+            '(lines {"image": path, "caption": text})'
+        )
+    path = Path(str(root)).expanduser()
+    if not path.is_dir():
+        raise UserError(f"data.root={str(root)!r} is not a folder (data=captions needs one)")
+    return path

@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader
 
 from core.errors import UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso
-from model.data.sources import build_dataset, cfg_get, read_latent_meta
+from core.progress import Progress
+from model.data.checks import cfg_get, read_latent_meta
+from model.data.sources import build_dataset
 from model.method.noise import SampleNoise
-from model.training.progress import Progress
 
 log = logging.getLogger("cfh.encode")
 
@@ -244,6 +245,12 @@ def decode_latents(
     if vae is None:
         path = Path(meta["vae"]["path"])
         path = path if path.is_absolute() else root / path
+        if not path.is_dir():  # decoding samples of a run whose VAE folder moved or was deleted
+            raise UserError(
+                f"cannot decode latents to pixels: data.root={str(root)!r} names the VAE folder "
+                f"{str(path)!r} (meta.json vae.path), which is missing; restore it there or "
+                f"edit vae.path in {str(root / 'meta.json')!r}"
+            )
         vae = _cached_vae(str(path), str(latents.device))
     else:
         vae = load_vae(vae, latents.device)

@@ -1,4 +1,4 @@
-"""Caption data for joint runs: the run's tokenizer, (image, caption) pairs, prompts.
+"""Caption data for joint runs: the run's tokenizer and its (image, caption) pairs.
 
 A joint run's tokenizer is built from its training captions at the first start and stored as
 run_dir/tokenizer.json; later starts, sampling and captioning read that file, so a run always
@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import Dataset
 
 from core.errors import UserError
-from model.data.captions import CAPTION_DATASETS, CaptionData, load_caption_data
-from model.data.sources import cfg_get, to_float
+from model.data.captions import CaptionData, load_caption_data
+from model.data.checks import CAPTION_DATASETS, CAPTIONED_IMAGES, cfg_get
+from model.data.sources import to_float
 from model.data.tokenizers import (
     Tokenizer,
     build_tokenizer,
@@ -25,7 +26,7 @@ from model.data.tokenizers import (
 )
 
 TOKENIZER_FILE = "tokenizer.json"
-DIGIT_CAPTION_DATASETS = ("digits_captions", "mnist_captions")
+DIGIT_CAPTION_DATASETS = tuple(CAPTIONED_IMAGES)  # digits_captions, mnist_captions
 
 
 def is_caption_data(data_cfg: Any) -> bool:
@@ -82,40 +83,3 @@ class CaptionPairs(Dataset):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, H, W) in [-1, 1] and their caption ids (B, T) for pair indices idx."""
         return to_float(self.data.images[self.image_index[idx]]), self.tokens[idx]
-
-
-def split_prompts(data_cfg: Any, split: str, num: int) -> tuple[list[str], torch.Tensor]:
-    """`num` prompts from a split's captions (image i mod N's first caption) and their labels."""
-    data = load_caption_data(data_cfg, split)
-    n = len(data.captions)
-    prompts = [data.captions[i % n][0] for i in range(num)]
-    labels = torch.tensor([int(data.labels[i % n]) for i in range(num)], dtype=torch.long)
-    return prompts, labels
-
-
-def prompt_labels(prompts: list[str], data_cfg: Any) -> torch.Tensor:
-    """The digit a prompt names (digit datasets; -1 where none or another dataset)."""
-    if cfg_get(data_cfg, "name") not in DIGIT_CAPTION_DATASETS:
-        return torch.full((len(prompts),), -1, dtype=torch.long)
-    from model.evaluation.caption_metrics import caption_digit
-
-    digits = [caption_digit(p) for p in prompts]
-    return torch.tensor([-1 if d is None else d for d in digits], dtype=torch.long)
-
-
-def read_prompts(sample_cfg: Any, num: int) -> list[str] | None:
-    """sample.prompt (one for all) or sample.prompts (a file, one per line, cycled); else None."""
-    prompt, path = cfg_get(sample_cfg, "prompt"), cfg_get(sample_cfg, "prompts")
-    if prompt is not None and path is not None:
-        raise UserError("set sample.prompt or sample.prompts, not both")
-    if prompt is not None:
-        return [str(prompt)] * num
-    if path is None:
-        return None
-    file = Path(str(path)).expanduser()
-    if not file.is_file():
-        raise UserError(f"sample.prompts={path!r}: no such file (one prompt per line)")
-    lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    if not lines:
-        raise UserError(f"sample.prompts={path!r} has no prompts (one per line)")
-    return [lines[i % len(lines)] for i in range(num)]

@@ -37,12 +37,10 @@ from typing import Any, Protocol
 
 import torch
 
+from core.choices import TOKENIZERS
 from core.errors import UserError
 from core.io import atomic_write_text
-
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-TOKENIZERS = ("word", "bpe")
+from model.method.text_tokens import BOS, EOS, PAD, SPECIALS, UNK
 
 WORD_PATTERN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"

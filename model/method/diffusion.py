@@ -12,11 +12,9 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
+from core.choices import NOISE_WEIGHTINGS, SAMPLERS
 from core.errors import UserError
 from model.method.noise import NoiseSource, normal
-
-NOISE_WEIGHTINGS = ("uniform", "high_noise", "min_snr")
-SAMPLERS = ("ddpm", "ddim")
 
 
 def _broadcast(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.choices import DECODERS
 from core.errors import UserError
-from model.data.tokenizers import BOS, EOS, PAD
 from model.method.diffusion import Diffusion, causalfusion_loss
-from model.method.network import CausalFusion, KVCache
+from model.method.kv_cache import KVCache
+from model.method.network import CausalFusion
 from model.method.noise import NoiseSource, uniform
-
-DECODERS = ("greedy", "beam", "nucleus")
+from model.method.text_tokens import BOS, EOS, PAD
 
 
 def trim_text(text: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ tokens are one more kind of token in the sequence, a condition before the image
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -23,13 +22,18 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from core.choices import ATTENTIONS, POS_EMBEDS
 from core.errors import UserError
-from model.method.masks import check_group_sizes, flex_block_mask, generalized_causal_mask
+from model.method.kv_cache import KVCache
+from model.method.layers import TIME_FREQ_DIM, Block, TimestepEmbedder, sincos_2d
+from model.method.masks import (
+    check_group_sizes,
+    flex_block_mask,
+    generalized_causal_mask,
+    joint_mask,
+)
 
-POS_EMBEDS = ("sincos", "learned")
-ATTENTIONS = ("sdpa", "flex")
 FLEX_BLOCK = 128  # flex pads the sequence to a multiple of this: few distinct compiled shapes
-TIME_FREQ_DIM = 256
 
 
 @dataclass
@@ -96,179 +100,9 @@ class ModelConfig:
         return self.patch_size**2 * self.in_channels
 
 
-def sincos_2d(width: int, grid: int) -> torch.Tensor:
-    """(grid*grid, width) fixed 2D sin-cos table: half the channels encode the row, half the col."""
-    quarter = width // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    r, c = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-
-    def encode(pos):
-        angles = pos.flatten().double()[:, None] * omega[None]  # (L, width/4)
-        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (L, width/2)
-
-    return torch.cat([encode(r), encode(c)], dim=1).float()
-
-
 def sequence_length(cfg: ModelConfig, group_sizes: list[int]) -> int:
     """Training sequence length n = C + (L - g_S) + L for a split."""
     return cfg.num_cond_tokens + 2 * cfg.num_tokens - group_sizes[-1]
-
-
-class TimestepEmbedder(nn.Module):
-    """Sinusoidal features of t (256 frequencies) -> MLP -> width."""
-
-    def __init__(self, width: int, freq_dim: int = TIME_FREQ_DIM):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.freq_dim // 2
-        k = torch.arange(half, device=t.device, dtype=torch.float32)
-        freqs = torch.exp(-math.log(10000.0) * k / half)  # (half,)
-        angles = t.float()[:, None] * freqs[None]  # (B, half)
-        feats = torch.cat([angles.cos(), angles.sin()], dim=-1)  # (B, freq_dim)
-        return self.mlp(feats.to(self.mlp[0].weight.dtype))  # (B, width)
-
-
-class KVCache:
-    """Per-layer keys and values of already generated tokens (condition + clean groups).
-
-    A batch doubled for classifier-free guidance ([conditional; unconditional]) is cached as one
-    batch; `batch_slice` gives a read-only view of one half for steps that skip guidance.
-    `visible` ((B, len) bool, or None = all) hides cached tokens from later queries per sample:
-    the unconditional half of a text-guided batch hides its text, as text dropout does in
-    training.
-    """
-
-    def __init__(self, depth: int):
-        self.keys: list[torch.Tensor | None] = [None] * depth
-        self.values: list[torch.Tensor | None] = [None] * depth
-        self.visible: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
-
-    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, append: bool):
-        """Keys/values to attend to: the cache followed by (k, v); stores them if `append`."""
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)  # (B, h, T + N, hd)
-            v = torch.cat([self.values[layer], v], dim=2)
-        if append:
-            self.keys[layer], self.values[layer] = k, v
-        return k, v
-
-    def batch_slice(self, start: int, stop: int) -> KVCache:
-        """A view of samples start..stop-1 (shares memory; do not append to it)."""
-        view = KVCache(len(self.keys))
-        view.keys = [None if k is None else k[start:stop] for k in self.keys]
-        view.values = [None if v is None else v[start:stop] for v in self.values]
-        view.visible = None if self.visible is None else self.visible[start:stop]
-        return view
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep the samples `rows` (B',) long, in that order (beam search reorders beams)."""
-        self.keys = [None if k is None else k[rows] for k in self.keys]
-        self.values = [None if v is None else v[rows] for v in self.values]
-        self.visible = None if self.visible is None else self.visible[rows]
-
-    def extend_visible(self, batch: int, new: int, visible: torch.Tensor | None) -> None:
-        """Record the visibility of `new` tokens just appended ((B, new) bool; None = all)."""
-        if visible is None and self.visible is None:
-            return
-        before = len(self) - new
-        old = self.visible
-        if old is None:
-            old = torch.ones(batch, before, dtype=torch.bool, device=self.keys[0].device)
-        if visible is None:
-            visible = torch.ones(batch, new, dtype=torch.bool, device=old.device)
-        self.visible = torch.cat([old, visible.to(old.device)], dim=1)
-
-    def key_mask(self, new: int, mask: torch.Tensor | None) -> torch.Tensor | None:
-        """The mask of `new` query tokens over cache + themselves: `mask` and `visible` joined."""
-        if self.visible is None:
-            return mask
-        B = self.visible.shape[0]
-        keys = torch.cat(
-            [self.visible, torch.ones(B, new, dtype=torch.bool, device=self.visible.device)], 1
-        )  # (B, T + new)
-        keys = keys[:, None, None, :]  # (B, 1, 1, T + new)
-        return keys if mask is None else keys & mask
-
-
-_compiled_flex = None
-
-
-def _flex_attention(q, k, v, block_mask):
-    from torch.nn.attention.flex_attention import flex_attention
-
-    global _compiled_flex
-    if q.is_cuda:  # eager flex is an unfused reference implementation: compile it on GPU
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex(q, k, v, block_mask=block_mask)
-    return flex_attention(q, k, v, block_mask=block_mask)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention: no qkv bias, LayerNorm on each head's queries and keys."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
-        self.proj = nn.Linear(width, width)
-        self.q_norm = nn.LayerNorm(width // heads)
-        self.k_norm = nn.LayerNorm(width // heads)
-
-    def forward(
-        self, x, mask=None, cache: KVCache | None = None, layer=0, append=False, rows_from=0
-    ):
-        """Attention output (B, N - rows_from, D) for the queries x[:, rows_from:].
-
-        Every row still provides keys and values; rows before `rows_from` only do that (the last
-        block of a training pass needs outputs for the noisy tokens alone).
-        """
-        B, N, D = x.shape
-        h, hd, Nq = self.heads, D // self.heads, N - rows_from
-        # three projections from the one (3D, D) weight (the state dict is unchanged): q only for
-        # the rows that need outputs, and contiguous (B, N, h, hd) q and k for their LayerNorms
-        wq, wk, wv = self.qkv.weight.chunk(3)
-        q = self.q_norm(F.linear(x[:, rows_from:], wq).view(B, Nq, h, hd)).transpose(1, 2)
-        k = self.k_norm(F.linear(x, wk).view(B, N, h, hd)).transpose(1, 2)  # (B, h, N, hd)
-        v = F.linear(x, wv).view(B, N, h, hd).transpose(1, 2)  # (B, h, N, hd)
-        if cache is not None:
-            mask = cache.key_mask(N, mask)  # before attend: visible covers the older tokens
-            k, v = cache.attend(layer, k, v, append)  # (B, h, T + N, hd)
-        if mask is None or isinstance(mask, torch.Tensor):
-            sub = mask[..., rows_from:, :] if mask is not None else None  # (n,n) or (B,1,n,n)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=sub)  # (B, h, Nq, hd)
-        else:
-            q = F.pad(q, (0, 0, rows_from, 0))  # flex's block mask is square: pad, drop after
-            o = _flex_attention(q, k, v, block_mask=mask)[:, :, rows_from:]  # (B, h, Nq, hd)
-        return self.proj(o.transpose(1, 2).reshape(B, Nq, D))  # (B, Nq, D)
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: attention, then a tanh-GELU MLP, both residual."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        hidden = int(width * mlp_ratio)
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
-        )
-
-    def forward(
-        self, x, mask=None, cache: KVCache | None = None, layer=0, append=False, rows_from=0
-    ):
-        """(B, N, D) -> (B, N - rows_from, D): the outputs of rows rows_from.. only."""
-        a = self.attn(self.norm1(x), mask, cache, layer, append, rows_from)  # (B, Nq, D)
-        x = x[:, rows_from:] + a  # (B, Nq, D)
-        return x + self.mlp(self.norm2(x))  # (B, Nq, D)
 
 
 class CausalFusion(nn.Module):
@@ -482,8 +316,6 @@ class CausalFusion(nn.Module):
 
     def _text_first_mask(self, sizes: list[int], text_visible: torch.Tensor) -> torch.Tensor:
         """(B, 1, n, n) mask of [cond, text, clean, noisy]: padding and dropped text unseen."""
-        from model.method.masks import joint_mask
-
         B, T = text_visible.shape
         C, device = self.cfg.num_cond_tokens, text_visible.device
         base = joint_mask(C, sizes, T, text_first=True, device=device)  # (n, n)
@@ -497,8 +329,6 @@ class CausalFusion(nn.Module):
         The sequence is [null-class condition, the whole image clean (raster order), text]; each
         text token sees the condition, every image token and the text up to itself.
         """
-        from model.method.masks import joint_mask
-
         B, L, C, T = x0.shape[0], self.num_tokens, self.cfg.num_cond_tokens, text.shape[1]
         positions = torch.arange(L, device=x0.device).expand(B, L)
         null = torch.full((B,), self.cfg.num_classes, dtype=torch.long, device=x0.device)

@@ -23,8 +23,9 @@ import torch
 from core.errors import UserError
 from model.method.ar import equal_group_sizes, token_order
 from model.method.diffusion import Sampler
+from model.method.kv_cache import KVCache
 from model.method.masks import check_group_sizes
-from model.method.network import CausalFusion, KVCache
+from model.method.network import CausalFusion
 from model.method.noise import NoiseSource, SampleNoise, normal
 
 MIN_CPU_BATCH = 16  # every matmul then has >= 16 rows: batch-invariant rounding on CPU

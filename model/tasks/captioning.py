@@ -4,7 +4,7 @@
 files and writes captions.json and sheet.png (each image with its caption) under
 run_dir/captions/<settings hash>/. eval.task=caption captions the first min(sample.num, N)
 images of eval.split and scores them against all of their reference captions: CIDEr, BLEU-4 and
-ROUGE-L (pycocoevalcap's scorers, model/caption_metrics.py), and for digit captions
+ROUGE-L (pycocoevalcap's scorers, model/evaluation/caption_metrics.py), and for digit captions
 caption_acc, the share of captions that name the image's digit.
 """
 
@@ -17,13 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from core.errors import UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso
+from model.data.captions import load_caption_data
 from model.data.joint_pairs import DIGIT_CAPTION_DATASETS, is_caption_data, saved_tokenizer
+from model.data.sources import to_float
+from model.evaluation.caption_metrics import caption_accuracy, caption_scores
+from model.evaluation.run_io import decode_to_pixels, load_trained, run_dir, settings_hash, to_uint8
 from model.method.joint import caption_images
 from model.method.noise import SampleNoise
+from model.tasks.inputs import input_list, load_inputs
 
 CAPTION_BATCH = 64
 
@@ -42,10 +47,6 @@ def caption_settings(cfg: DictConfig, ckpt_step: int) -> dict:
     if c.method == "nucleus":
         settings.update(top_p=float(c.top_p), seed=int(c.seed))
     return settings
-
-
-def _inputs(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
 
 
 def _check_joint(train_cfg: Any, what: str) -> None:
@@ -80,22 +81,17 @@ def decode_captions(
 
 def caption_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     """`cfh caption`: caption caption.input; write captions.json and sheet.png; return them."""
-    from model.evaluation.inference import _run_dir, load_trained, settings_hash, to_uint8
-    from model.tasks.editing import load_inputs
-
-    run_dir = _run_dir(cfg)
+    folder = run_dir(cfg)
     device = device or torch.device("cpu")
     net, step, train_cfg = load_trained(cfg, device)
     _check_joint(train_cfg, "cfh caption")
-    inputs = _inputs(cfg.caption.input)
+    inputs = input_list(cfg.caption.input)
     x, labels, names = load_inputs(inputs, train_cfg, str(cfg.eval.split))
     settings = {**caption_settings(cfg, step), "inputs": names, "split": str(cfg.eval.split)}
     out = Path(str(cfg.caption.out)) if cfg.caption.out else None
-    out = out or run_dir / "captions" / settings_hash(settings)
+    out = out or folder / "captions" / settings_hash(settings)
     t0 = time.perf_counter()
-    captions = decode_captions(
-        net, saved_tokenizer(run_dir), x.to(device), cfg, list(range(len(x)))
-    )
+    captions = decode_captions(net, saved_tokenizer(folder), x.to(device), cfg, list(range(len(x))))
     seconds = time.perf_counter() - t0
     record = {
         "settings": settings,
@@ -105,8 +101,6 @@ def caption_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "captions.json", record)
-    from model.evaluation.inference import decode_to_pixels
-
     pixels = to_uint8(decode_to_pixels(x, train_cfg))
     atomic_write_bytes(out / "sheet.png", caption_sheet_png(pixels, captions))
     return {**record, "dir": str(out), "sheet": str(out / "sheet.png")}
@@ -152,10 +146,6 @@ def caption_metrics_of_run(
 ) -> tuple[dict, list[dict]]:
     """eval.task=caption: caption the first min(sample.num, N) eval.split images, score them;
     (metrics, the first 8 captions with their references)."""
-    from model.data.captions import load_caption_data
-    from model.data.sources import to_float
-    from model.evaluation.caption_metrics import caption_accuracy, caption_scores
-
     _check_joint(train_cfg, "eval.task=caption")
     data = load_caption_data(train_cfg.data, str(cfg.eval.split))
     num = min(int(cfg.sample.num), len(data.captions))

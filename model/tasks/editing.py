@@ -2,33 +2,18 @@
 
 A model trained only for class-conditional generation edits real images with no retraining: the
 known tokens go in as clean context (cached once, like earlier AR groups), and the tokens of the
-region are generated in any order, split into any groups (model/sampling.py `generate`).
+region are generated in any order, split into any groups (model/method/sampling.py `generate`).
+Regions and orders: model/tasks/regions.py; the input images: model/tasks/inputs.py.
 
-Regions (`edit.region`) name the tokens to *generate*; every other token is kept bitwise:
-
-    center                 the centre box, half the side in each direction (a quarter of the area)
-    left_half right_half top_half bottom_half   (on an odd grid a half is the smaller part)
-    all                    every token (plain generation; refused for swap)
-    none                   no token (the output is the input)
-    box:r0:c0:r1:c1        token-grid rows r0..r1-1 and columns c0..c1-1 (half-open)
-    pixels:y0:x0:y1:x1     pixel rows y0..y1-1, columns x0..x1-1 (half-open); every token that
-                           touches the box (latent runs: pixels of the decoded image)
-Commas work too (box:r0,c0,r1,c1) but must be quoted on the command line, where hydra would read
-them as a sweep.
-
-Orders (`edit.order`): `nearest` generates the tokens closest to the known ones first (Euclidean
-distance on the token grid, ties in seeded random order); random, raster, block_raster and
-dilated are the generation orders of model/ar.py restricted to the region.
-
-Eval tasks (`eval.task`, model/inference.py): inpaint regenerates the centre box, outpaint the
-right half, swap the centre box under another class; inputs are the first sample.num images of
-eval.split (cycled), the order is sample.order and the groups min(sample.ar_steps, region size).
+Eval tasks (`eval.task`, model/tasks/evaluate.py): inpaint regenerates the centre box, outpaint
+the right half, swap the centre box under another class; inputs are the first sample.num images
+of eval.split (cycled), the order is sample.order and the groups min(sample.ar_steps, region
+size).
 """
 
 from __future__ import annotations
 
 import io
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,125 +23,28 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from core.choices import EDIT_TASKS
 from core.errors import UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso
-from model.data.sources import build_dataset, center_crop_arr, image_source_cfg, read_latent_meta
-from model.method.ar import ORDERS, equal_group_sizes, token_order
-from model.method.diffusion import Diffusion, Sampler, make_sampler
+from model.evaluation.run_io import (
+    decode_to_pixels,
+    guidance_interval,
+    image_grid_png,
+    load_trained,
+    run_sampler,
+    sample_progress,
+    settings_hash,
+    to_uint8,
+)
+from model.method.ar import equal_group_sizes
+from model.method.diffusion import Sampler
 from model.method.network import CausalFusion
-from model.method.noise import NoiseSource, SampleNoise, uniform
+from model.method.noise import NoiseSource, SampleNoise
 from model.method.sampling import generate
+from model.tasks.inputs import eval_dataset, gather, input_list, load_inputs, pixel_resolution
+from model.tasks.regions import REGION_FORMS, TASK_REGIONS, parse_region, region_positions
 
-TASKS = ("inpaint", "outpaint", "swap")
-EDIT_ORDERS = ("nearest", *ORDERS)
-REGION_NAMES = ("center", "left_half", "right_half", "top_half", "bottom_half", "all", "none")
-REGION_FORMS = f"{', '.join(REGION_NAMES)}, box:r0:c0:r1:c1 (token grid), pixels:y0:x0:y1:x1"
-TASK_REGIONS = {"inpaint": "center", "outpaint": "right_half", "swap": "center"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_TILES = 100  # image_grid_png lays out at most 100 images
-
-
-# --------------------------------------------------------------------------------------------
-# regions and orders
-
-
-def _box(grid: int, r0: int, c0: int, r1: int, c1: int) -> torch.Tensor:
-    """(grid*grid,) bool: True on rows r0..r1-1, columns c0..c1-1."""
-    m = torch.zeros(grid, grid, dtype=torch.bool)
-    m[r0:r1, c0:c1] = True
-    return m.flatten()
-
-
-def parse_region(spec: Any, grid: int, pixels: int, key: str = "edit.region") -> torch.Tensor:
-    """The tokens a region spec names, as a (grid*grid,) bool mask in raster order.
-
-    `pixels` is the image side in pixels (for `pixels:` boxes). UserError for anything else.
-    """
-    if not isinstance(spec, str):
-        raise UserError(f"{key}={spec!r} must be a string; allowed: {REGION_FORMS}")
-    half, quarter = grid // 2, grid // 4
-    named = {
-        "center": (quarter, quarter, quarter + (grid + 1) // 2, quarter + (grid + 1) // 2),
-        "left_half": (0, 0, grid, half),
-        "right_half": (0, grid - half, grid, grid),
-        "top_half": (0, 0, half, grid),
-        "bottom_half": (grid - half, 0, grid, grid),
-        "all": (0, 0, grid, grid),
-        "none": (0, 0, 0, 0),
-    }
-    if spec in named:
-        return _box(grid, *named[spec])
-    num, sep = r"\s*(-?\d+)\s*", "[:,]"  # ':' needs no quoting on a hydra command line
-    m = re.fullmatch(rf"(box|pixels):{num}{sep}{num}{sep}{num}{sep}{num}", spec)
-    if m is None:
-        raise UserError(f"{key}={spec!r} is not a region; allowed: {REGION_FORMS}")
-    kind, (a0, b0, a1, b1) = m.group(1), map(int, m.groups()[1:])
-    side, unit = (grid, "token grid") if kind == "box" else (pixels, "image in pixels")
-    r0, c0, r1, c1 = ("r0", "c0", "r1", "c1") if kind == "box" else ("y0", "x0", "y1", "x1")
-    if not (0 <= a0 <= a1 <= side and 0 <= b0 <= b1 <= side):
-        raise UserError(
-            f"{key}={spec!r} is outside the {side}x{side} {unit} or reversed; "
-            f"{kind}:{r0}:{c0}:{r1}:{c1} needs 0 <= {r0} <= {r1} <= {side} and "
-            f"0 <= {c0} <= {c1} <= {side} (half-open)"
-        )
-    if kind == "box":
-        return _box(grid, a0, b0, a1, b1)
-    step = pixels // grid  # pixels per token side; a token touching the box is in the region
-    if a0 == a1 or b0 == b1:
-        return _box(grid, 0, 0, 0, 0)
-    return _box(grid, a0 // step, b0 // step, -(-a1 // step), -(-b1 // step))
-
-
-def _batched(region: torch.Tensor, batch: int) -> torch.Tensor:
-    """A (L,) or (B, L) bool region as (B, L), checking that every sample has the same size."""
-    region = region.expand(batch, -1) if region.dim() == 1 else region
-    counts = region.sum(1)
-    if region.shape[0] != batch or (counts != counts[0]).any():
-        raise UserError("a batched region must be (B, L) with the same token count per sample")
-    return region
-
-
-def nearest_order(region: torch.Tensor, grid: int, generator: NoiseSource = None):
-    """(B, M) long: the region's positions, nearest to a known (non-region) token first.
-
-    Distance is Euclidean on the token grid; ties (and a region with no known token) fall in a
-    seeded random order, so equally near tokens are not always taken in raster order.
-    """
-    B, L = region.shape
-    rc = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1)
-    rc = rc.reshape(L, 2).float()
-    dist = torch.zeros(B, L)
-    for b in range(B):
-        known = rc[~region[b].cpu()]
-        if len(known):
-            dist[b] = torch.cdist(rc, known).min(1).values
-    dist[~region.cpu()] = float("inf")  # known tokens sort last and are dropped below
-    tie = uniform(generator, (B, L)).argsort(1).cpu()  # random first
-    _, by_dist = dist.gather(1, tie).sort(dim=1, stable=True)  # then by distance, ties kept random
-    order = tie.gather(1, by_dist)
-    M = int(region[0].sum())
-    return order[:, :M].to(region.device)
-
-
-def region_positions(
-    region: torch.Tensor,
-    order: str,
-    grid: int,
-    batch: int,
-    generator: NoiseSource = None,
-    block: int = 4,
-) -> torch.Tensor:
-    """(B, M) long: the region's positions in generation order (`order` in EDIT_ORDERS)."""
-    region = _batched(region, batch)
-    if order == "nearest":
-        return nearest_order(region, grid, generator)
-    if order not in ORDERS:
-        raise UserError(
-            f"edit.order={order!r} is not allowed; choose one of: {', '.join(EDIT_ORDERS)}"
-        )
-    full = token_order(order, batch, grid, generator, block).to(region.device)  # (B, L)
-    keep = region.gather(1, full)  # (B, L): is the k-th position of the order in the region?
-    return full[keep].view(batch, -1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,114 +129,6 @@ def swap_labels(y: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch
 # inputs
 
 
-def pixel_resolution(train_cfg: Any) -> int:
-    """Side in pixels of the images a run shows (latent runs: the encoded source images)."""
-    data = train_cfg.data
-    if data.name != "latents":
-        return int(data.resolution)
-    return int(image_source_cfg(data)["resolution"])
-
-
-def _eval_dataset(train_cfg: Any, split: str):
-    """The run's dataset (model space: pixels or scaled latents) of `split`, unflipped."""
-    data = OmegaConf.to_container(train_cfg.data, resolve=True)
-    return build_dataset({**data, "flip": False}, split)  # type: ignore[dict-item]
-
-
-def _gather(ds: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch (x, y) by index from an in-memory or a file-backed dataset."""
-    if hasattr(ds, "get_batch"):
-        return ds.get_batch(idx)
-    items = [ds[int(i)] for i in idx]
-    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
-
-
-def _read_image(path: Path, channels: int, resolution: int) -> torch.Tensor:
-    """An image file as (C, H, W) floats in [-1, 1], center-cropped/resized (ADM crop)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            arr = center_crop_arr(img.convert("L" if channels == 1 else "RGB"), resolution)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"edit.input={str(path)!r} is not a readable image: {e}") from None
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy()).float() / 127.5 - 1.0  # PIL: read-only
-
-
-def _vae_for(train_cfg: Any, path: Path):
-    """The VAE of a latent run (meta.json's vae.path), or a UserError saying why there is none."""
-    root = Path(str(train_cfg.data.root)).expanduser()
-    meta = read_latent_meta(root)
-    vae_path = Path(meta.get("vae", {}).get("path", ""))
-    vae_path = vae_path if vae_path.is_absolute() else root / vae_path
-    why = None
-    if not vae_path.is_dir():
-        why = f"its VAE folder {str(vae_path)!r} (meta.json vae.path) is missing"
-    else:
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            why = "diffusers is not installed (pip install -e '.[vae]')"
-    if why:
-        raise UserError(
-            f"edit.input={str(path)!r} is an image file, but this run trains on VAE latents and "
-            f"{why}; give a dataset index instead"
-        )
-    from model.data.encode import load_vae
-
-    return load_vae(str(vae_path)), float(meta["scale_factor"])
-
-
-@torch.no_grad()
-def _encode(pixels: torch.Tensor, train_cfg: Any, path: Path) -> torch.Tensor:
-    """Pixels in [-1, 1] -> the run's model space (scaled VAE latents for latent runs)."""
-    if train_cfg.data.name != "latents":
-        return pixels
-    vae, scale = _vae_for(train_cfg, path)
-    want = int(vae.config.in_channels)
-    x = pixels.expand(-1, want, -1, -1) if pixels.shape[1] == 1 else pixels
-    return vae.encode(x).latent_dist.mode().float() * scale  # the posterior mean, as cfh encode
-
-
-def load_inputs(
-    inputs: list[Any], train_cfg: Any, split: str
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(x in model space (N, C, H, W), labels (N,) with -1 for files, names) of edit.input."""
-    ds = None
-    xs, ys, names = [], [], []
-    data = train_cfg.data
-    for item in inputs:
-        if isinstance(item, int):
-            ds = ds if ds is not None else _eval_dataset(train_cfg, split)
-            if not 0 <= item < len(ds):
-                raise UserError(
-                    f"edit.input={item} is not an index of the {split} split "
-                    f"({len(ds)} images); allowed: 0..{len(ds) - 1} or an image file"
-                )
-            x, y = _gather(ds, torch.tensor([item]))
-            xs.append(x[0])
-            ys.append(int(y[0]))
-            names.append(f"{split}[{item}]")
-            continue
-        path = Path(item).expanduser()
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            raise UserError(
-                f"edit.input={item!r} is neither a dataset index nor an existing image file; "
-                f"allowed: an int (index into eval.split={split}) or a {'/'.join(IMAGE_SUFFIXES)}"
-            )
-        if data.name == "latents":
-            source = image_source_cfg(data)
-            channels, res = int(source["channels"]), int(source["resolution"])
-        else:
-            channels, res = int(data.channels), int(data.resolution)
-        pixels = _read_image(path, channels, res)[None]
-        xs.append(_encode(pixels, train_cfg, path)[0])
-        ys.append(-1)
-        names.append(str(path))
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), names
-
-
 # --------------------------------------------------------------------------------------------
 # cfh edit
 
@@ -366,11 +146,6 @@ class EditSpec:
     samples: int
     out: Path | None
     train_cfg: DictConfig
-
-
-def _edit_inputs(value: Any) -> list[Any]:
-    """edit.input (checked by harness.schema) as a list of split indices and image paths."""
-    return list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
 
 
 def _run_config(cfg: DictConfig) -> DictConfig:
@@ -391,7 +166,7 @@ def check_edit_config(cfg: DictConfig) -> EditSpec:
     """
     e = cfg.edit
     samples = int(e.samples)
-    inputs = _edit_inputs(e.input)
+    inputs = input_list(e.input)
     tiles = len(inputs) * (2 + samples)
     if tiles > MAX_TILES:
         raise UserError(
@@ -417,17 +192,6 @@ def check_edit_config(cfg: DictConfig) -> EditSpec:
     return EditSpec(e.task, spec, region, str(e.order), label, inputs, samples, out, train_cfg)
 
 
-def _sampler(cfg: DictConfig, train_cfg: Any) -> Sampler:
-    """The run's sampler (clip x0 only for pixels, as sample_run)."""
-    pixels = train_cfg.data.name != "latents"
-    return make_sampler(Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels)
-
-
-def _cfg_interval(cfg: DictConfig) -> tuple[float, float] | None:
-    ci = cfg.sample.cfg_interval
-    return tuple(ci) if ci is not None else None  # type: ignore[return-value]
-
-
 def mask_images(region: torch.Tensor, grid: int, pixels: int, channels: int) -> np.ndarray:
     """(1, H, W, C) uint8: white on the generated region, black on the kept tokens."""
     m = region.view(grid, grid).to(torch.uint8) * 255
@@ -441,14 +205,6 @@ def edit_run(
     cfg: DictConfig, spec: EditSpec | None = None, device: torch.device | None = None
 ) -> dict:
     """`cfh edit`: edit the inputs, write input | mask | results rows as a PNG; return paths."""
-    from model.evaluation.inference import (
-        decode_to_pixels,
-        image_grid_png,
-        load_trained,
-        settings_hash,
-        to_uint8,
-    )
-
     spec = spec or check_edit_config(cfg)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     split = str(cfg.eval.split)
@@ -477,7 +233,7 @@ def edit_run(
         "ema": bool(cfg.sample.ema),
         "ckpt_step": step,
     }
-    sampler = _sampler(cfg, train_cfg)
+    sampler = run_sampler(cfg, train_cfg)
     xb = x.to(device).repeat_interleave(k, 0)  # (n k, C, H, W): k results per input
     yb = y.to(device).repeat_interleave(k, 0)
     outs, sizes = [], []
@@ -495,7 +251,7 @@ def edit_run(
             ar_steps=int(cfg.sample.ar_steps),
             order=spec.order,
             cfg_scale=float(cfg.sample.cfg),
-            cfg_interval=_cfg_interval(cfg),
+            cfg_interval=guidance_interval(cfg),
             generator=gen,
             block=int(train_cfg.train.order_block),
         )
@@ -549,25 +305,25 @@ def task_samples(
     Labels are the inputs' own classes, or for swap each input's new class (y + 1 + i % (K-1)),
     so the classifier's class_acc scores the swap.
     """
-    from model.evaluation.inference import decode_to_pixels, sample_progress, to_uint8
-
     task, split = str(cfg.eval.task), str(cfg.eval.split)
-    if task not in TASKS:
-        raise UserError(f"eval.task={task!r} is not an editing task; allowed: {', '.join(TASKS)}")
+    if task not in EDIT_TASKS:
+        raise UserError(
+            f"eval.task={task!r} is not an editing task; allowed: {', '.join(EDIT_TASKS)}"
+        )
     region = parse_region(TASK_REGIONS[task], net.cfg.grid, pixel_resolution(train_cfg))
-    ds = _eval_dataset(train_cfg, split)
+    ds = eval_dataset(train_cfg, split)
     num = int(cfg.sample.num)
     indices = range(num) if indices is None else indices
     index = torch.arange(indices.start, indices.stop)
     K = int(train_cfg.data.num_classes)
-    sampler = _sampler(cfg, train_cfg)
+    sampler = run_sampler(cfg, train_cfg)
     chunks, labels, sizes = [], [], []
     bs = int(cfg.sample.batch_size)
     t0 = time.perf_counter()
     bar = sample_progress(len(index))
     for start in range(0, len(index), bs):
         idx = index[start : start + bs]
-        x, y = _gather(ds, idx % len(ds))  # more samples than images: the split again, new noise
+        x, y = gather(ds, idx % len(ds))  # more samples than images: the split again, new noise
         y = swap_labels(y, idx, K) if task == "swap" else y
         gen = SampleNoise.for_indices(int(cfg.sample.seed), idx.tolist())
         out, sizes = edit_images(
@@ -579,7 +335,7 @@ def task_samples(
             ar_steps=int(cfg.sample.ar_steps),
             order=str(cfg.sample.order),
             cfg_scale=float(cfg.sample.cfg),
-            cfg_interval=_cfg_interval(cfg),
+            cfg_interval=guidance_interval(cfg),
             generator=gen,
             block=int(train_cfg.train.order_block),
         )

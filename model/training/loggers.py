@@ -18,7 +18,6 @@ from typing import Any
 
 from core.io import append_jsonl
 
-LOGGERS = ("jsonl", "tensorboard")
 TENSORBOARD_DIR = "tensorboard"
 FLUSH_S = 30  # seconds between event-file flushes (SummaryWriter's default is 120)
 

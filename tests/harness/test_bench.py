@@ -170,3 +170,53 @@ def test_bad_bench_settings(override, words):
 def test_bad_flags(tmp_path):
     assert cfh(["--root", str(tmp_path), "bench", "--sizes", "T,Q"]) == 2
     assert cfh(["--root", str(tmp_path), "bench", "--backends", "paged"]) == 2
+
+
+def test_bench_times_the_trainers_own_step_optimizer_and_ema(tmp_path, monkeypatch):
+    """One home: `cfh bench` builds its optimizer, EMA and step from the trainer's factories."""
+    import model.training.step as step_mod
+    import model.training.trainer as trainer
+    from harness import bench_train
+
+    overrides = [
+        "model=T",
+        "data=digits",
+        "train.batch_size=4",
+        "train.steps=1",
+        "train.eps=1e-15",
+        "train.betas=[0.8,0.95]",
+        "train.grad_clip=0.25",
+        "train.weight_decay=0.03",
+        "train.ema_decay=0.97",
+        f"run_dir={tmp_path / 'run'}",
+    ]
+    cfg = load_config(overrides)
+    built = []
+
+    def spy(*args, **kwargs):
+        learner = step_mod.make_learner(*args, **kwargs)
+        built.append((learner, [dict(g) for g in learner.opt.param_groups]))
+        return learner
+
+    monkeypatch.setattr(trainer, "make_learner", spy)
+    trainer.train(cfg)
+    ((mine, groups),) = built
+    net = bench_train.build_net(cfg, "sdpa", torch.device("cpu"))
+    tr = bench_train.make_trainee("cfh", "sdpa", net, cfg)
+    theirs = tr.learner
+
+    def settings(gs):
+        return [({k: v for k, v in g.items() if k != "params"}, len(g["params"])) for g in gs]
+
+    assert settings(theirs.opt.param_groups) == settings(groups)
+    assert type(theirs.opt) is type(mine.opt)
+    assert theirs.opt.defaults == mine.opt.defaults
+    g = theirs.opt.param_groups[0]
+    assert g["eps"] == 1e-15 and tuple(g["betas"]) == (0.8, 0.95) and g["weight_decay"] == 0.03
+    assert theirs.clip == mine.clip == 0.25
+    assert theirs.ema_target == mine.ema_target == 0.97
+    assert (theirs.bf16, theirs.joint) == (mine.bf16, mine.joint)
+    assert not theirs.ema.training and not any(p.requires_grad for p in theirs.ema.parameters())
+    assert type(theirs.ema) is type(mine.ema)
+    # and both step with the one train_step
+    assert bench_train.train_step is step_mod.train_step is trainer.train_step

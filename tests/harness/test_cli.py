@@ -47,12 +47,34 @@ def test_status_and_dry_run_import_neither_torch_nor_pandas(tmp_path):
     code = (
         "import sys\n"
         "from harness.cli import main\n"
-        f"assert main(['--root', {str(tmp_path)!r}, 'status', 'smoke']) == 0\n"
+        f"assert main(['--root', {str(tmp_path)!r}, 'status', 'smoke']) == 2\n"  # never swept
         f"assert main(['sweep', 'smoke', '--dry-run', '--root', {str(tmp_path)!r}]) == 0\n"
         "print('HEAVY', [m for m in ('torch', 'pandas') if m in sys.modules])\n"
     )
     out = fresh_python(code)
     assert "HEAVY []" in out, out
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "caption", "stats"])
+def test_a_bad_key_is_refused_before_torch_is_imported(command):
+    code = (
+        "import sys\n"
+        "from harness.cli import main\n"
+        f"argv = [{command!r}, 'train.stpes=10']\n"
+        "argv += ['--out', 'x.npz'] if argv[0] == 'stats' else []\n"
+        "assert main(argv) == 2\n"
+        "print('HEAVY', [m for m in ('torch', 'numpy') if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "HEAVY []" in out.stdout, out
+    assert "unknown config key 'train.stpes'; did you mean 'train.steps'" in out.stderr
 
 
 def test_static_table_matches_the_registered_commands():
@@ -63,7 +85,7 @@ def test_static_table_matches_the_registered_commands():
 
 
 def test_size_names_match_the_model_registry():
-    from model.data.checks import SIZE_NAMES
+    from core.choices import SIZE_NAMES
     from model.method.network import SIZES
 
     assert tuple(SIZES) == SIZE_NAMES
@@ -79,8 +101,8 @@ def test_command_in_skips_global_options():
 def test_root_before_or_after_the_subcommand(tmp_path, capsys, before):
     root = ["--root", str(tmp_path / "r")]
     argv = [*root, "status", "smoke"] if before else ["status", "smoke", *root]
-    code, out, _ = run(capsys, *argv)
-    assert code == 0 and "smoke: 3 missing" in out
+    code, out, err = run(capsys, *argv)  # never swept under that root: its plan, then exit 2
+    assert code == 2 and "smoke: 3 missing" in out and f"swept under {tmp_path / 'r'}:" in err
     code, out, _ = run(capsys, "sweep", "smoke", "--dry-run", *root)
     assert f"root {tmp_path / 'r'}" in out
 
@@ -170,7 +192,7 @@ def test_subcommand_help_has_examples_and_the_key_list(capsys, command):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and f"cfh {command}" in out.split("examples:")[1]
-    assert "harness/configs/config.yaml" in out
+    assert "experiments/config.yaml" in out
 
 
 def test_dry_run_prints_each_arrays_sbatch_options(tmp_path, capsys):

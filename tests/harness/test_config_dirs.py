@@ -1,5 +1,5 @@
 """User config dirs (--config-dir, $CFH_CONFIG_DIR): their grids, cluster profiles, model and data
-configs are found beside the shipped ones (harness/configs/), and their files win on a name clash.
+configs are found beside the shipped ones (experiments/), and their files win on a name clash.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from harness import config
+from harness import config, config_search
 from harness.cli import main
 from harness.grid import grid_path, list_grids, load_grid
 
@@ -31,11 +31,11 @@ def user_dir(root: Path) -> Path:
     (root / "cluster").mkdir()
     (root / "data").mkdir()
     (root / "grids" / "mine.yaml").write_text(GRID)
-    local = (config.SHIPPED_CONFIG_DIR / "cluster" / "local.yaml").read_text()
+    local = (config_search.SHIPPED_CONFIG_DIR / "cluster" / "local.yaml").read_text()
     (root / "cluster" / "mybox.yaml").write_text(
         local.replace("name: local", "name: mybox").replace("cpus_per_task: 2", "cpus_per_task: 1")
     )
-    digits = (config.SHIPPED_CONFIG_DIR / "data" / "digits.yaml").read_text()
+    digits = (config_search.SHIPPED_CONFIG_DIR / "data" / "digits.yaml").read_text()
     assert "flip: false" in digits
     (root / "data" / "digits.yaml").write_text(digits.replace("flip: false", "flip: true"))
     return root
@@ -52,17 +52,17 @@ def cfh(*argv: str) -> tuple[int, str]:
 @pytest.fixture
 def no_user_dirs(monkeypatch):
     """No $CFH_CONFIG_DIR from the caller; restored afterwards (cli.main sets it)."""
-    monkeypatch.delenv(config.CONFIG_DIR_ENV, raising=False)
+    monkeypatch.delenv(config_search.CONFIG_DIR_ENV, raising=False)
 
 
 def test_user_files_are_found_and_win(tmp_path, monkeypatch, no_user_dirs):
     assert config.load_config(["data=digits"]).data.flip is False
-    assert "mybox" not in config.group_options("cluster")
+    assert "mybox" not in config_search.group_options("cluster")
     mine = user_dir(tmp_path / "conf")
-    monkeypatch.setenv(config.CONFIG_DIR_ENV, str(mine))
+    monkeypatch.setenv(config_search.CONFIG_DIR_ENV, str(mine))
     assert config.load_config(["data=digits"]).data.flip is True  # the user's file won
     assert config.load_config(["data=mnist"]).data.name == "mnist"  # shipped ones still there
-    assert {"local", "slurm", "mybox"} <= set(config.group_options("cluster"))
+    assert {"local", "slurm", "mybox"} <= set(config_search.group_options("cluster"))
     assert {"mine", "smoke"} <= set(list_grids())
     assert grid_path("mine") == mine / "grids" / "mine.yaml"
     points = load_grid("mine").expand()
@@ -79,7 +79,7 @@ def test_earlier_dirs_win_and_a_user_grid_shadows_a_shipped_one(
     for d, steps in ((first, 3), (second, 5)):
         (d / "grids").mkdir(parents=True)
         (d / "grids" / "smoke.yaml").write_text(f"base: {{model: T, train.steps: {steps}}}\n")
-    monkeypatch.setenv(config.CONFIG_DIR_ENV, os.pathsep.join([str(first), str(second)]))
+    monkeypatch.setenv(config_search.CONFIG_DIR_ENV, os.pathsep.join([str(first), str(second)]))
     assert grid_path("smoke") == first / "grids" / "smoke.yaml"
     assert [p.config["train"]["steps"] for p in load_grid("smoke").expand()] == [3]
 
@@ -91,12 +91,12 @@ def test_cli_config_dir_option(tmp_path, monkeypatch, no_user_dirs):
     monkeypatch.chdir(tmp_path)  # a relative --config-dir is made absolute for the jobs
     code, out = cfh("--config-dir", "conf", "--root", "out", "sweep", "mine", "--dry-run")
     assert code == 0, out
-    assert os.environ[config.CONFIG_DIR_ENV] == str(mine)
+    assert os.environ[config_search.CONFIG_DIR_ENV] == str(mine)
     assert not (tmp_path / "out" / "runs").exists()  # a dry run writes no runs
 
 
 def test_a_missing_config_dir_is_a_user_error(tmp_path, monkeypatch, no_user_dirs):
-    monkeypatch.setenv(config.CONFIG_DIR_ENV, str(tmp_path / "nope"))
+    monkeypatch.setenv(config_search.CONFIG_DIR_ENV, str(tmp_path / "nope"))
     with pytest.raises(UserError, match="no such folder"):
         config.load_config([])
     code, out = cfh("--root", str(tmp_path / "out"), "sweep", "smoke", "--dry-run")

@@ -19,8 +19,10 @@ import submitit
 import yaml
 
 from core.errors import UserError
+from core.records import STATUS_STATES
 from harness import executors as ex
-from harness.config import SHIPPED_CONFIG_DIR
+from harness import point_job as pj
+from harness.config_search import SHIPPED_CONFIG_DIR
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -60,7 +62,7 @@ def counting_loop(run_dir: str, total: int = 40, step_s: float = 0.1) -> dict:
     with open(rd / "attempts.log", "a") as f:
         f.write(f"{step}\n")
     while step < total:
-        if ex.preemption_requested():
+        if pj.preemption_requested():
             state_file.write_text(json.dumps({"step": step}))
             raise SystemExit(124)
         time.sleep(step_s)
@@ -159,12 +161,12 @@ def test_slurm_profile_needs_whole_minutes():
 
 
 def test_timeout_or_preemption():
-    job = ex.PointJob(sleeper, signal_delay_s=60)
+    job = pj.PointJob(sleeper, signal_delay_s=60)
     job._start = time.monotonic() - 60 * 60  # an hour into a 2-hour job: preemption
     assert not job._timed_out(120)
     job._start = time.monotonic() - (120 * 60 - 70)  # warning 70 s before the limit: time-out
     assert job._timed_out(120)
-    short = ex.PointJob(sleeper, signal_delay_s=15)  # 1-minute job, warning due at 45 s
+    short = pj.PointJob(sleeper, signal_delay_s=15)  # 1-minute job, warning due at 45 s
     short._start = time.monotonic() - 5
     assert not short._timed_out(1)
     short._start = time.monotonic() - 30
@@ -174,7 +176,7 @@ def test_timeout_or_preemption():
 def test_every_slurm_state_maps_to_a_cfh_state():
     listed = "PENDING RUNNING COMPLETED FAILED CANCELLED TIMEOUT PREEMPTED REQUEUED NODE_FAIL"
     for s in (listed + " OUT_OF_MEMORY").split():
-        assert ex.SLURM_STATES[s] in ex.STATES
+        assert ex.SLURM_STATES[s] in STATUS_STATES
 
 
 def test_submit_array_checks_arity(tmp_path):
@@ -200,7 +202,7 @@ def test_local_runs_the_same_functions_with_a_parallelism_limit(tmp_path):
     assert set(states.values()) == {"completed"}
 
     (tmp_path / "r").mkdir()
-    failing = ex.submit_array(executor, ex.PointJob(boom), [str(tmp_path / "r")])[0]
+    failing = ex.submit_array(executor, pj.PointJob(boom), [str(tmp_path / "r")])[0]
     with pytest.raises(submitit.core.utils.FailedJobError, match="boom in r"):
         failing.result()
     assert ex.job_states([failing.job_id], "local", folder=folder)[failing.job_id] == "failed"
@@ -238,7 +240,7 @@ def test_local_time_outs_requeue_and_resume_up_to_the_limit(tmp_path):
         executor = ex.make_executor(profile, folder)
         runs[limit] = tmp_path / f"max{limit}"
         runs[limit].mkdir()
-        point = ex.PointJob.for_profile(profile, counting_loop)
+        point = pj.PointJob.for_profile(profile, counting_loop)
         runs[limit] = ex.submit_array(executor, point, [(str(runs[limit]), 150)])[0]
     out = runs[3].result()
     assert out["step"] == 150
@@ -306,7 +308,7 @@ def test_array_runs_to_completion(slurm_cluster, tmp_path):
 def test_raising_job_shows_failed_with_its_exception(slurm_cluster, tmp_path):
     executor = ex.make_executor(slurm_cluster.profile(), tmp_path / "submitit")
     (tmp_path / "point").mkdir()
-    job = ex.submit_array(executor, ex.PointJob(boom), [str(tmp_path / "point")])[0]
+    job = ex.submit_array(executor, pj.PointJob(boom), [str(tmp_path / "point")])[0]
     with pytest.raises(submitit.core.utils.FailedJobError, match="boom in point"):
         job.result()
     wait_for(
@@ -327,9 +329,9 @@ def test_interrupt_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path)
     coop.mkdir()
     deaf.mkdir()
     job = ex.submit_array(
-        executor, ex.PointJob.for_profile(profile, counting_loop), [(str(coop), 60)]
+        executor, pj.PointJob.for_profile(profile, counting_loop), [(str(coop), 60)]
     )[0]
-    point = ex.PointJob(ignore_warning, grace_s=2, signal_delay_s=profile["signal_delay_s"])
+    point = pj.PointJob(ignore_warning, grace_s=2, signal_delay_s=profile["signal_delay_s"])
     deaf_job = ex.submit_array(executor, point, [str(deaf)])[0]
 
     def progress():
@@ -371,7 +373,7 @@ def test_interrupt_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path)
 def test_cancel_leaves_the_job_cancelled(slurm_cluster, tmp_path):
     executor = ex.make_executor(slurm_cluster.profile(), tmp_path / "submitit")
     (tmp_path / "p").mkdir()
-    job = ex.submit_array(executor, ex.PointJob(sleeper), [str(tmp_path / "p")])[0]
+    job = ex.submit_array(executor, pj.PointJob(sleeper), [str(tmp_path / "p")])[0]
     wait_for(lambda: (tmp_path / "p" / "started").exists(), 60, "the job to start")
     assert ex.job_states([job.job_id], "slurm")[job.job_id] == "running"
     ex.cancel([job.job_id], "slurm")

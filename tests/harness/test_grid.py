@@ -269,7 +269,7 @@ def test_validation_errors_name_file_and_key(tmp_path, body, pattern):
 def test_grid_names_are_checked(tmp_path):
     with pytest.raises(UserError, match="may only use letters"):
         load_grid("smoke;rm")
-    with pytest.raises(UserError, match="unknown grid 'nope'; grids in"):
+    with pytest.raises(UserError, match="unknown grid 'nope'; searched .*To add one"):
         load_grid("nope")
     bad = tmp_path / "a b.yaml"
     bad.write_text("base: {}\n")

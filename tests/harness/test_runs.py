@@ -10,21 +10,22 @@ import textwrap
 import pytest
 
 from core.errors import UserError
-from harness import runs
+from core.names import SIGNATURE_RE
+from harness import runs, signatures
 from harness.config import resolve_overrides
 from harness.grid import load_grid
 from harness.status import derive_state
 
 
 def sig(*overrides: str) -> str:
-    return runs.signature(resolve_overrides(list(overrides)))
+    return signatures.signature(resolve_overrides(list(overrides)))
 
 
 def test_signature_is_short_hex_and_stable_across_processes():
     s = sig("model=S", "train.ar.steps=4", "train.ar.mode=fixed")
-    assert runs.SIGNATURE_RE.match(s)
+    assert SIGNATURE_RE.match(s)
     code = (
-        "from harness.runs import signature; from harness.config import resolve_overrides; "
+        "from harness.signatures import signature; from harness.config import resolve_overrides; "
         "print(signature(resolve_overrides(['train.ar.mode=fixed', 'model=S', "
         "'train.ar.steps=4'])))"
     )
@@ -33,7 +34,7 @@ def test_signature_is_short_hex_and_stable_across_processes():
 
 
 def test_default_config_has_an_empty_delta():
-    assert runs.config_delta(resolve_overrides([])) == {}
+    assert signatures.config_delta(resolve_overrides([])) == {}
     assert sig() == sig("train.log_every=10")
 
 

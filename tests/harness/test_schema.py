@@ -1,6 +1,6 @@
 """The config schema refuses, for every key, a value of the wrong type and one out of range.
 
-Walks every key of harness/configs/config.yaml (with the default groups, cluster profile included).
+Walks every key of experiments/config.yaml (with the default groups, cluster profile included).
 For each it finds, among a fixed list of candidates, the values the key's type excludes and the
 values of the right type outside what it allows, then shows that `cfh train` refuses each with
 exit 2 and one line naming the key, and writes nothing. A sample also goes through
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from core.keys import flatten
 from harness.cli import main
 from harness.config import parse_override, resolve_overrides
-from harness.schema import SCHEMA, flatten
+from harness.schema import SCHEMA, SCHEMA_SECTIONS
 
 # Override texts tried on every key; each parses (hydra) to a value of some type.
 CANDIDATES = [
@@ -63,11 +64,11 @@ def all_keys() -> dict[str, object]:
     """Every leaf key of the default config, cluster profile keys included, with defaults (and
     the keys of GROUP_OF_KEY with their group's defaults)."""
     cfg = resolve_overrides([])
-    keys = flatten(cfg)
+    keys = flatten(cfg, keep=SCHEMA_SECTIONS)
     cluster = keys.pop("cluster")
     keys.update({f"cluster.{k}": v for k, v in cluster.items()})
     for key, group in GROUP_OF_KEY.items():
-        keys[key] = flatten(resolve_overrides([group]))[key]
+        keys[key] = flatten(resolve_overrides([group]), keep=SCHEMA_SECTIONS)[key]
     return keys
 
 

@@ -88,3 +88,39 @@ def test_wait_lines_show_state_phase_step_and_eta() -> None:
     assert lines[1].split()[1:] == ["running", "eval", "step", "10/10", "evals", "0/2"]
     assert lines[2].split()[1:] == ["pending", "-", "step", "-", "ETA", "-"]
     assert progress_lines(rows[3:], {}) == []
+
+
+def test_status_and_report_agree_on_a_grid_never_swept(tmp_path: Path, capsys) -> None:
+    from harness.cli import main
+
+    (tmp_path / "grids" / "smoke").mkdir(parents=True)  # a lock folder, but no plan.json
+    said = {}
+    for command in ("status", "report"):
+        assert main(["--root", str(tmp_path), command, "smoke"]) == 2, command
+        out, err = capsys.readouterr()
+        said[command] = err.strip().splitlines()[-1]
+        if command == "status":  # the points the first sweep would run, then the refusal
+            assert "missing" in out and out.strip().splitlines()[-1].endswith("missing"), out
+    assert said["status"] == said["report"], said
+    assert said["status"].startswith(
+        f"error: grid 'smoke' has never been swept under {tmp_path}: "
+        f"run `cfh --root {tmp_path} sweep smoke` first"
+    ), said
+
+
+def test_status_and_the_results_loader_read_a_run_folder_alike(tmp_path: Path) -> None:
+    from reports.rows import read_run
+
+    rdir = run_dir(tmp_path, SIG)
+    evals = {"k1": {"file": "eval/1.json", "fid": 20.0, "s_eval": 1}}
+    update_status(rdir, state="running", phase="eval", step=3, total_steps=4, evals=evals)
+    row = row_for(SIG, {}, ["k1", "k2"], tmp_path, {})
+    (result,), _ = read_run(rdir, {}, {"k1", "k2"})
+    assert (row.state, row.phase, row.step, row.total_steps) == ("running", "eval", 3, 4)
+    assert (result["state"], result["phase"], result["progress_step"]) == ("running", "eval", 3)
+    (rdir / "status.json").write_text('{"state": "done"}')  # not a state a job writes
+    row = row_for(SIG, {}, ["k1"], tmp_path, {})
+    (result,), _ = read_run(rdir, {}, {"k1"})
+    assert row.state == result["state"] == "damaged"
+    assert row.error == result["problems"]
+    assert row.error.startswith("damaged: status.json: state='done' is not one of pending, ")

@@ -13,10 +13,10 @@ import time
 
 def main() -> int:
     kind, rank, at_step, args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-    import model.training.trainer as trainer
+    import model.training.step as trainer_step
     from harness.cli import main as cfh
 
-    real = trainer.causalfusion_loss
+    real = trainer_step.causalfusion_loss
     calls = {"n": 0}
 
     def faulty(*a, **kw):
@@ -27,7 +27,7 @@ def main() -> int:
             raise RuntimeError(f"injected failure on rank {rank} at step {at_step}")
         return real(*a, **kw)
 
-    trainer.causalfusion_loss = faulty
+    trainer_step.causalfusion_loss = faulty
     return cfh(args)
 
 

@@ -1,4 +1,4 @@
-"""Image-caption data (model/captions.py): templated digits, Tux Paint stamps, jsonl folders."""
+"""Image-caption data (model/data/captions.py): templated digits, Tux Paint stamps, jsonl."""
 
 from __future__ import annotations
 
@@ -11,15 +11,11 @@ import pytest
 import torch
 
 from core.errors import UserError
-from model.data import captions as mc
-from model.data.captions import (
-    CAPTION_DATASETS,
-    CaptionData,
-    check_caption_config,
-    load_caption_data,
-    stamps_root,
-    write_captions_jsonl,
-)
+from model.data import checks as mchecks
+from model.data import digit_captions as mdc
+from model.data.arrays import digits_arrays
+from model.data.captions import CaptionData, load_caption_data, write_captions_jsonl
+from model.data.checks import CAPTION_DATASETS, check_caption_config, stamps_root
 from model.data.sources import build_dataset
 from model.data.tokenizers import split_words
 
@@ -130,11 +126,11 @@ def test_property_words_only_where_measured(digits):
 def test_captions_are_seeded_per_image_and_deterministic(digits):
     again = load_caption_data(DIGITS, "train")
     assert again.captions == digits["train"].captions and again.names == digits["train"].names
-    images, labels = mc._digits_arrays()
+    images, labels = digits_arrays()
     idx = np.array([5, 17, 1000])
-    props = mc.measure_digits(images[idx])
-    words = mc.property_words(props, labels[idx], mc._digits_thresholds())
-    alone = mc.digit_captions(labels[idx], words, np.stack([0 * idx, idx], 1), 2)
+    props = mdc.measure_digits(images[idx])
+    words = mdc.property_words(props, labels[idx], mdc.digits_thresholds())
+    alone = mdc.digit_captions(labels[idx], words, np.stack([0 * idx, idx], 1), 2)
     everything = {n: c for d in digits.values() for n, c in zip(d.names, d.captions, strict=True)}
     assert alone == [everything[f"digits/{i:04d}"] for i in idx]  # independent of the others
     six = load_caption_data({**DIGITS, "captions_per_image": 6}, "test")
@@ -254,8 +250,8 @@ def test_bad_configs_name_the_value(overrides, message):
 
 
 def test_bad_split_and_missing_stamps_package(monkeypatch):
-    with pytest.raises(UserError, match=r"split 'valid' does not exist for data=digits_captions"):
+    with pytest.raises(UserError, match=r"split='valid' does not exist for data=digits_captions"):
         load_caption_data(DIGITS, "valid")
-    monkeypatch.setattr(mc, "STAMPS_ROOT", Path("/nonexistent/tuxpaint/stamps"))
+    monkeypatch.setattr(mchecks, "STAMPS_ROOT", Path("/nonexistent/tuxpaint/stamps"))
     with pytest.raises(UserError, match=r"apt-get install tuxpaint-stamps-default"):
         load_caption_data(STAMPS, "train")

@@ -11,7 +11,7 @@ import torch
 from core.io import read_jsonl
 from harness.cli import main
 from harness.config import load_config
-from model.evaluation.inference import resolve_checkpoint
+from model.evaluation.run_io import resolve_checkpoint
 from model.training.checkpoint import (
     DamagedCheckpoints,
     checkpoint_path,
@@ -123,3 +123,30 @@ def test_resume_cuts_metrics_back_to_the_checkpoint(straight, tmp_path):
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl")]
     assert steps == list(range(1, 16))
     _same(run, straight)
+
+
+def test_signal_at_a_periodic_checkpoint_step_saves_once(tmp_path: Path, monkeypatch, caplog):
+    """A preemption signal caught right after the periodic save at step 4 writes no second
+    checkpoint at step 4; the caller's on_preempt hook gets the step."""
+    import logging
+
+    import model.training.trainer as trainer
+    from model.training.signals import Preempted, SignalCatcher
+
+    class SignalAfterStep4(SignalCatcher):
+        calls = 0
+
+        def code(self) -> int:
+            SignalAfterStep4.calls += 1  # one call per loop top: call 5 is step 4's
+            return self.CODES[self.SIGNALS[0]] if SignalAfterStep4.calls == 5 else 0
+
+    monkeypatch.setattr(trainer, "SignalCatcher", SignalAfterStep4)
+    seen = []
+    run = tmp_path / "run"
+    cfg = load_config([*TINY, f"run_dir={run}", "train.steps=8", "train.ckpt_every=4"])
+    with caplog.at_level(logging.INFO, logger="cfh.train"), pytest.raises(Preempted):
+        train(cfg, on_preempt=lambda rdir, step: seen.append((rdir, step)))
+    assert seen == [(run, 4)]
+    saves = [r.getMessage() for r in caplog.records if "checkpoint at step" in r.getMessage()]
+    assert saves == ["checkpoint at step 4"], saves
+    assert [p.name for p in checkpoint_paths(run)] == ["ckpt_00000004.pt"]

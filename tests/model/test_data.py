@@ -10,14 +10,10 @@ import torch
 from PIL import Image
 
 from core.errors import UserError
-from model.data.sources import (
-    BatchStream,
-    ShardedEpochSampler,
-    build_dataset,
-    center_crop_arr,
-    dataset_key,
-    reference_images,
-)
+from model.data.arrays import center_crop_arr
+from model.data.reference import dataset_key, reference_images
+from model.data.sources import build_dataset
+from model.data.stream import BatchStream, ShardedEpochSampler
 
 DIGITS = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
           "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip

@@ -15,18 +15,11 @@ from core.errors import UserError
 from harness.config import load_config
 from model import Diffusion, make_sampler
 from model.data.sources import build_dataset
-from model.evaluation.inference import evaluate_run, load_trained
-from model.tasks.editing import (
-    EDIT_ORDERS,
-    check_edit_config,
-    edit_images,
-    fill,
-    load_inputs,
-    parse_region,
-    region_positions,
-    swap_labels,
-    task_samples,
-)
+from model.evaluation.run_io import load_trained
+from model.tasks.editing import check_edit_config, edit_images, fill, swap_labels, task_samples
+from model.tasks.evaluate import evaluate_run
+from model.tasks.inputs import load_inputs
+from model.tasks.regions import EDIT_ORDERS, parse_region, region_positions
 
 # digits with 2x2 patches: a 4x4 token grid (L = 16) keeps CPU training and sampling cheap
 TINY_RUN = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from tiny_models import tiny_vae
 
 from core.errors import UserError
 from model.data.encode import decode_latents, encode_dataset
-from model.data.sources import build_dataset, reference_images
+from model.data.reference import reference_images
+from model.data.sources import build_dataset
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -87,6 +89,20 @@ def test_encode_gray_digits_float32_from_folder_path(tmp_path):
     assert decode_latents(x[None], cfg).shape == (1, 1, 8, 8)  # back to gray
 
 
+def test_decoding_with_a_missing_vae_names_the_data_key_and_path(tmp_path):
+    vae_dir = tmp_path / "vae"
+    tiny_vae().save_pretrained(str(vae_dir))
+    out = encode_dataset(DIGITS, str(vae_dir), tmp_path / "lat", batch_size=500, dtype="float32")
+    cfg = latents_cfg(out, resolution=4, num_classes=10)
+    x, _ = build_dataset(cfg)[0]
+    shutil.rmtree(vae_dir)
+    with pytest.raises(UserError) as err:
+        decode_latents(x[None], cfg)
+    message = str(err.value)
+    assert f"data.root={str(out)!r}" in message and str(vae_dir) in message
+    assert "meta.json vae.path" in message and "--vae" not in message
+
+
 def test_encode_bad_input(tmp_path):
     with pytest.raises(UserError, match="--vae '/nonexistent' is not a folder"):
         encode_dataset(DIGITS, "/nonexistent", tmp_path / "x")
@@ -97,7 +113,7 @@ def test_encode_bad_input(tmp_path):
 
 
 def test_both_flips_are_encoded_and_the_seeded_sampler_picks_one(tmp_path):
-    from model.data.sources import BatchStream
+    from model.data.stream import BatchStream
 
     folder = write_image_folder(tmp_path / "train")
     vae = tiny_vae()

@@ -9,7 +9,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from core.errors import UserError
-from model.data.sources import reference_images
+from model.data.reference import reference_images
 from model.evaluation.extractors import (
     classifier_checkpoint,
     classifier_extractor_class,

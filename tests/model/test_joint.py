@@ -6,9 +6,9 @@ from classcond_golden import classcond_outputs, digests, load_golden
 from tiny_models import tiny_model
 
 from model import CausalFusion, Diffusion, equal_group_sizes, generate, make_sampler
-from model.data.tokenizers import BOS, EOS, PAD
 from model.method.joint import JointObjective, caption_images
 from model.method.masks import generalized_causal_mask, joint_mask
+from model.method.text_tokens import BOS, EOS, PAD
 
 # Tolerances against the stored values (tests/model/golden/classcond.json): float32 kernels
 # differ by instruction set (AVX2 vs AVX-512) in the last bits, which 4 sampling steps grow to

@@ -131,7 +131,7 @@ def test_caption_of_a_class_conditional_run_is_refused(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_small_joint_model_captions_and_generates_digits(tmp_path):
     """1,500 CPU steps (about 100 s): both directions far above chance (0.1)."""
-    from model.evaluation.inference import evaluate_run
+    from model.tasks.evaluate import evaluate_run
 
     run_dir = tmp_path / "joint"
     steps = ["train.steps=1500", "train.batch_size=32", "train.lr=1e-3", "train.ema_decay=0.99",

@@ -10,14 +10,15 @@ from omegaconf import OmegaConf
 
 from core.errors import UserError
 from harness.config import load_config
-from model.data.sources import reference_images
-from model.evaluation.inference import eval_settings, settings_hash
+from model.data.reference import reference_images
+from model.evaluation.inference import eval_settings
 from model.evaluation.metrics import (
     compute_metrics,
     read_reference,
     write_reference,
     write_split_statistics,
 )
+from model.evaluation.run_io import settings_hash
 
 DIGITS = {"name": "digits", "root": None, "resolution": 8, "channels": 1, "num_classes": 10,
           "patch_size": 1, "flip": False, "latent_scale": 1.0}  # fmt: skip
@@ -65,6 +66,24 @@ def test_a_stats_file_without_images_gives_fid_and_says_why_pr_is_missing(sample
     out = score(samples, cache, reference=bare)
     assert out["fid"] == pytest.approx(score(samples, cache)["fid"], rel=1e-6)
     assert "precision" not in out and "no arr_0 images" in out["skipped"]
+
+
+def test_a_file_of_images_only_gets_statistics_from_its_images(samples, cache, tmp_path):
+    # an ADM sample batch (arr_0 uint8 NHWC, arr_1 labels, no mu/sigma): the statistics come
+    # from its images with the configured extractor, so FID equals FID against the same split
+    images, labels = reference_images(DIGITS, "test")
+    batch = tmp_path / "samples_adm.npz"
+    np.savez(batch, arr_0=images.numpy(), arr_1=labels.numpy())
+    direct = score(samples, cache)
+    via_file = score(samples, cache, reference=batch)
+    assert via_file["fid"] == pytest.approx(direct["fid"], rel=1e-6)
+    assert via_file["num_reference"] == direct["num_reference"] == 360
+    assert via_file["reference_statistics"] == "from arr_0 images"
+    assert via_file["kid"] == pytest.approx(direct["kid"], rel=1e-6)
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, arr_1=labels.numpy())
+    with pytest.raises(UserError, match="neither mu/sigma arrays nor arr_0 images"):
+        score(samples, cache, reference=empty)
 
 
 def test_precision_recall_compare_sets_of_equal_size(samples, cache):

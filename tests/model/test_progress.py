@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.progress import Progress, interval_s, run_log
 from harness.config import load_config
-from model.training.progress import Progress, interval_s, run_log
 from model.training.trainer import train
 
 
@@ -66,7 +66,7 @@ def test_run_log_holds_a_runs_lines_only_while_inside(tmp_path: Path) -> None:
 
 
 def test_training_and_sampling_progress_reach_the_runs_log(tmp_path: Path, monkeypatch) -> None:
-    from model.evaluation.inference import sample_run
+    from model.tasks.evaluate import sample_run
 
     monkeypatch.setenv("CFH_PROGRESS_S", "0")  # a line at every step / batch
     run = tmp_path / "run"
@@ -92,7 +92,7 @@ def classifier(tmp_path_factory):
 def test_extraction_with_progress_equals_torch_fidelitys_loop(classifier, caplog) -> None:
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-    from model.data.sources import reference_images
+    from model.data.reference import reference_images
     from model.evaluation.extractors import single_thread
     from model.evaluation.metrics import Images, extract_features
 

@@ -82,15 +82,15 @@ def test_changed_model_or_data_is_refused(tmp_path: Path) -> None:
 
 
 def test_nonfinite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
-    import model.training.trainer as trainer
+    import model.training.step as trainer_step
 
-    real = trainer.causalfusion_loss
+    real = trainer_step.causalfusion_loss
 
     def poisoned(*args, **kwargs):
         loss, stats = real(*args, **kwargs)
         return loss * float("nan"), stats
 
-    monkeypatch.setattr(trainer, "causalfusion_loss", poisoned)
+    monkeypatch.setattr(trainer_step, "causalfusion_loss", poisoned)
     run = tmp_path / "run"
     with pytest.raises(TrainingFailed, match="non-finite loss"):
         train(_cfg(run, "train.steps=5"))

@@ -6,8 +6,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+import synthetic as sy
 
-from reports import synthetic as sy
 from reports.results import ResultsWarning
 
 

@@ -53,7 +53,7 @@ def test_cli_report_prints_the_html_path(smoke_root: Path, capsys):
 
 def test_cli_report_unknown_grid_exits_2(tmp_path: Path, capsys):
     assert main(["--root", str(tmp_path), "report", "nope"]) == 2
-    assert "no grid 'nope'" in capsys.readouterr().err
+    assert "grid 'nope' has never been swept under" in capsys.readouterr().err
 
 
 def test_report_of_bench_rows_only(tmp_path: Path, capsys):

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from reports import tables
+from reports.columns import EVAL_KEY_COLUMNS
+from reports.labels import key_text, setting_labels
 from reports.report import winners
-from reports.results import EVAL_KEY_COLUMNS, _key, setting_labels
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -31,8 +32,8 @@ def frame(rows: list[dict]) -> pd.DataFrame:
         ),
     )
     df["signature"] = df["s_train"].astype(str) + df["model"] + df["seed"].astype(str)
-    df["train_key"] = _key(df, tables.TRAIN_KEY_COLUMNS)
-    df["eval_key"] = _key(df, EVAL_KEY_COLUMNS)
+    df["train_key"] = key_text(df, tables.TRAIN_KEY_COLUMNS)
+    df["eval_key"] = key_text(df, EVAL_KEY_COLUMNS)
     df["setting"] = setting_labels(df)
     return df
 
@@ -82,7 +83,7 @@ def test_ties_are_all_marked_and_one_row_is_never_marked():
 def test_other_varying_settings_become_levels_never_averaged():
     df = table2_input()
     df = pd.concat([df, df.assign(cfg=1.5, fid=df["fid"] - 1)], ignore_index=True)
-    df["eval_key"] = _key(df, EVAL_KEY_COLUMNS)
+    df["eval_key"] = key_text(df, EVAL_KEY_COLUMNS)
     t = tables.table_s_train(df)
     assert t.mean.columns.names == ["s_eval", "cfg"]
     assert t.mean.loc["1", (1, 1.5)] == 10.0

@@ -1,4 +1,5 @@
-"""Synthetic run folders in the run-folder contract, for tests, the benchmark and report demos.
+"""Synthetic run folders in the run-folder contract, for the reports tests and
+benchmarks/bench_report.py (test-only: the wheel ships no fake data).
 
 The FID model follows the shape of the paper's Table 2 (reference section 10): a fixed S_train
 is best at S_eval = S_train and degrades away from it; random S (uniform/decay) keeps every
@@ -8,7 +9,6 @@ S_eval usable; AR weighting 2->1 helps a little; seeds add noise.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.hashing import json_hash
 from core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 CONFIG_TEMPLATE: dict[str, Any] = {
@@ -91,8 +92,9 @@ def make_config(**over: Any) -> dict:
 
 
 def signature_of(axes: dict) -> str:
-    """A short deterministic signature for a set of axis values (like the harness's)."""
-    return hashlib.sha1(json.dumps(axes, sort_keys=True).encode()).hexdigest()[:12]
+    """A short deterministic signature for a set of axis values (12 digits: never one the
+    harness makes, whose signatures have 10)."""
+    return json_hash(axes, 12, compact=False)
 
 
 def write_run(

@@ -1,0 +1,47 @@
+"""Eval points validated on their own: the sample/eval settings against the point's data.
+
+Many train points share their data and eval base, so each combination of (data, block size,
+sample/eval base, eval overrides) is validated once per process and its key computed once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from core.errors import UserError
+from harness.config import default_config, parse_override, set_key
+from harness.points import eval_key
+from harness.schema import validate_config
+from harness.values import plain_copy
+from model.data.checks import check_eval_extractor  # torch-free (model.evaluation is not)
+
+
+def eval_base_key(cfg: dict) -> str:
+    """What eval validation depends on besides the eval overrides: the data (its tokens and
+    splits), the block size of block_raster orders, and the sample/eval base."""
+    block = cfg["train"]["order_block"]
+    return json.dumps([cfg["data"], block, cfg["sample"], cfg["eval"]], sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def checked_eval_settings(
+    base_key: str, items: tuple[tuple[str, str], ...]
+) -> tuple[dict | None, str | None]:
+    """(settings, eval key) of an eval point, or (None, why it is refused); cached per process,
+    so callers share the settings dict and must not change it."""
+    data, block, sample, evaluation = json.loads(base_key)
+    sub = {"sample": sample, "eval": evaluation}
+    for key, text in items:
+        _, value = parse_override(f"{key}={text}")
+        set_key(sub, key, value)
+    # validate_config needs a whole config: check the sample/eval part against a minimal one.
+    probe = plain_copy(default_config())
+    probe["data"], probe["sample"], probe["eval"] = data, sub["sample"], sub["eval"]
+    probe["train"]["order_block"] = block
+    try:
+        validate_config(probe)
+        check_eval_extractor(data, sub["eval"])
+    except UserError as e:
+        return None, str(e)
+    return sub, eval_key(sub)

@@ -1,0 +1,61 @@
+"""Preemption signals: SIGUSR2/SIGTERM become a flag the trainer checks at step boundaries.
+
+The trainer reduces the flag over ranks (MAX) so that every rank saves at the same step, then
+hands the signal to the handler installed before it (the caller's: the harness requeues the
+job), or raises `Preempted` (exit code 124) when there is none.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+
+class Preempted(SystemExit):
+    """Raised after the checkpoint on SIGUSR2/SIGTERM when no other handler takes over."""
+
+
+class SignalCatcher:
+    """Turns SIGUSR2/SIGTERM into a flag the loop checks (reduced over ranks) at step boundaries."""
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+    # flag values, reduced with MAX over ranks: a requeue warning (USR2) outranks a stop (TERM)
+    CODES = {signal.SIGTERM: 1, signal.SIGUSR2: 2}
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalCatcher:
+        main = threading.current_thread() is threading.main_thread()
+        if hasattr(signal, "pthread_kill") and main:
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.caught is None or self.CODES[signum] > self.CODES[self.caught]:
+            self.caught = signum
+
+    def code(self) -> int:
+        """This rank's flag: 0 (no signal), else the CODES value of the signal caught."""
+        return 0 if self.caught is None else self.CODES[self.caught]
+
+    @classmethod
+    def signal_of(cls, code: int) -> int:
+        """The signal whose CODES value is `code`."""
+        return next(sig for sig, c in cls.CODES.items() if c == code)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def hand_over(self, signum: int) -> None:
+        """After the checkpoint: let the previous handler act on `signum` (the harness requeues;
+        on a rank the signal never reached, too), else exit with 124."""
+        previous = self.previous.get(signum)
+        self.__exit__()
+        if callable(previous):
+            previous(signum, None)
+        raise Preempted(124)
