@@ -50,7 +50,8 @@ slurm-start:
 slurm-stop:
 	bash scripts/slurm-local.sh stop
 
-# After the unit and end-to-end tests, the smoke grid (~8 min on 2 idle cores) runs for real and its
+# After the unit and end-to-end tests, the smoke grid runs for real (two points at a time, one thread
+# each: both cores busy; cluster keys are not in the signature, so the runs are the smoke grid's) and its
 # FIDs are checked against reports/baselines/smoke.csv (3 seeds). At 300 steps the seed noise is
 # large (std 2.7-43 FID per entry, 21 pooled over the grid), so the check fails only when a mean
 # FID is over the baseline by more than max(60, 3 seed stds): a broken model, not a small drift.
@@ -58,7 +59,7 @@ SMOKE_ROOT ?= $(CURDIR)/.cache/smoke-check
 test: lint
 	bash scripts/install-stamps.sh
 	$(PY) -m pytest -q --timeout=900
-	$(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local
+	$(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local cluster.parallelism=2 cluster.cpus_per_task=1
 	$(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke --abs-tol 60 --k 3
 
 bench: $(STAMP)

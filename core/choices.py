@@ -25,6 +25,7 @@ DECODERS = ("greedy", "beam", "nucleus")  # caption.method
 IMAGE_DATASETS = ("digits", "mnist", "imagefolder", "latents")  # data.name, images alone
 CAPTION_DATASETS = ("digits_captions", "mnist_captions", "stamps", "captions")  # with captions
 DATASETS = IMAGE_DATASETS + CAPTION_DATASETS  # data.name
+TRAIN_SPLITS = ("train", "all")  # data.train_split (image datasets)
 TOKENIZERS = ("word", "bpe")  # data.tokenizer
 # model.training
 PRECISIONS = ("auto", "fp32", "bf16")  # train.precision

@@ -1,7 +1,9 @@
-"""Atomic file writes (temp file + rename) and the run folder's status file.
+"""Atomic file writes (temp file + rename), the run folder's status file, and owner locks.
 
 status.json is read-modified-written under an exclusive lock on `.status.lock` beside it, so
-ranks and the harness writing at once never lose each other's fields.
+ranks and the harness writing at once never lose each other's fields. An owner lock
+(`owner_lock`, `run_lock`: `R/.run.lock`) makes one process at a time the writer of a run, a
+samples folder or an eval record; a second one is refused at once, naming the holder.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import fcntl
 import io
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError, place_error
 from core.records import status_problem
 
 
@@ -183,3 +189,129 @@ def record_failure(
         status.update(fields, state="failed", error=text, failed_rank=rank)
         status["updated"] = now_iso()
         atomic_write_json(Path(run_dir) / "status.json", status)
+
+
+# ---------------------------------------------------------------- owner locks
+
+RUN_LOCK = ".run.lock"  # in a run folder: held by the one process that trains it
+
+
+class Busy(UserError):
+    """Another process holds the lock: it owns what this command would write."""
+
+
+_HELD: dict[str, int] = {}  # lock path -> fd, for the owner locks this process holds
+
+
+def _holder(fd: int, patience_s: float = 0.5) -> dict:
+    """What the holder wrote into its lock file ({} when nothing readable); a holder writes just
+    after it takes the lock, so an empty file is read again for up to `patience_s`."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            raw = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        except OSError:
+            return {}
+        if raw or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    try:
+        info = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def holder_text(info: dict) -> str:
+    """`pid 12 on host h (cfh train, since T)`, or "another process" when the file says nothing."""
+    if "pid" not in info:
+        return "another process"
+    return (
+        f"pid {info['pid']} on host {info.get('host', '?')} "
+        f"({info.get('what', '?')}, since {info.get('since', '?')})"
+    )
+
+
+@contextlib.contextmanager
+def owner_lock(
+    path: str | os.PathLike, owner: str, what: str, *, enabled: bool = True, wait: bool = False
+) -> Iterator[None]:
+    """Hold the lock file `path` while the body writes what it guards.
+
+    A POSIX lock (fcntl.lockf): the kernel releases it when the process dies (a SLURM requeue or
+    a rerun after a kill takes it again), and forked data-loader workers do not inherit it.
+    Another process holding it: Busy at once, naming its pid and host (`wait`: block until it
+    is free instead, saying who holds it). `owner` names what is guarded in messages
+    ("run_dir=R"); `what` is written into the file for the next one to read ("cfh train").
+    Re-entrant within a process (a job holds its run, then trains it); `enabled=False` holds
+    nothing (ranks other than 0). A place that cannot be written: UserError naming it.
+    """
+    key = os.path.abspath(path)
+    if not enabled or key in _HELD:
+        yield
+        return
+    try:
+        Path(key).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise place_error(e, owner) or UserError(f"{owner}: cannot write {key}: {e}") from None
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held elsewhere
+            holder = holder_text(_holder(fd))
+            if not wait:
+                raise Busy(
+                    f"{owner} is in use by {holder}, which holds {key}; wait for it to end, "
+                    "or stop that process"
+                ) from None
+            print(f"waiting for {key}: held by {holder}", file=sys.stderr, flush=True)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a filesystem without locks: best effort, as status_lock
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": now_iso()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        _HELD[key] = fd
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # released cleanly: no holder for the next reader to name
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_lock(
+    run_dir: str | os.PathLike, what: str, *, enabled: bool = True
+) -> contextlib.AbstractContextManager[None]:
+    """owner_lock on `run_dir/.run.lock`: the one process that trains (and evaluates in a job)
+    the run."""
+    return owner_lock(Path(run_dir) / RUN_LOCK, f"run_dir={run_dir}", what, enabled=enabled)
+
+
+def lock_state(path: str | os.PathLike) -> tuple[bool | None, dict]:
+    """(held, what its last holder wrote): held is True when a process holds `path`, False when
+    none does, None when this filesystem cannot tell. Never takes the lock for longer than a
+    probe."""
+    key = os.path.abspath(path)
+    if key in _HELD:  # opening and closing it here would drop this process's own POSIX lock
+        return True, {"pid": os.getpid(), "host": socket.gethostname()}
+    try:
+        fd = os.open(key, os.O_RDONLY)
+    except FileNotFoundError:
+        return False, {}
+    except OSError:
+        return None, {}
+    try:
+        info = _holder(fd, patience_s=0)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            return True, _holder(fd) or info
+        except OSError:
+            return None, info
+        return False, info
+    finally:
+        os.close(fd)

@@ -1,4 +1,5 @@
-"""Dotted config keys: the one `flatten` that every package uses."""
+"""Dotted config keys: the one `flatten` that every package uses, and the keys used only under
+another key's value (CONDITIONAL_KEYS)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,24 @@ def flatten(d: Any, prefix: str = "", *, keep: Collection[str] = ()) -> dict[str
         else:
             out[key] = v
     return out
+
+
+# key -> (key, values) under which the trainer uses it; elsewhere it is ignored (uniform S_train
+# does not read train.ar.steps). Run signatures leave such a key out (harness.signatures), and
+# reports blank it (reports.rows), so that a run is never shown with a setting it did not use.
+CONDITIONAL_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train.ar.steps": ("train.ar.mode", ("fixed",)),
+    "train.ar.decay": ("train.ar.mode", ("decay",)),
+    "train.order_block": ("train.order", ("block_raster",)),
+    "train.loss.min_snr_gamma": ("train.loss.noise_weighting", ("min_snr",)),
+}
+
+
+def unused_keys(flat: dict[str, Any]) -> list[str]:
+    """The conditional keys of a flat config whose condition key is set to another value
+    (a condition key absent or None says nothing: its keys are kept)."""
+    return [
+        key
+        for key, (cond, values) in CONDITIONAL_KEYS.items()
+        if flat.get(cond) is not None and flat[cond] not in values
+    ]

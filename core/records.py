@@ -12,7 +12,11 @@ import datetime as dt
 import math
 from typing import Any
 
-STATUS_STATES = ("pending", "running", "completed", "failed", "requeued", "cancelled")
+# interrupted: stopped by SIGINT, or by a signal where nothing requeues the run; requeued: a
+# scheduler will start it again (harness.point_job decides that, model/ never does)
+STATUS_STATES = (
+    "pending", "running", "completed", "failed", "interrupted", "requeued", "cancelled",
+)  # fmt: skip
 STATUS_PHASES = ("train", "eval", "bench", "done")
 _TIME = "an ISO-8601 time with a timezone"
 _STATUS_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -91,6 +95,12 @@ def eval_record_problem(data: Any) -> str | None:
     return None
 
 
+# metrics.jsonl keys with a narrower meaning than "a number": shares of the window's wall time,
+# and counts (skipped non-finite steps, graphs compiled so far)
+METRIC_SHARES = ("data_wait_frac", "step_frac")
+METRIC_COUNTS = ("nonfinite_steps", "compiled_graphs")
+
+
 def metrics_row_problem(row: Any) -> str | None:
     """What is wrong with one parsed metrics.jsonl line, or None."""
     if not isinstance(row, dict):
@@ -101,4 +111,10 @@ def metrics_row_problem(row: Any) -> str | None:
     for key, value in row.items():
         if key != "step" and value is not None and not _number(value):
             return f"{key}={value!r} at step {step} is not a number"
+        if value is None:
+            continue
+        if key in METRIC_SHARES and not 0 <= value <= 1:
+            return f"{key}={value!r} at step {step} is not a share in [0, 1]"
+        if key in METRIC_COUNTS and (not isinstance(value, int) or value < 0):
+            return f"{key}={value!r} at step {step} is not an integer >= 0"
     return None

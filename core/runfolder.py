@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.io import load_status
+from core.io import RUN_LOCK, load_status, lock_state
 from core.records import STATUS_STATES, eval_record_problem, metrics_row_problem
 
 # The states a shown row may have: what a job writes, plus "missing" (no run folder or nothing
@@ -103,6 +104,7 @@ class RunFolder:
     point: dict | None = None
     records: list[tuple[Path, dict]] = field(default_factory=list)  # usable eval records
     metrics: list[dict] = field(default_factory=list)
+    gone: str | None = None  # status.json says running but no process holds the run: why
 
     @property
     def signature(self) -> str:
@@ -165,6 +167,8 @@ def read_run_folder(
     folder.status, bad = load_status(folder.path)
     if bad:
         folder.problems.append(damaged("status.json", bad))
+    if folder.status.get("state") == "running":
+        folder.gone = process_gone(folder.path)
     if not full:
         return folder
     cfg, bad = read_yaml(folder.path / "config.yaml")
@@ -185,6 +189,31 @@ def read_run_folder(
         else:
             folder.records.append((file, record))
     return folder
+
+
+def last_log_line(run_dir: str | os.PathLike, tail_bytes: int = 8192) -> str | None:
+    """The last non-empty line of the run's log.txt (cut to 200 characters), or None."""
+    try:
+        with open(Path(run_dir) / "log.txt", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    lines = [line.strip() for line in lines if line.strip()]
+    return lines[-1][:200] if lines else None
+
+
+def process_gone(run_dir: str | os.PathLike) -> str | None:
+    """Why no process runs a run whose status.json says running (its run lock is free), with
+    its last log line; None while a process holds the lock, or when this host cannot tell (a
+    filesystem without locks, or a lock last taken on another host: locks may not be shared
+    between hosts there)."""
+    held, holder = lock_state(Path(run_dir) / RUN_LOCK)
+    if held is not False or holder.get("host", socket.gethostname()) != socket.gethostname():
+        return None
+    last = last_log_line(run_dir)
+    said = f"; last log line: {last}" if last else "; log.txt is empty or missing"
+    return f"process gone (status.json says running, but no process holds {RUN_LOCK}){said}"
 
 
 # ---------------------------------------------------------------- grids under a root

@@ -3,12 +3,15 @@
 Every implementation is a `Learner` from model/training/step.py's `make_learner` (the
 trainer's AdamW and EMA factories) stepped by the trainer's `train_step` on the splits the
 trainer draws at steps 0..bench.splits-1 on rank 0 (`draw_split`): the bench times what
-`cfh train` runs, minus data loading and logging.
+`cfh train` runs, minus data loading and logging. With train.compile, cfh's forward is the
+trainer's compiled one (`compile_forward`, padded splits: a graph per bucket), warmed up on every
+split before timing; the reference runs the unpadded splits eagerly.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +24,14 @@ from harness.reference import ReferenceCausalFusion
 from model.method.network import count_params, train_flops_per_image
 from model.training.build import model_from_config, use_bf16
 from model.training.perf import matmul_peak_flops
-from model.training.step import Learner, Split, draw_split, make_learner, train_step
+from model.training.step import (
+    Learner,
+    Split,
+    compile_forward,
+    draw_split,
+    make_learner,
+    train_step,
+)
 
 
 @dataclass
@@ -45,13 +55,17 @@ class Trainee:
 
 def make_trainee(impl: str, attention: str, net: torch.nn.Module, cfg: DictConfig) -> Trainee:
     """The trainer's Learner around `net` (its optimizer, EMA; train.compile for cfh)."""
-    wrap = torch.compile if cfg.train.compile and impl == "cfh" else None
+    wrap = (
+        functools.partial(compile_forward, cfg=cfg) if cfg.train.compile and impl == "cfh" else None
+    )
     device = next(net.parameters()).device
     return Trainee(impl, attention, make_learner(cfg, net, device, wrap=wrap))
 
 
 def bench_step(tr: Trainee, split: Split, x: torch.Tensor, y: torch.Tensor) -> None:
     """One trainer step of `tr` (model/training/step.py's train_step), counting its steps."""
+    if tr.impl != "cfh":
+        split = dataclasses.replace(split, mask=None)  # the reference pads nothing
     train_step(tr.learner, x, y, split, tr.steps)
     tr.steps += 1
 
@@ -105,8 +119,8 @@ def bench_train(
     if bench.reference:
         ref = ReferenceCausalFusion.from_cfh(first)
         trainees.append(make_trainee("reference", "explicit", ref, cfg))
-    # on CUDA every new shape may compile (flex, train.compile): warm up on every split there
-    warm = splits if device.type == "cuda" else splits[:1]
+    # every new shape may compile (flex on CUDA, train.compile): warm up on every split there
+    warm = splits if device.type == "cuda" or cfg.train.compile else splits[:1]
     for tr in trainees:
         say(f"train {cfg.model.name} {tr.impl}/{tr.attention}: warm-up ({len(warm)} steps)")
         try:
@@ -166,6 +180,8 @@ def bench_train(
             peak_flops=median(tr.peaks),
             peak_mem_mb=(tr.transient + extra) / 2**20,
         )
+        if lrn.graphs:
+            row.update(compiled_graphs=len(lrn.graphs), compile_s=sum(lrn.graphs.values()))
         if ref_times and tr.impl == "cfh":
             row["speedup_vs_reference"] = median(
                 [a / b for a, b in zip(ref_times, tr.times, strict=True)]

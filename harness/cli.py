@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.errors import UserError
+from core.errors import UserError, place_error
 
 DISTRIBUTION = "causalfusion-harness"
 
@@ -156,6 +156,16 @@ def set_config_dirs(dirs: Sequence[str]) -> None:
         os.environ["CFH_CONFIG_DIR"] = os.pathsep.join(dict.fromkeys(paths))
 
 
+def check_repeated_keys(overrides: Sequence[str]) -> None:
+    """Refuse a key given twice with different values (harness.config.check_repeated); hydra's
+    parser, which compares the values, is imported only when a key is given twice."""
+    keys = [text.partition("=")[0].lstrip("+~") for text in overrides]
+    if len(set(keys)) < len(keys):
+        from harness.config import check_repeated  # hydra: not for every `cfh status`
+
+        check_repeated(overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn user errors into one clear line and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -171,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if os.path.exists(args.root) and not os.path.isdir(args.root):
             raise UserError(f"--root {args.root} is a file; the root must be a folder (or absent)")
+        check_repeated_keys(args.overrides)
         if getattr(args, "cfg", None) == "job":
             cfg_job = getattr(args, "cfg_job", None)
             if cfg_job is None:
@@ -179,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a place that cannot be written: one line naming it, no traceback
+        error = place_error(e)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

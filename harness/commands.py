@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
-from harness.config import load_config, print_config_job
+from harness.config import load_config, load_train_config, print_config_job, to_yaml
+from harness.schema import check_kid_subset, check_train_batch
 
 KEYS = "Config keys and their meaning: experiments/config.yaml (README.md: Config)."
 EPILOGS = {
@@ -56,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("overrides", nargs="*", help="hydra-style key=value config overrides")
-        p.set_defaults(func=func, cfg_job=print_config_job)
+        job = print_train_config if name == "train" else print_config_job
+        p.set_defaults(func=func, cfg_job=job)
         if name == "encode":
             p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder")
             p.add_argument("--out", required=True, help="output folder for data=latents")
@@ -83,8 +86,20 @@ def register(sub: argparse._SubParsersAction) -> None:
             )
 
 
+def print_train_config(args: argparse.Namespace) -> int:
+    """`cfh train ... --cfg job`: the config a run would train with (a resume's own config)."""
+    print(to_yaml(load_train_config(args.overrides)), end="")
+    return 0
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _launched_world_size() -> int:
+    """The ranks torchrun (or a launcher like it) started, from WORLD_SIZE; 1 without one."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
 def _join_job() -> bool:
@@ -97,8 +112,10 @@ def _join_job() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """cfh train run_dir=R [key=value ...]"""
-    cfg = load_config(args.overrides)  # a bad key or value fails here, before torch loads
+    """cfh train run_dir=R [key=value ...]; on a run_dir that holds config.yaml, that config
+    with these overrides (a resume; an override that changes the run is refused)."""
+    cfg = load_train_config(args.overrides)  # a bad key or value fails here, before torch loads
+    check_train_batch(cfg, _launched_world_size())
     from harness.jobs import trainer_hooks
     from model.training.trainer import TrainingFailed, train
 
@@ -135,6 +152,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """cfh evaluate run_dir=R eval.extractor=... sample.ar_steps=S ..."""
     cfg = load_config(args.overrides)  # a bad key or value fails here, before torch loads
+    check_kid_subset(cfg)
     from model.tasks.evaluate import evaluate_run
 
     _setup_logging()

@@ -96,6 +96,21 @@ def parse_override(text: str) -> tuple[str, Any]:
     return ov.key_or_group, value
 
 
+def check_repeated(overrides: Sequence[str]) -> None:
+    """A key given twice must say one thing: `train.steps=3 train.steps=4` is refused (hydra
+    would keep the last silently); the same value twice is fine."""
+    seen: dict[str, tuple[str, Any]] = {}
+    for text in overrides:
+        ov = _parsed(text)
+        key, value = ov.key_or_group, ov.value()
+        if key in seen and seen[key][1] != value:
+            raise UserError(
+                f"{key} is given twice with different values ({seen[key][0]!r} and {text!r}); "
+                "give it once"
+            )
+        seen.setdefault(key, (text, value))
+
+
 def parse_sweep(text: str) -> tuple[str, list] | None:
     """(key, values) of a hydra sweep override (`a,b`, `range(...)`, `choice(...)`, a `glob(...)`
     of a config group's options); None for a plain `key=value`. Hydra's parser does the parsing."""
@@ -152,6 +167,62 @@ def load_config(overrides: Sequence[str] = (), validate: bool = True) -> DictCon
     cfg = resolve_overrides(overrides)
     if validate:
         validate_config(cfg)
+    out = OmegaConf.create(cfg)
+    OmegaConf.set_struct(out, True)
+    return out
+
+
+def stored_config(run_dir: Path) -> dict:
+    """A run folder's config.yaml as a plain dict; keys added to cfh after the folder was
+    written get their defaults (a new key's default keeps the behaviour from before it)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:  # noqa: BLE001 - unreadable YAML, a directory, bad interpolation
+        raise UserError(f"{path} cannot be read as a config ({type(e).__name__}); restore it, "
+                        "or use a new run_dir") from None  # fmt: skip
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a config (a mapping); restore it, or use a new run_dir")
+    fill_missing(cfg, default_config())
+    return cfg
+
+
+def fill_missing(cfg: dict, defaults: dict) -> None:
+    """Add (copies of) the keys of `defaults` that `cfg` lacks, at every level."""
+    for key, value in defaults.items():
+        if key not in cfg:
+            cfg[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(cfg[key], dict):
+            fill_missing(cfg[key], value)
+
+
+def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
+    """A copy of a full config with `key=value` overrides applied. A config group given
+    (`model=S`) replaces its section with that option's only when it names another option
+    than the section's `name`; the same name keeps the section as it is."""
+    out = copy.deepcopy(cfg)
+    values = []
+    for key, value in map(parse_override, overrides):
+        if key not in CONFIG_GROUPS:
+            values.append((key, value))
+        elif not isinstance(out.get(key), dict) or out[key].get("name") != str(value):
+            out[key] = copy.deepcopy(resolve_overrides([f"{key}={value}"])[key])
+    for key, value in values:
+        set_key(out, key, value)
+    return out
+
+
+def load_train_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """`cfh train`'s config: for a run_dir that already holds config.yaml, that file (the run's
+    own config) with only the overrides given, so `cfh train run_dir=R train.steps=N` resumes
+    R as it was trained; otherwise config.yaml composed with them (load_config). Overrides that
+    change what R trains are then refused by the trainer (model/training/identity.py)."""
+    given = dict(map(parse_override, overrides))
+    run_dir = given.get("run_dir")
+    if not run_dir or not (Path(str(run_dir)) / "config.yaml").is_file():
+        return load_config(overrides)
+    cfg = apply_overrides(stored_config(Path(str(run_dir))), overrides)
+    validate_config(cfg)
     out = OmegaConf.create(cfg)
     OmegaConf.set_struct(out, True)
     return out

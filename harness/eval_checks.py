@@ -12,7 +12,7 @@ import json
 from core.errors import UserError
 from harness.config import default_config, parse_override, set_key
 from harness.points import eval_key
-from harness.schema import validate_config
+from harness.schema import check_kid_subset, validate_config
 from harness.values import plain_copy
 from model.data.checks import check_eval_extractor  # torch-free (model.evaluation is not)
 
@@ -41,6 +41,7 @@ def checked_eval_settings(
     probe["train"]["order_block"] = block
     try:
         validate_config(probe)
+        check_kid_subset(sub)
         check_eval_extractor(data, sub["eval"])
     except UserError as e:
         return None, str(e)

@@ -4,6 +4,11 @@ harness.grid reads a grid file into a `Grid` (its spaces of values, seeds, resou
 command-line axes); `Grid.expand()` resolves every point's config, validates it (the schema and
 the cluster checks), computes its signature and its eval points, and merges points that train
 the same run.
+
+A grid is counted before it is expanded: more than MAX_TRAIN_POINTS train points, or more than
+MAX_EVAL_POINTS eval points in all (train points x eval points each), is refused with the count
+(before exclusions; a grid that large is a typo or a job for several grids). A grid that varies
+nothing (no axis, zip, include, seeds, eval axis or command-line sweep) is refused too.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ from core.errors import UserError
 from harness.config import set_key
 from harness.eval_checks import checked_eval_settings, eval_base_key
 from harness.points import EvalPoint, TrainPoint
-from harness.profiles import check_cluster
-from harness.schema import ConfigView, num_tokens, validate_config
+from harness.profiles import check_cluster, world_size
+from harness.schema import ConfigView, check_train_batch, num_tokens, validate_config
 from harness.signatures import signature
 from harness.values import dedupe, format_value, get_value, override, resolve_values, show
 
 TOKEN_KEYS = ("train.ar.steps", "sample.ar_steps")  # accept the symbol L
 ORDER_SYMBOL = "train"  # sample.order: train = each point's train.order
+MAX_TRAIN_POINTS = 10_000  # expanding 10^4 points takes about 20 s; 10^7 would never end
+MAX_EVAL_POINTS = 100_000  # train points x eval points
 
 
 @dataclass
@@ -46,6 +53,18 @@ class Space:
         for entry in self.include:
             keys += [k for k in entry if k not in keys]
         return keys
+
+    def count(self) -> int:
+        """How many points product() and the include entries give, without building them."""
+        if not self.axes and not self.zips and self.include:
+            return len(self.include)
+        sizes = [len(v) for v in self.axes.values()]
+        sizes += [len(next(iter(g.values()), [])) for g in self.zips]  # equal lengths per group
+        return math.prod(sizes) + len(self.include)
+
+    def varies(self) -> bool:
+        """Whether the space has more than its base: an axis, a zip group or an include entry."""
+        return bool(self.axes or self.zips or self.include)
 
     def product(self) -> Iterator[dict[str, Any]]:
         """The cartesian product of the axes and zip groups, one dict of values per point.
@@ -85,6 +104,7 @@ class Grid:
     cli_axes: dict[str, list] = field(default_factory=dict)
     cli_eval_axes: dict[str, list] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # harmless surprises, printed by sweep
+    findings: list[dict] = field(default_factory=list)  # the claims it tests (harness.findings)
 
     def error(self, where: str, message: str) -> UserError:
         """A UserError that names the grid file and the key."""
@@ -108,8 +128,61 @@ class Grid:
         for entry in _cross([dict(e) for e in self.train.include], self.cli_axes):
             yield entry, True
 
+    def size(self) -> tuple[int, int]:
+        """(train points, eval points per train point), counted before exclusions and merges."""
+        cli = math.prod(len(v) for v in self.cli_axes.values())
+        seeds = len(self.seeds) if self.seeds is not None else 1
+        train = self.train.count() * cli * seeds
+        if self.eval is None:
+            return train, 0
+        return train, self.eval.count() * math.prod(len(v) for v in self.cli_eval_axes.values())
+
+    def check_size(self) -> None:
+        """Refuse a grid above MAX_TRAIN_POINTS / MAX_EVAL_POINTS, by counting, not expanding."""
+        train, per_run = self.size()
+        if train > MAX_TRAIN_POINTS:
+            raise self.error(
+                "axes",
+                f"the grid has {train:,} train points ({self._factors()}, before exclusions); "
+                f"the limit is {MAX_TRAIN_POINTS:,}: split it into smaller grids",
+            )
+        if train * per_run > MAX_EVAL_POINTS:
+            raise self.error(
+                "eval",
+                f"the grid has {train * per_run:,} eval points ({train:,} train points x "
+                f"{per_run:,} eval points each, before exclusions); the limit is "
+                f"{MAX_EVAL_POINTS:,}: split it into smaller grids",
+            )
+
+    def _factors(self) -> str:
+        """The train point count as a sum and product: 'train.lr 10 x train.steps 10 x seeds 3'."""
+        sp = self.train
+        product = [f"{k} {len(v)}" for k, v in sp.axes.items()]
+        product += [f"zip[{i}] {len(next(iter(g.values()), []))}" for i, g in enumerate(sp.zips)]
+        text = " x ".join(product)
+        outer = [f"{k} {len(v)}" for k, v in self.cli_axes.items()]
+        outer += [f"seeds {len(self.seeds)}"] if self.seeds is not None else []
+        if sp.include:
+            entries = f"{len(sp.include)} include entries"
+            text = f"{text} + {entries}" if text else entries
+            text = f"({text})" if outer and product else text
+        return " x ".join(t for t in [text, *outer] if t) or "the base point"
+
+    def check_varies(self) -> None:
+        """Refuse a grid that varies nothing: it would plan one run at its base values."""
+        if self.train.varies() or self.cli_axes or self.seeds is not None:
+            return
+        if self.eval is not None and (self.eval.varies() or self.cli_eval_axes):
+            return
+        raise self.error(
+            "axes",
+            "the grid has no axis, zip, include, seeds or eval axis, so it lists no runs; "
+            "add one (a single run: `seeds: [0]`)",
+        )
+
     def expand(self) -> list[TrainPoint]:
         """Every train point with its resolved config, signature and eval points; validated."""
+        self.check_size()
         self.notes = []
         base: list[tuple[str, Any]] = [("cluster", self.cluster)]
         base += [(f"cluster.{k}", v) for k, v in self.resources.items()]
@@ -137,6 +210,7 @@ class Grid:
                 self.notes.append(f"exclude entry {i} ({entry}) matches no point")
         if not points:
             raise self.error("axes", "the grid has no points (everything excluded?)")
+        self.check_varies()  # after the values: a bad value is the first thing to fix
         return list(points.values())
 
     def _resolve(self, base: list[tuple[str, Any]], axes: dict[str, Any]) -> tuple[dict, list[str]]:
@@ -164,6 +238,10 @@ class Grid:
         except UserError as e:
             raise self.error(where, str(e)) from None
         check_cluster(cfg, lambda msg: self.error(where, msg))
+        try:
+            check_train_batch(cfg, world_size(cfg["cluster"]))
+        except UserError as e:
+            raise self.error(where, str(e)) from None
 
     def _excluded_by(self, cfg: dict, used: set[int]) -> bool:
         """True when an exclude entry matches the point; records which entries matched."""

@@ -1,9 +1,11 @@
 """Grid files -> train points x eval points, validated before anything is submitted.
 
 A grid (`grids/<name>.yaml` of a config dir: a user's --config-dir first, then the shipped
-experiments/; or any path) describes a set of training runs and the evaluations to run on
-each of them. Keys are the dotted config keys of `experiments/config.yaml` (`train.ar.steps`,
-`model`, `data.root`, ...); a nested mapping is read as dotted keys too.
+experiments/; or a file given by its .yaml path) describes a set of training runs and the
+evaluations to run on each of them. Anything else (`../x`, a name with a `/`) is refused: a
+name is looked up in the config dirs only. Keys are the dotted config keys of
+`experiments/config.yaml` (`train.ar.steps`, `model`, `data.root`, ...); a nested mapping is
+read as dotted keys too.
 
     description: text shown by `cfh sweep`             (optional)
     base:        {key: value}  every point; sample.*/eval.* keys go to every eval point and
@@ -23,6 +25,8 @@ each of them. Keys are the dotted config keys of `experiments/config.yaml` (`tra
     resources:
       cluster:   local         a profile in cluster/ of a config dir (default: local)
       <key>:     value         cluster.<key> overrides (gpus_per_node, timeout_min, ...)
+    findings:    [{claim: text, better: {key: value}, worse: {key: value}}, ...]  the claims
+                               the grid tests, judged by `cfh report` (harness.findings)
 
 Values are typed YAML (`1e-4` is a float). The symbol `L` (tokens per image of the point's data)
 is accepted for train.ar.steps and sample.ar_steps, so S_train = L reads the same on every
@@ -33,6 +37,12 @@ A hydra sweep on the command line (`train.lr=1e-4,3e-4`, `train.steps=range(100,
 eval axis for sample.*/eval.* keys, else a train axis, crossed with the file's axes.
 Checkpoint-step eval points (`sample.ckpt: [500, 1000]`) must be multiples of train.ckpt_every
 (or train.steps); train.keep_checkpoints is raised to keep them.
+
+A grid must list runs: an empty file is refused, and so is a grid without any axis, zip,
+include, seeds or eval axis (a single run: `seeds: [0]`). It may have at most 10,000 train
+points and 100,000 eval points in all (harness.expansion.MAX_TRAIN_POINTS, MAX_EVAL_POINTS),
+counted before expanding. A command-line override may be given once (or twice with the same
+value).
 
 This module reads and checks the file (keys and shapes) into a harness.expansion.Grid; every
 point is validated (schema.validate_config plus cluster checks) while expanding. Any problem is
@@ -55,9 +65,10 @@ from core.names import check_name
 from harness.config import CONFIG_GROUPS, parse_override, parse_sweep, resolve_overrides, set_key
 from harness.config_search import config_dirs, find_config, group_options
 from harness.expansion import Grid, Space
+from harness.findings import parse_findings
 
 TOP_KEYS = ("description", "base", "axes", "zip", "include", "exclude", "seeds", "eval")
-TOP_KEYS += ("resources",)
+TOP_KEYS += ("resources", "findings")
 EVAL_KEYS = ("base", "axes", "zip", "include", "exclude")
 EVAL_PREFIXES = ("sample.", "eval.")
 
@@ -88,11 +99,18 @@ _Loader.add_implicit_resolver(
 def grid_path(name_or_path: str) -> Path:
     """The grid file for a name (grids/<name>.yaml, user config dirs first) or a .yaml path."""
     text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
+    if text.endswith((".yaml", ".yml")):
         path = Path(text)
         if not path.is_file():
             raise UserError(f"grid file {text!r} does not exist")
         return path
+    if "/" in text:
+        where = ", ".join(str(d / "grids") for d in config_dirs())
+        raise UserError(
+            f"grid {text!r} is neither a grid name nor a .yaml file: a name is looked up in "
+            f"{where}; for a grid in a folder of your own, pass the folder with "
+            "`cfh --config-dir DIR` and give the grid's name, or give the file's .yaml path"
+        )
     check_name(text)
     path = find_config(f"grids/{text}.yaml")
     if path is None:
@@ -120,7 +138,12 @@ def load_grid(name_or_path: str, overrides: Sequence[str] = ()) -> Grid:
         raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise UserError(f"grid file {path} does not parse: {e}") from None
-    return parse_grid(raw if raw is not None else {}, path, overrides)
+    if raw is None or raw == {}:
+        raise UserError(
+            f"grid file {path} is empty; a grid lists its runs (axes, zip, include, seeds, "
+            "eval axes: see experiments/grids/smoke.yaml)"
+        )
+    return parse_grid(raw, path, overrides)
 
 
 def parse_grid(raw: Any, path: Path, overrides: Sequence[str] = ()) -> Grid:
@@ -184,6 +207,7 @@ def parse_grid(raw: Any, path: Path, overrides: Sequence[str] = ()) -> Grid:
     )
     _check_keys(grid, err)
     _apply_cli(grid, overrides)
+    grid.findings = parse_findings(raw.get("findings"), grid, err)  # after the command-line axes
     return grid
 
 

@@ -6,12 +6,13 @@ requeued job skips what is done (training resumes from its checkpoint, or is ski
 final checkpoint exists; eval points whose json exists are skipped). Eval points added later by
 another grid make the run incomplete again, and the next `cfh sweep` submits it to finish them.
 
-status.json fields written here (merged with the trainer's): state (running, completed, failed),
-phase (train, eval, done), attempts (one per job start, requeues included), job_id, log (the
-run's log.txt: training, sampling and evaluation lines, and a failure's traceback), job_log (the
-job's stderr file, when submitit runs it), error (first line of the exception), evals ({eval
-key: {"file", "fid", "s_eval"}}). In a multi-task job every rank trains (DDP) and draws its
-share of each eval point's samples; rank 0 writes status, gathers the samples and scores them.
+status.json fields written here (merged with the trainer's): state (running, completed, failed,
+interrupted; requeued is PointJob's), phase (train, eval, done), attempts (one per job start,
+requeues included), job_id, log (the run's log.txt: training, sampling and evaluation lines,
+and a failure's traceback), job_log (the job's stderr file, when submitit runs it), error
+(first line of the exception, or what stopped it), evals ({eval key: {"file", "fid",
+"s_eval"}}). In a multi-task job every rank trains (DDP) and draws its share of each eval
+point's samples; rank 0 holds the run lock, writes status, gathers the samples and scores them.
 The first rank to fail writes the error (`rank R/W: Type: message`).
 """
 
@@ -28,9 +29,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.io import now_iso, read_status, record_failure, update_status
+from core.io import now_iso, read_status, record_failure, run_lock, update_status
 from core.progress import run_log
-from harness.config import parse_override, resolve_overrides, set_key
+from harness.config import parse_override, set_key, stored_config
 from harness.runs import read_point
 from harness.schema import validate_config
 from model.training.distributed import barrier, dist_info, init_distributed
@@ -61,20 +62,10 @@ def load_run_config(rdir: Path) -> dict:
     Keys added to cfh after the folder was written get their defaults (a new key's default
     keeps the behaviour from before it existed).
     """
-    cfg = OmegaConf.to_container(OmegaConf.load(rdir / "config.yaml"), resolve=True)
-    assert isinstance(cfg, dict)
-    _fill_missing(cfg, resolve_overrides([]))
+    cfg = stored_config(rdir)
     cfg["run_dir"] = str(rdir)
     validate_config(cfg)
     return cfg
-
-
-def _fill_missing(cfg: dict, defaults: dict) -> None:
-    for key, value in defaults.items():
-        if key not in cfg:
-            cfg[key] = json.loads(json.dumps(value))
-        elif isinstance(value, dict) and isinstance(cfg[key], dict):
-            _fill_missing(cfg[key], value)
 
 
 def to_dictconfig(cfg: dict) -> DictConfig:
@@ -104,13 +95,23 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
     """Train the run in run_dir (resume-exact), evaluate its missing eval points; return a summary.
 
     `train_fn` / `eval_fn` default to model.train.train and model.inference.evaluate_run; tests
-    inject others. A preemption (SystemExit from the trainer's signal hand-over) passes through
-    untouched so that submitit can requeue; any other exception marks the run failed.
+    inject others. Rank 0 holds the run lock (core.io.run_lock) from before its first write: a
+    job or `cfh train` already on this run refuses it at once, and its status.json is left to
+    the holder. A stop (SystemExit from the trainer's signal hand-over, KeyboardInterrupt)
+    marks the run interrupted and passes through so that submitit can requeue (PointJob then
+    says requeued); any other exception marks the run failed.
     """
     from harness.executors import export_distributed_env
 
-    rdir = Path(run_dir)
     export_distributed_env()
+    job_id, _ = job_env()
+    what = f"cfh job {job_id}" if job_id else "cfh job"
+    with run_lock(run_dir, what, enabled=dist_info().is_main):
+        return _run_point(Path(run_dir), train_fn, eval_fn)
+
+
+def _run_point(rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None) -> dict:
+    """run_point's work, under the run lock."""
     info = dist_info()
     main = info.is_main
     job_id, job_log = job_env()
@@ -156,6 +157,11 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
         traceback.print_exc(file=sys.stderr)
         with run_log(log_path, enabled=main):  # the traceback beside the lines that led to it
             log.error("failed in phase %s", phase, exc_info=True)
+        raise
+    except (KeyboardInterrupt, SystemExit) as e:
+        if main and read_status(rdir).get("state") != "interrupted":  # the trainer said it first
+            why = f"stopped in phase {phase} ({type(e).__name__})"
+            update_status(rdir, state="interrupted", phase=phase, error=why)
         raise
     status = update_status(rdir, state="completed", phase="done", error=None)
     return {"run_dir": str(rdir), "evals": done, "attempts": status.get("attempts")}
@@ -214,15 +220,12 @@ def slurm_cpus() -> int | None:
     return int(value) if value else None
 
 
-def mark_requeued(run_dir: Path, step: int) -> None:
-    """The trainer saved at `step` on a preemption signal: the run waits for its requeue."""
-    update_status(run_dir, state="requeued", step=step)
-
-
 def trainer_hooks() -> dict[str, Any]:
     """What the harness tells the trainer (model/ knows nothing of SLURM or requeues): one CPU
-    thread per allotted CPU (SLURM packs array tasks side by side), and the requeued state."""
-    return {"num_threads": slurm_cpus(), "on_preempt": mark_requeued}
+    thread per allotted CPU (SLURM packs array tasks side by side). A signal leaves the run
+    interrupted (the trainer says so); `requeued` is written by PointJob when it requeues the
+    job (harness.point_job), the one place that knows a requeue will happen."""
+    return {"num_threads": slurm_cpus()}
 
 
 def _default_eval(cfg: DictConfig) -> dict:

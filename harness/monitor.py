@@ -68,6 +68,8 @@ def wait(root: str, name: str, every: float = 60.0, poll_s: float = 5.0) -> None
 
 def cmd_status(args: argparse.Namespace) -> int:
     """cfh status GRID [--watch [SECONDS]]"""
+    if args.watch < 0 or args.watch != args.watch:  # 0: no watch; nan refused too
+        raise UserError(f"--watch {args.watch:g} is not allowed; expected a number of seconds > 0")
     name = _grid_name(args.grid)
     if not plan_path(args.root, name).is_file():  # show the points it would run, then refuse
         print_status(args.root, name)  # as `cfh report` does: same words, same exit code

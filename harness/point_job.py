@@ -12,7 +12,9 @@ preemption; `job._interrupt()` sends SIGTERM then USR2):
   trainer raises `model.train.Preempted`, a SystemExit). `PointJob` then requeues the job:
   `checkpoint()` returns a `DelayedSubmission` of the same `PointJob` and `run_dir`, so the
   requeued job calls `fn(run_dir)` again, and `fn` resumes from what it saved in `run_dir`.
-  A work function that returns normally has finished: the job completes, no requeue.
+  Just before, a run folder's status.json is marked `requeued` (here, the one place that knows
+  a requeue follows; the work function said `interrupted`). A work function that returns
+  normally has finished: the job completes, no requeue.
 - A work function that does not leave within `grace_s` of USR2 is interrupted (SIGALRM) and
   the job is requeued anyway; whatever it had not saved is lost.
 - SIGTERM alone (scancel, `cfh cancel`) never requeues: the function may save and exit.
@@ -36,6 +38,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import DelayedSubmission, UncompletedJobError, temporary_save_path
 
+from core.io import update_status
 from harness.profiles import validate_profile
 
 _PREEMPTION = threading.Event()
@@ -171,6 +174,8 @@ class PointJob(submitit.helpers.Checkpointable):
             resubmit.dump(tmp)
         kind = "time-out" if timed_out else "preemption"
         _log(f"requeueing job {env.job_id} after {kind} ({countdown} time-out requeues left)")
+        if (Path(run_dir) / "status.json").is_file():  # a run folder: say it waits for the requeue
+            update_status(run_dir, state="requeued")
         env._requeue(countdown)  # noqa: SLF001 - scontrol requeue (slurm), exit 144 (local)
         sys.exit(-1)
 

@@ -57,6 +57,24 @@ class TrainPoint:
         }
 
 
+def points_text(n: int, kind: str = "") -> str:
+    """'1 point', '3 eval points': a count of points as a plan prints it."""
+    noun = f"{kind} point" if kind else "point"
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def evals_per_point_text(points: list[TrainPoint]) -> str:
+    """'4 eval points per train point', or where points differ (an eval exclude, a checkpoint
+    that a shorter run lacks) '2 eval points for 4 train points, 3 for 2'."""
+    counts: dict[int, int] = {}
+    for p in points:
+        counts[len(p.evals)] = counts.get(len(p.evals), 0) + 1
+    if len(counts) == 1:
+        return f"{points_text(next(iter(counts)), 'eval')} per train point"
+    parts = [f"{n} for {points_text(k, 'train')}" for n, k in sorted(counts.items())]
+    return f"eval points per train point: {', '.join(parts)}"
+
+
 def eval_key(settings: dict) -> str:
     """Short hash of an eval point's resolved sample/eval settings (speed-only keys left out)."""
     kept = {s: dict(v) for s, v in settings.items()}

@@ -192,7 +192,10 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
     )
     if backend == "local":
         if nodes != 1:
-            raise bad("nodes", " on the local backend (one machine)")
+            raise UserError(
+                f"{where}: nodes={nodes} is not allowed on the local backend (one machine); "
+                "expected 1 (several nodes: a slurm profile, e.g. cluster=slurm)"
+            )
         if gpus:
             have = _local_gpu_count()
             if gpus > have:

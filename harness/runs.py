@@ -186,6 +186,7 @@ def write_plan(
         "overrides": grid.cli_overrides,
         "axis_keys": grid.axis_keys(),
         "eval_axis_keys": grid.eval_axis_keys(),
+        "findings": grid.findings,  # the claims `cfh report` judges (harness.findings)
         "updated": now_iso(),
         "points": [p.to_json() for p in points],
         "removed": removed or [],

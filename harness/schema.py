@@ -41,13 +41,14 @@ from core.choices import (
     SIZE_NAMES,
     STEP_MODES,
     TOKENIZERS,
+    TRAIN_SPLITS,
     WEIGHT_SCHEDULES,
 )
-from core.errors import UserError
+from core.errors import DataMissing, UserError, data_check
 from core.keys import flatten
 from harness.config_search import group_options
 from harness.profiles import validate_profile
-from model.data.checks import check_data_config  # torch-free, as this module must stay
+from model.data.checks import check_data_config, train_size  # torch-free, as this module must stay
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ SCHEMA: dict[str, Spec] = {
     "data.num_classes": integer(1),
     "data.patch_size": integer(1),
     "data.flip": boolean(),
+    "data.train_split": choice(*TRAIN_SPLITS),  # image datasets
+    "data.on_device": boolean(),
     "data.latent_scale": number(0, lo_open=True),
     "data.captions_per_image": integer(1),  # caption datasets (joint runs)
     "data.tokenizer": choice(*TOKENIZERS),
@@ -167,6 +170,7 @@ SCHEMA: dict[str, Spec] = {
     "train.eps": number(0, 1, lo_open=True),
     "train.grad_clip": number(0),
     "train.ema_decay": number(0, 1),
+    "train.ema_warmup": boolean(),
     "train.label_dropout": number(0, 1, hi_open=True),
     "train.ar.mode": choice(*STEP_MODES),
     "train.ar.steps": integer(1),
@@ -295,15 +299,18 @@ def _cross_checks(cfg: ConfigView) -> None:
             "(e.g. [jsonl,tensorboard])"
         )
     d = cfg.data
-    if d.root == "???":
-        raise UserError(f"data.root is required for data={d.name} (a folder path)")
-    if d.root is not None and not Path(str(d.root)).expanduser().exists():
-        raise UserError(f"data.root={d.root!r}: no such file or folder")
     if d.patch_size > d.resolution or d.resolution % d.patch_size:
         raise UserError(
             f"data.patch_size={d.patch_size} must divide data.resolution={d.resolution}"
         )
-    check_data_config(d, (str(cfg.eval.split),))
+    with data_check(d.root):  # checks that need the data on disk: a dry run warns, plans on
+        if d.root == "???":
+            raise DataMissing(  # as model.data.checks.data_root says it: one note per cause
+                f"data={d.name} needs data.root (a folder), e.g. data.root=/path/to/{d.name}"
+            )
+        if d.root is not None and not Path(str(d.root)).expanduser().exists():
+            raise DataMissing(f"data.root={d.root!r}: no such file or folder")
+        check_data_config(d, (str(cfg.eval.split),))
     L, grid = num_tokens(cfg), d.resolution // d.patch_size
     for key, value in (
         ("train.ar.steps", cfg.train.ar.steps),
@@ -340,6 +347,45 @@ def _cross_checks(cfg: ConfigView) -> None:
             f"profile in cluster/ of a config dir: {', '.join(profiles)}"
         )
     validate_profile(cfg.cluster)
+
+
+def check_train_batch(cfg: Any, world: int = 1) -> None:
+    """A training plan's global batch: it splits over the `world` ranks and is no larger than
+    one epoch of the train split (model.data.checks.train_size). Called where a run is trained
+    (cfh train, grid points), not by validate_config: sampling does not use train.batch_size."""
+    batch = int(cfg["train"]["batch_size"])
+    if batch % world:
+        raise UserError(
+            f"train.batch_size={batch} does not split over the {world} ranks (WORLD_SIZE); "
+            f"use a multiple of {world}"
+        )
+    data = cfg["data"]
+    n = None
+    with data_check(data["root"]):  # a dry run before the data exists cannot count it
+        n = train_size(data, batch + 1)  # counting to batch + 1 tells whether the batch fits
+    if n is None or batch <= n:
+        return
+    per_rank = f" ({batch // world} per rank x {world} ranks)" if world > 1 else ""
+    most = n - n % world
+    allowed = f"1..{n}" if world == 1 else f"a multiple of {world} up to {most}"
+    items = "image-caption pairs" if data["name"] in CAPTION_DATASETS else "images"
+    split = data.get("train_split") or "train"
+    where = "the train split" if split == "train" else f"data.train_split={split}"
+    raise UserError(
+        f"train.batch_size={batch}{per_rank} is larger than {where} of data={data['name']} "
+        f"({n:,} {items}); allowed: {allowed}"
+    )
+
+
+def check_kid_subset(cfg: Any) -> None:
+    """An evaluation's KID subsets are drawn from its samples: eval.kid_subset_size at most
+    sample.num (caption evaluations compute no KID)."""
+    kid, num = cfg["eval"]["kid_subset_size"], cfg["sample"]["num"]
+    if cfg["eval"]["task"] != "caption" and kid > num:
+        raise UserError(
+            f"eval.kid_subset_size={kid} is above sample.num={num} (KID subsets are drawn from "
+            f"the samples); allowed: 2..{num}, or raise sample.num"
+        )
 
 
 def _joint_checks(cfg: ConfigView) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.hashing import json_hash
-from core.keys import flatten
+from core.keys import CONDITIONAL_KEYS, flatten
 from core.names import SIGNATURE_LEN
 from harness.config import default_config
 from harness.config_search import config_dirs
@@ -37,15 +37,10 @@ NON_RESULT_KEYS = (
     "train.grad_checkpointing",
     "train.max_nonfinite",
     "model.attention",  # sdpa and flex compute the same attention
+    "data.on_device",  # the same batches, gathered on the training device
 )
-# key -> (key, values) under which it is used; elsewhere it is ignored by the trainer, so it is
-# left out of the signature (uniform S_train does not depend on train.ar.steps).
-CONDITIONAL_KEYS = {
-    "train.ar.steps": ("train.ar.mode", ("fixed",)),
-    "train.ar.decay": ("train.ar.mode", ("decay",)),
-    "train.order_block": ("train.order", ("block_raster",)),
-    "train.loss.min_snr_gamma": ("train.loss.noise_weighting", ("min_snr",)),
-}
+# A conditional key (core.keys.CONDITIONAL_KEYS) is ignored by the trainer where its condition
+# does not hold, so it is left out of the signature (uniform S_train does not use train.ar.steps).
 
 
 def _default_flat() -> dict[str, Any]:

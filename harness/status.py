@@ -7,6 +7,10 @@ A point's state combines three sources, none of which is trusted alone:
 If the last submitted job has not started yet (status.json names another job id), the
 scheduler decides (pending); once it has, status.json decides, corrected by the scheduler when
 the job died without writing (killed, out of memory, node failure: failed; scancel: cancelled).
+A running status.json that no scheduler can confirm (a plain `cfh train`, a job sacct forgot)
+whose run lock (core.io.run_lock) no process holds is failed: "process gone", with the run's
+last log line. `interrupted` (SIGINT, or a signal where nothing requeues) is shown as is and,
+like failed and cancelled, resubmitted by `cfh sweep --retry`.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.runfolder import ROW_STATES, read_run_folder
+from core.runfolder import ROW_STATES, last_log_line, read_run_folder
 from harness.runs import read_submission, run_dir
 
 STATES = ROW_STATES  # a row's states, in the order the summary line counts them
 FAILING = ("failed", "damaged")
 ACTIVE = ("pending", "running", "requeued")
 WAITING = ("pending", "requeued")  # job states (harness.executors.job_states) of a queued job
+RETRYABLE = ("failed", "interrupted", "cancelled", "damaged")  # what `cfh sweep --retry` resubmits
 
 
 @dataclass
@@ -154,7 +159,10 @@ def row_for(
             error=folder.problems[0],
             log=str(rdir / "status.json"),
         )
-    state = derive_state(status, sub, sched.get(str(job_id)) if job_id else None, eval_keys)
+    job_state = sched.get(str(job_id)) if job_id else None
+    state = derive_state(status, sub, job_state, eval_keys)
+    if state == "running" and folder.gone and job_state in (None, "unknown"):
+        state = "failed"  # no scheduler to ask (a plain process, or a job sacct forgot)
     # Trained by the last job, which ended before eval points that a grid added since: the
     # point is pending and nothing will run it unless the sweep submits it again.
     last_job_wrote = sub.get("job_id") is None or str(status.get("job_id")) == str(sub["job_id"])
@@ -170,8 +178,11 @@ def row_for(
     latest = max(scored, key=lambda r: str(r.get("created") or ""), default={})
     said = folder.progress()
     error, log = said["error"], said["log"]
-    if state == "failed" and not error:
-        error = f"job {job_id} ended ({sched.get(str(job_id), 'unknown')}) without finishing"
+    if state == "failed" and status.get("state") == "running":  # it died without saying why
+        ended = f"job {job_id} ended ({job_state or 'unknown'}) without finishing"
+        error = folder.gone or _with_last_line(ended, rdir)
+    elif state == "failed" and not error:
+        error = f"job {job_id} ended ({job_state or 'unknown'}) without finishing"
     return Row(
         signature=sig,
         axes=axes,
@@ -191,6 +202,11 @@ def row_for(
         fids=fids,
         extra={"evals_missing": evals_missing},
     )
+
+
+def _with_last_line(text: str, rdir: Path) -> str:
+    last = last_log_line(rdir)
+    return f"{text}; last log line: {last}" if last else text
 
 
 def _parse_time(text: Any) -> dt.datetime | None:

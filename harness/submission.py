@@ -15,7 +15,7 @@ from typing import Any
 from core.io import now_iso
 from harness import runs
 from harness.expansion import Grid
-from harness.points import TrainPoint
+from harness.points import TrainPoint, points_text
 from harness.profiles import MAX_ARRAY_SIZE, validate_profile
 from harness.status import Row, progress_lines, row_for, train_rate
 
@@ -123,7 +123,8 @@ def resources_text(grid: Grid, points: Sequence[TrainPoint], root: str) -> str:
         tasks = p.tasks_per_node
         mem = f"{p.mem_gb:g} GB" if p.mem_gb is not None else "default"
         head = (
-            f"array {i + 1}/{len(groups)}: {len(group)} points, cluster {p.name} ({p.backend}): "
+            f"array {i + 1}/{len(groups)}: {points_text(len(group))}, cluster {p.name} "
+            f"({p.backend}): "
             f"nodes {p.nodes}, tasks/node {tasks}, gpus/node {p.gpus_per_node}, cpus/task "
             f"{p.cpus_per_task}, mem {mem}, time {p.timeout_min:g} min"
         )

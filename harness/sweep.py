@@ -2,9 +2,10 @@
 
 `cfh sweep` expands and validates the grid, then compares every point with its run folder and
 the scheduler: a point with no result is submitted, a running one left alone, a completed one
-skipped, a failed or cancelled one resubmitted only with --retry; points that left the grid since
-the last sweep are reported (their jobs cancelled with --prune). It prints that plan before
-submitting (--dry-run stops there), so running it twice submits nothing the second time.
+skipped, a failed, interrupted or cancelled one resubmitted only with --retry; points that
+left the grid since the last sweep are reported (their jobs cancelled with --prune). It prints
+that plan before submitting (--dry-run stops there), so running it twice submits nothing the
+second time.
 
 Execution goes through harness.submission and harness.executors (submitit): every point is one
 job running `harness.jobs.run_point(run_dir)` (train, then its eval points), wrapped in the
@@ -18,24 +19,25 @@ job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import UserError
+from core.errors import UserError, defer_missing_data
 from core.names import SIGNATURE_RE
 from harness import runs
 from harness.expansion import Grid
 from harness.grid import load_grid
 from harness.monitor import cmd_cancel, cmd_status, print_status, wait
-from harness.points import TrainPoint
-from harness.status import ACTIVE, collect, short_key
+from harness.points import TrainPoint, evals_per_point_text, points_text
+from harness.status import ACTIVE, RETRYABLE, collect, short_key
 from harness.submission import cancel_points, compress_ids, resources_text, submit, wait_local
 from harness.values import format_value
 
-# What reconcile does with a point, by state (failed/cancelled depend on --retry).
+# What reconcile does with a point, by state (the RETRYABLE ones depend on --retry).
 ACTION_BY_STATE = {
     "missing": "submit",
     "pending": "skip",
@@ -69,7 +71,7 @@ def reconcile(
     out = []
     for p, row in zip(points, rows, strict=True):
         state = row.state
-        if state in ("failed", "cancelled", "damaged"):
+        if state in RETRYABLE:
             action = "retry" if retry else "skip"
             reason = "" if retry else f"{state}; --retry resubmits it"
         elif row.extra.get("evals_missing"):
@@ -135,21 +137,29 @@ def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """cfh sweep GRID [overrides] [--dry-run] [--retry] [--prune] [--wait]"""
     t0 = time.perf_counter()
+    every = parse_every(getattr(args, "every", 60.0))  # the flags first: before any work
+    seeds = getattr(args, "seeds", None)
+    seeds = parse_seeds(seeds) if seeds is not None else None
+    extend = getattr(args, "extend", None)
+    extend = parse_extend(extend) if extend is not None else None
     grid = load_grid(args.grid, args.overrides)
-    if getattr(args, "seeds", None):
-        grid.seeds = parse_seeds(args.seeds)
-    points = grid.expand()
+    if seeds is not None:
+        set_seeds(grid, seeds)
+    # a dry run plans before the data exists (latents not encoded yet): what needs the data
+    # on disk is a warning there, and is checked again at submission
+    with defer_missing_data() if args.dry_run else contextlib.nullcontext([]) as missing:
+        points = grid.expand()
     root = args.root
-    extend = parse_extend(args.extend) if getattr(args, "extend", None) else None
+    if extend is not None:
+        check_extends(grid, points, extend)
     runs.check_grid_file(root, grid)
     if args.dry_run:
         _plan(grid, points, args)
         print(resources_text(grid, points, root))
+        for note in missing:
+            print(f"warning: {note} (a dry run plans without the data; a sweep refuses)")
         print("dry run: nothing submitted")
         return 0
-    every = float(getattr(args, "every", 60.0))
-    if not every > 0:
-        raise UserError(f"--every {every:g} must be a number of seconds > 0")
     with runs.grid_lock(root, grid.name, "cfh sweep"):  # plan and submit as one step
         todo, submitted = _plan_and_submit(grid, points, args, extend)
     local = points[0].config["cluster"]["backend"] == "local"
@@ -161,7 +171,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     ids = [str(job.job_id) for _, job in submitted]
     if local:
         parallel = todo[0].config["cluster"].get("parallelism", 1)
-        print(f"running {len(todo)} points here, {parallel} at a time (jobs {compress_ids(ids)})")
+        jobs = compress_ids(ids)
+        print(f"running {points_text(len(todo))} here, {parallel} at a time (jobs {jobs})")
         try:
             wait_local(root, submitted, every)
         except KeyboardInterrupt:
@@ -194,7 +205,8 @@ def cfg_job(args: argparse.Namespace) -> int:
         cfg.update(copy.deepcopy(first.evals[0].settings))
     cfg["run_dir"] = str(runs.run_dir(args.root, first.signature))
     n_evals = sum(len(p.evals) for p in points)
-    print(f"# grid {grid.name} ({grid.path}): {len(points)} train points, {n_evals} eval points")
+    counts = f"{points_text(len(points), 'train')}, {points_text(n_evals, 'eval')}"
+    print(f"# grid {grid.name} ({grid.path}): {counts}")
     print(f"# the first point's config ({first.signature}, its first eval point):")
     print(OmegaConf.to_yaml(OmegaConf.create(cfg)), end="")
     print("# every point, by the values that tell it apart:")
@@ -210,18 +222,14 @@ def cfg_job(args: argparse.Namespace) -> int:
 def _plan(grid: Grid, points: list[TrainPoint], args: argparse.Namespace) -> list[Decision]:
     """Reconcile the grid with the root and print the plan."""
     decisions = reconcile(grid, points, args.root, retry=args.retry, prune=args.prune)
-    print(f"grid {grid.name} ({grid.path}): {len(points)} points; root {args.root}")
+    print(f"grid {grid.name} ({grid.path}): {points_text(len(points))}; root {args.root}")
     if grid.description:
         print(grid.description)
     for note in grid.notes:
         print(f"note: {note}")
     print(plan_table(grid, decisions))
     if grid.eval_axis_keys() and points:
-        n_evals = sorted({len(p.evals) for p in points})
-        print(
-            f"eval axes: {', '.join(grid.eval_axis_keys())}; "
-            f"{'/'.join(map(str, n_evals))} eval points per train point"
-        )
+        print(f"eval axes: {', '.join(grid.eval_axis_keys())}; {evals_per_point_text(points)}")
     n_todo = sum(d.action in ("submit", "retry") and d.point is not None for d in decisions)
     n_removed = sum(d.action in ("removed", "cancel", "prune") for d in decisions)
     n_skip = sum(d.action == "skip" for d in decisions)
@@ -236,6 +244,34 @@ def parse_seeds(text: str) -> list[int]:
     if not parts or not all(t.isdigit() for t in parts):
         raise UserError(f"--seeds {text!r} is not allowed; expected integers >= 0 like 0,1,2")
     return list(dict.fromkeys(int(t) for t in parts))
+
+
+def parse_every(value: float) -> float:
+    """--every SECONDS: a number of seconds > 0."""
+    every = float(value)
+    if not every > 0:  # also refuses nan
+        raise UserError(f"--every {every:g} is not allowed; expected a number of seconds > 0")
+    return every
+
+
+def set_seeds(grid: Grid, seeds: list[int]) -> None:
+    """--seeds replaces the grid file's seeds; a grid that sets `seed` itself is refused."""
+    if "seed" in grid.train.axis_keys() or "seed" in grid.train.base or "seed" in grid.cli_axes:
+        raise UserError(
+            f"--seeds: grid {grid.name} ({grid.path}) sets seed in its base, axes or include; "
+            "give seeds in one place"
+        )
+    grid.seeds = seeds
+
+
+def check_extends(grid: Grid, points: Sequence[TrainPoint], steps: int) -> None:
+    """--extend train.steps=N must extend: N above the train.steps of every point of the grid."""
+    most = max(int(p.config["train"]["steps"]) for p in points)
+    if steps <= most:
+        raise UserError(
+            f"--extend train.steps={steps} does not extend grid {grid.name}: its points train "
+            f"for {most} steps (train.steps); allowed: N > {most}"
+        )
 
 
 def parse_extend(text: str) -> int:
@@ -260,12 +296,10 @@ def extend_runs(root: str, decisions: list[Decision], steps: int) -> list[Decisi
 
     from core.io import atomic_write_text
 
-    out = []
+    loaded = {}  # read (and refuse) every run first: a refusal leaves no config rewritten
     for d in decisions:
-        rdir = runs.run_dir(root, d.signature)
-        path = rdir / "config.yaml"
+        path = runs.run_dir(root, d.signature) / "config.yaml"
         if d.point is None or not path.is_file() or d.state in ("running", "requeued"):
-            out.append(d)
             continue
         cfg = OmegaConf.load(path)
         have = int(cfg.train.steps)
@@ -274,6 +308,14 @@ def extend_runs(root: str, decisions: list[Decision], steps: int) -> list[Decisi
                 f"--extend train.steps={steps}: run {d.signature} already has train.steps={have};"
                 " a run is extended, never shortened"
             )
+        loaded[d.signature] = (path, cfg, have)
+    out = []
+    for d in decisions:
+        if d.point is None or d.signature not in loaded:
+            out.append(d)
+            continue
+        path, cfg, have = loaded[d.signature]
+        rdir = path.parent
         if have < steps:
             cfg.train.steps = steps
             atomic_write_text(path, OmegaConf.to_yaml(cfg))
@@ -355,14 +397,16 @@ def _parser(sub: argparse._SubParsersAction, name: str, text: str, epilog: str) 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add sweep, status and cancel to the cfh parser."""
     p = _parser(sub, "sweep", "submit a grid's missing points (reconcile)", SWEEP_EPILOG)
-    p.add_argument("grid", help="grid name (grids/NAME.yaml of a config dir) or a grid file path")
+    p.add_argument("grid", help="grid name (grids/NAME.yaml of a config dir) or a .yaml file path")
     p.add_argument(
         "overrides",
         nargs="*",
         help="key=value overrides added to the grid's base; hydra sweeps add axes",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
-    p.add_argument("--retry", action="store_true", help="resubmit failed and cancelled points")
+    p.add_argument(
+        "--retry", action="store_true", help="resubmit failed, interrupted and cancelled points"
+    )
     p.add_argument(
         "--prune", action="store_true", help="cancel and unlink points removed from the grid"
     )

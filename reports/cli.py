@@ -9,6 +9,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from reports.check import (
+    BASELINE_DIR,
     DEFAULT_ABS_TOL,
     DEFAULT_K,
     check_tolerances,
@@ -50,7 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("grid", help="grid name")
-    c.add_argument("--baseline", help="baseline CSV (default: reports/baselines/GRID.csv)")
+    c.add_argument(
+        "--baseline",
+        help="baseline CSV (default: the one shipped with cfh for GRID, in the installed "
+        "package's reports/baselines/, wherever cfh runs from)",
+    )
     c.add_argument(
         "--abs-tol",
         type=float,
@@ -96,6 +101,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     check_tolerances(args.abs_tol, args.k)
     baseline = Path(args.baseline) if args.baseline else default_baseline(grid)
+    if not args.baseline and not baseline.is_file():
+        shipped = ", ".join(sorted(p.stem for p in BASELINE_DIR.glob("*.csv"))) or "none"
+        raise UserError(
+            f"cfh ships no baseline for grid {grid!r} (shipped: {shipped}, in {BASELINE_DIR}); "
+            f"pass --baseline PATH, written by `cfh check {grid} --update-baseline --baseline "
+            "PATH` after a good sweep"
+        )
     set_size_cache(Path(args.root) / ".cache" / "reports" / "model_sizes.json")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResultsWarning)

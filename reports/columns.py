@@ -106,9 +106,11 @@ LEAD_COLUMNS = (
     *METRIC_COLUMNS,
     "nfe",
     "sample_cost",
+    "sample_flops",
     "train_img_per_s",
     "train_tokens_per_s",
     "mfu",
+    "data_wait_frac",
     "peak_mem_mb",
     "wall_hours",
     "final_loss",
@@ -144,5 +146,6 @@ NUMERIC_COLUMNS = (
     "train_img_per_s",
     "train_tokens_per_s",
     "mfu",
+    "data_wait_frac",
     "peak_mem_mb",
 )

@@ -57,7 +57,8 @@ def key_text(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
 
 
 def setting_labels(df: pd.DataFrame) -> pd.Series:
-    """A short legend label per row: the train-key columns that vary in `df` (seed excluded)."""
+    """A short legend label per row: the train-key columns that vary in `df` (seed excluded);
+    a column a run leaves empty (a setting it did not use, reports.rows) adds no part."""
     train = df[df["kind"] == "train"]
     varying = [c for c in TRAIN_KEY_COLUMNS if c in df and train[c].nunique(dropna=False) > 1]
     extra = [c for c in df.columns if "." in c and train[c].nunique(dropna=False) > 1]
@@ -70,11 +71,12 @@ def setting_labels(df: pd.DataFrame) -> pd.Series:
         "batch_size": "batch",
     }
     cols = varying + extra or ["s_train"]
-    parts = [
-        (names.get(c, c) + "=" if len(cols) > 1 or c != "s_train" else "S_train=") + as_text(df[c])
-        for c in cols
+    named = [names.get(c, c) if len(cols) > 1 or c != "s_train" else "S_train" for c in cols]
+    parts = [  # a setting the run did not use (an empty column) adds no part
+        (name + "=" + as_text(df[c])).where(df[c].notna() | (c == cols[0]), "").astype(object)
+        for name, c in zip(named, cols, strict=True)
     ]
-    return functools.reduce(lambda a, b: a + ", " + b, parts)
+    return functools.reduce(lambda a, b: a + (", " + b).where(b != "", ""), parts)
 
 
 def fmt_value(v: Any) -> str:

@@ -97,12 +97,13 @@ def heatmap_s_train_s_eval(df: pd.DataFrame, out: Path) -> Path | None:
 def training_curves(
     df: pd.DataFrame, curves: pd.DataFrame, out: Path, palette: Palette | None = None
 ) -> Path | None:
-    """Training loss vs step, and FID vs checkpoint step (mean, band = sd over seeds)."""
+    """Training loss vs step, and FID vs checkpoint step (mean, band = sd over seeds) of the runs
+    with two or more checkpoints evaluated (one checkpoint is no curve). Saved as
+    `training_curves`, or as `training_loss` when no run has an FID curve (loss only)."""
     runs = df[df["kind"] == "train"].drop_duplicates("signature")[["signature", "setting"]]
     loss = curves.merge(runs, on="signature") if "loss" in curves else pd.DataFrame()
     fid = df[(df["kind"] == "train") & df["fid"].notna()]
-    if fid["ckpt_step"].nunique() < 2:  # one checkpoint is no curve
-        fid = fid.iloc[0:0]
+    fid = fid[fid.groupby("signature")["ckpt_step"].transform("nunique") >= 2]
     if loss.empty and fid.empty:
         return None
     palette = palette or ps.setting_palette(df)
@@ -116,7 +117,8 @@ def training_curves(
                 data=loss, x="step", y="loss", errorbar="sd", ax=ax_loss, **ps.hue(loss, palette)
             )
             ps.log_if_wide(ax_loss, loss["loss"])
-        fig.suptitle(f"Training loss and FID over training{note or fid_note}")
+        what = "Training loss" if fid.empty else "Training loss and FID"
+        fig.suptitle(f"{what} over training{note or fid_note}")
         ax_loss.set(
             title="Training loss",
             xlabel="training step",
@@ -142,7 +144,7 @@ def training_curves(
         if fid.empty:  # loss curves only
             ax_fid.set_visible(False)
             ps.legend_outside(ax_loss, palette.legend_title())
-            return ps.save(fig, out, "training_curves")
+            return ps.save(fig, out, "training_loss")
         if ax_loss.get_legend() is not None:
             ax_loss.get_legend().remove()  # the FID panel's legend names the same settings
         ps.legend_outside(ax_fid, palette.legend_title("training setting / S_eval"))
@@ -199,14 +201,18 @@ def throughput_vs_params(df: pd.DataFrame, out: Path) -> Path | None:
                 xlabel="parameters (count, log scale)",
                 ylabel=f"{what} throughput (images/s)",
             )
+        if not sample.empty:  # a measured rate: it moves with whatever else the machine runs
+            ax_s.set_title("Sampling throughput vs model size (measured: moves with machine load)")
         return ps.save(fig, out, "throughput_vs_params")
 
 
 def fid_vs_cost(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> Path | None:
-    """FID against sampling cost with the Pareto front: left the analytic cost (network
-    evaluations x tokens per evaluation), right the measured time per image."""
+    """FID against sampling cost with the Pareto front: left the token evaluations (network
+    evaluations x tokens per evaluation), right the analytic sampling FLOPs per image (model
+    size included). Both are computed, not timed: a measured img/s moves with the machine's
+    load (the same settings measured 4x apart on a shared machine), so it stays in the tables."""
     data = final_evals(df)
-    data = data[data["sample_cost"].notna() | data["sample_img_per_s"].notna()]
+    data = data[data["sample_cost"].notna() | data["sample_flops"].notna()]
     if data.empty:
         return None
     palette = palette or ps.setting_palette(df)
@@ -214,10 +220,10 @@ def fid_vs_cost(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> 
     points = data.groupby(["setting", "eval_key"], observed=True, as_index=False).agg(
         fid=("fid", "mean"),
         cost=("sample_cost", "first"),
-        img_s=("sample_img_per_s", "mean"),
+        gflops=("sample_flops", "first"),
         s_eval=("s_eval", "first"),
     )
-    points["ms_per_img"] = 1000.0 / points["img_s"]
+    points["gflops"] /= 1e9
     s_eval, s_order = ps.s_eval_style(points["s_eval"])
     points["S_eval"] = s_eval
     with ps.seaborn_style():
@@ -226,7 +232,7 @@ def fid_vs_cost(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> 
         fig.suptitle(f"FID vs sampling cost, Pareto front in black{note}")
         panels = (
             ("cost", "network evaluations x tokens per evaluation, per image"),
-            ("ms_per_img", "measured sampling time per image (ms)"),
+            ("gflops", "sampling GFLOPs per image (analytic, incl. model size)"),
         )
         for ax, (x, label) in zip(axes, panels, strict=True):
             part = points[points[x].notna() & np.isfinite(points[x])]
@@ -243,7 +249,7 @@ def fid_vs_cost(df: pd.DataFrame, out: Path, palette: Palette | None = None) -> 
             ax.set_xscale("log")
             ps.plain_log_ticks(ax.xaxis)
             ps.log_if_wide(ax, points["fid"])
-            title = "analytic cost" if x == "cost" else "measured cost"
+            title = "token evaluations" if x == "cost" else "sampling FLOPs"
             ax.set(title=title, xlabel=label, ylabel="FID (lower is better)")
             ax.legend().remove() if ax is axes[0] else ax.legend()
         ps.legend_outside(axes[1], palette.legend_title("training setting / S_eval"))
@@ -342,9 +348,9 @@ def all_plots(df: pd.DataFrame, curves: pd.DataFrame, out: str | Path) -> dict[s
     made = {
         "fid_vs_s_eval": fid_vs_s_eval(df, out, palette),
         "heatmap_s_train_s_eval": heatmap_s_train_s_eval(df, out),
-        "training_curves": training_curves(df, curves, out, palette),
+        "training_curves": training_curves(df, curves, out, palette),  # or training_loss
         "throughput_vs_params": throughput_vs_params(df, out),
         "fid_vs_cost": fid_vs_cost(df, out, palette),
         "samples": sample_grids(df, out, palette),
     }
-    return {k: v for k, v in made.items() if v is not None}
+    return {v.stem: v for v in made.values() if v is not None}  # the file says what it shows

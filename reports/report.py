@@ -22,6 +22,7 @@ import yaml
 from core.io import atomic_write_bytes, atomic_write_text, now_iso
 from reports import plots
 from reports.columns import EVAL_KEY_COLUMNS
+from reports.findings import NOTE, findings_view, judge_findings
 from reports.results import Results, ResultsWarning, scan
 from reports.sizes import set_size_cache
 from reports.tables import (
@@ -37,9 +38,15 @@ from reports.tables import (
 PLOT_CAPTIONS = {
     "fid_vs_s_eval": "FID vs S_eval, one line per training setting (band: sd over seeds).",
     "heatmap_s_train_s_eval": "Mean FID per training setting and S_eval.",
-    "training_curves": "Training loss and FID vs training step.",
-    "throughput_vs_params": "Training and sampling throughput vs parameter count.",
-    "fid_vs_cost": "FID vs sampling cost, with the Pareto front (black).",
+    "training_curves": "Training loss vs training step (left) and FID vs checkpoint step "
+    "(right; runs with two or more checkpoints evaluated).",
+    "training_loss": "Training loss vs training step (no FID over training: each run has one "
+    "checkpoint evaluated).",
+    "throughput_vs_params": "Training and sampling throughput vs parameter count (measured: "
+    "both move with the machine's load).",
+    "fid_vs_cost": "FID vs sampling cost, with the Pareto front (black): token evaluations "
+    "(left) and analytic sampling FLOPs per image (right), which do not move with the "
+    "machine's load; measured img/s is in results.csv and the model-size table.",
     "samples": "Sample grids per run (first seed of each setting), one column per S_eval.",
 }
 MAX_LISTED_RUNS = 50
@@ -128,6 +135,7 @@ def report_blocks(
         *state_blocks(df),
         Block("h2", "Winner per S_eval"),
         *winner_blocks(df),
+        *finding_blocks(results),
         Block("h2", "Tables"),
     ]
     if not tables:
@@ -278,6 +286,17 @@ def winner_blocks(df: pd.DataFrame) -> list[Block]:
     )
     note = fid_context(df)
     return [Block("frame", view, f"{note}." if note else "")]
+
+
+def finding_blocks(results: Results) -> list[Block]:
+    """The findings the grid file names (plan.json), each with its verdict against the noise."""
+    findings = results.plan.get("findings") if isinstance(results.plan, dict) else None
+    if not findings:
+        return []
+    judged = judge_findings(results.table, findings)
+    if judged.empty:
+        return []
+    return [Block("h2", "Findings the grid tests"), Block("frame", findings_view(judged), NOTE)]
 
 
 def _pm(mean: pd.Series, std: pd.Series, n: pd.Series) -> pd.Series:

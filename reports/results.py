@@ -52,7 +52,7 @@ from reports.columns import (
 )
 from reports.labels import ar_weighting_labels, key_text, s_train_labels, setting_labels
 from reports.rows import bench_grid, point_axes, read_bench, read_run
-from reports.sizes import add_model_size
+from reports.sizes import add_model_size, add_sample_flops
 
 __all__ = [  # the loader's names, and those other modules and cfh bench take from here
     "EVAL_KEY_COLUMNS",
@@ -175,6 +175,7 @@ def _finish(df: pd.DataFrame, curves: pd.DataFrame, grid: str | None) -> pd.Data
     df["nfe"] = df["s_eval"] * df["sampler_steps"] * cfg_factor
     # Tokens each evaluation denoises: one of S_eval groups, L / S_eval tokens on average.
     df["sample_cost"] = df["nfe"] * df["tokens"] / df["s_eval"]
+    df = add_sample_flops(df)  # the cost that does not move with the machine's load
     df["train_key"] = key_text(df, TRAIN_KEY_COLUMNS)
     df["eval_key"] = key_text(df, EVAL_KEY_COLUMNS)
     df["setting"] = setting_labels(df)
@@ -184,8 +185,11 @@ def _finish(df: pd.DataFrame, curves: pd.DataFrame, grid: str | None) -> pd.Data
 
 
 def _merge_train_stats(df: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """Add each run's throughput, memory, wall time and final loss from metrics.jsonl."""
-    stats = train_stats(curves)
+    """Add each run's throughput, memory, wall time and final loss from metrics.jsonl; a row of
+    a checkpoint's evaluation gets the wall time up to that checkpoint (wall_curves)."""
+    train = df["kind"] == "train"
+    batch = df[train].groupby("signature")["batch_size"].first() if "batch_size" in df else None
+    stats = train_stats(curves, batch)
     if stats.empty:
         return df
     merged = df[["signature"]].merge(stats, how="left", left_on="signature", right_index=True)
@@ -193,13 +197,22 @@ def _merge_train_stats(df: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
         # bench rows carry their own throughput and match no run: keep what a row already has
         own = df[col] if col in df else pd.Series(np.nan, index=df.index)
         df[col] = own.where(own.notna() | (df["kind"] != "train"), merged[col].to_numpy())
+    if "wall_s" in curves and "ckpt_step" in df:
+        walls = wall_curves(curves, batch)
+        at = train & df["ckpt_step"].notna() & df["signature"].isin(walls)
+        df.loc[at, "wall_hours"] = [
+            _wall_at(walls[sig], step) / 3600.0
+            for sig, step in zip(df.loc[at, "signature"], df.loc[at, "ckpt_step"], strict=True)
+        ]
     return df
 
 
-def train_stats(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per run: median throughput and MFU (first log step = warm-up excluded), peak memory,
-    wall hours summed over attempts, final loss and last step."""
-    cols = ["train_img_per_s", "train_tokens_per_s", "mfu", "peak_mem_mb", "wall_hours"]
+def train_stats(curves: pd.DataFrame, batch: pd.Series | None = None) -> pd.DataFrame:
+    """Per run: median throughput, MFU and share of time waiting for data (first log step =
+    warm-up excluded), peak memory, wall hours of the logged steps (wall_curves), final loss
+    and last step."""
+    cols = ["train_img_per_s", "train_tokens_per_s", "mfu", "data_wait_frac", "peak_mem_mb"]
+    cols.append("wall_hours")
     if curves.empty or "step" not in curves:
         return pd.DataFrame(columns=[*cols, "final_loss", "last_step"])
     c = curves.sort_values(["signature", "_order"])
@@ -212,20 +225,59 @@ def train_stats(curves: pd.DataFrame) -> pd.DataFrame:
             "train_img_per_s": sg["img_per_s"].median() if "img_per_s" in c else np.nan,
             "train_tokens_per_s": sg["tokens_per_s"].median() if "tokens_per_s" in c else np.nan,
             "mfu": sg["mfu"].median() if "mfu" in c else np.nan,
+            # rows before cfh logged it (issue 19) have none: NaN
+            "data_wait_frac": sg["data_wait_frac"].median() if "data_wait_frac" in c else np.nan,
         }
     )
     out["peak_mem_mb"] = g["peak_mem_mb"].max() if "peak_mem_mb" in c else np.nan
     if "wall_s" in c:
-        # wall_s restarts at 0 in a resumed attempt: sum the longest wall time of each attempt
-        restart = (c["wall_s"] < c["wall_s"].shift()) & (c["signature"] == c["signature"].shift())
-        per_attempt = c.groupby(["signature", restart.cumsum()])["wall_s"].max()
-        out["wall_hours"] = per_attempt.groupby(level=0).sum() / 3600.0
+        walls = wall_curves(c, batch)
+        out["wall_hours"] = pd.Series({s: w[1][-1] / 3600.0 for s, w in walls.items()})
     else:
         out["wall_hours"] = np.nan
     last = c.groupby("signature").last()
     out["final_loss"] = last["loss"] if "loss" in last else np.nan
     out["last_step"] = g["step"].max()
     return out
+
+
+def wall_curves(
+    curves: pd.DataFrame, batch: pd.Series | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{signature: (steps, training wall seconds up to each step)}, from step 0 at 0 s.
+
+    What counts is the time of the attempts that produced the logged steps. metrics.jsonl
+    holds each step once: an attempt that resumes a stopped one (cancelled, failed, interrupted)
+    first cuts the rows logged after the checkpoint it resumes from (core.io.cut_jsonl), so the
+    time a stopped attempt spent on steps it did not save is not counted. Each attempt's clock
+    (wall_s) starts at 0; an attempt's time is the wall_s of its last kept row, and the attempts
+    before it are added to its rows. A row starts a new attempt where wall_s falls, or rose by
+    less than half of what its window's steps took at its own img/s (known with the run's
+    batch). status.json's `attempts` counts job starts (eval-only and requeued ones too), so the
+    attempts are read from the rows. A row of an evaluation counts the time up to its
+    checkpoint step (a later attempt, e.g. a cancelled --extend, did not produce it).
+    """
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    c = curves[curves["wall_s"].notna()].sort_values(["signature", "_order"])
+    for sig, run in c.groupby("signature", sort=False):
+        step, wall = run["step"].to_numpy(float), run["wall_s"].to_numpy(float)
+        rose = np.diff(wall, prepend=0.0)
+        restart = rose < 0
+        if batch is not None and "img_per_s" in run and np.isfinite(batch.get(sig, np.nan)):
+            took = np.diff(step, prepend=0.0) * batch[sig] / run["img_per_s"].to_numpy(float)
+            restart |= rose < 0.5 * np.nan_to_num(took, nan=0.0)
+        restart[0] = False
+        attempt = np.cumsum(restart)
+        ends = pd.Series(wall).groupby(attempt).max().to_numpy()  # each attempt's time
+        offset = np.concatenate([[0.0], np.cumsum(ends)[:-1]])[attempt]
+        out[str(sig)] = (np.concatenate([[0.0], step]), np.concatenate([[0.0], offset + wall]))
+    return out
+
+
+def _wall_at(curve: tuple[np.ndarray, np.ndarray], step: float) -> float:
+    """Wall seconds up to `step` (linear between logged steps; the last one past the end)."""
+    steps, walls = curve
+    return float(np.interp(step, steps, walls))
 
 
 def _curve_frame(records: list[dict]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from core.keys import flatten
+from core.keys import flatten, unused_keys
 from core.runfolder import read_json, read_run_folder
 from reports.columns import CONFIG_COLUMNS, EVAL_COLUMNS, METRIC_COLUMNS
 
@@ -49,6 +49,8 @@ def read_run(
     state = "damaged" if folder.status_damaged else said["state"]
     if not (isinstance(state, str) and state):
         state = "pending" if folder.not_started else "unknown"
+    if state == "running" and folder.gone:  # as `cfh status` shows it: its process died
+        state, said["error"] = "failed", folder.gone
     base.update(
         state=state,
         phase=said["phase"],
@@ -99,7 +101,8 @@ def bench_grid(path: Path) -> Any:
 
 
 def axis_columns(axes: dict, cfg: dict) -> dict:
-    """Config-derived axis columns, plus any other grid axis under its dotted key."""
+    """Config-derived axis columns, plus any other grid axis under its dotted key; a key the run
+    did not use (core.keys.CONDITIONAL_KEYS: ar_decay of a fixed-S run) is left empty."""
     flat = flatten(cfg)
     out = {col: flat.get(key) for col, key in CONFIG_COLUMNS.items()}
     by_key = {key: col for col, key in CONFIG_COLUMNS.items()}
@@ -110,6 +113,9 @@ def axis_columns(axes: dict, cfg: dict) -> dict:
         col = by_key.get(key, key)
         if out.get(col) is None:
             out[col] = flat.get(key, value)  # the resolved config wins over the raw axis text
+    for key in unused_keys({**axes, **flat}):  # a setting the run did not use is not its setting
+        if by_key.get(key, key) in out:
+            out[by_key.get(key, key)] = None
     return out
 
 

@@ -1,4 +1,6 @@
-"""Model size columns: parameters and train FLOPs per image, from model.method.network.
+"""Model size columns: parameters and train FLOPs per image, from model.method.network, and
+the analytic sampling FLOPs per image (sample_flops: a cost that does not move with the
+machine's load, unlike a measured img/s).
 
 Sizes are cached per (model, data geometry): in memory, and on disk at the path set by
 `set_size_cache` (keyed by network.py's size and mtime) so that later reports skip the torch
@@ -127,10 +129,67 @@ def _with_flops_fn(entry: dict) -> dict:
 
     return {
         "params": entry["params"],
+        "model_cfg": mc,
         "tokens": grid * grid,
         "num_cond_tokens": mc["num_cond_tokens"],
         "flops_fn": functools.cache(flops_fn),
     }
+
+
+_SAMPLE_KEYS = ("s_eval", "sampler_steps", "guided")
+
+
+def add_sample_flops(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill `sample_flops` (matmul FLOPs per sampled image, sample_flops_per_image) of the rows
+    with an S_eval and a step count; NaN elsewhere."""
+    df["sample_flops"] = np.nan
+    rows = (df["kind"] == "train") & df["s_eval"].notna() & df["sampler_steps"].notna()
+    if not rows.any() or df.loc[rows, "model"].isna().all():
+        return df
+    keys = df.loc[rows, list(_GEOMETRY)].assign(
+        s_eval=df.loc[rows, "s_eval"],
+        sampler_steps=df.loc[rows, "sampler_steps"],
+        guided=df.loc[rows, "cfg"].fillna(1.0) > 1.0,
+    )
+    combos = keys.drop_duplicates().reset_index(drop=True)
+    flops = []
+    for combo in combos.itertuples(index=False, name=None):
+        geo, (s_eval, steps, guided) = combo[: len(_GEOMETRY)], combo[len(_GEOMETRY) :]
+        size = model_size(*geo) if pd.notna(list(geo)).all() else None
+        mc = size.get("model_cfg") if size else None
+        flops.append(sample_flops_per_image(mc, int(s_eval), int(steps), guided) if mc else np.nan)
+    combos["sample_flops_"] = flops
+    found = keys.merge(combos, how="left", on=[*_GEOMETRY, *_SAMPLE_KEYS])
+    df.loc[rows, "sample_flops"] = found["sample_flops_"].to_numpy()
+    return df
+
+
+def sample_flops_per_image(mc: dict, s_eval: int, steps: int, guided: bool = False) -> float:
+    """Matmul FLOPs of sampling one image with the KV cache (model.method.sampling): the C
+    condition tokens once; then per group of m tokens (L split into S_eval near-equal groups,
+    as ar.equal_group_sizes) `steps` denoising passes of its m noisy tokens and one pass of its
+    m clean tokens, each attending to the c tokens before it and to itself. Per pass and
+    layer: 2 m (4 D^2 + 2 D F) (qkv, proj, MLP) + 4 m (c + m) D (QK^T, AV); per denoising pass
+    also the patch embedding and output layer (2 x 2 m P D) and the timestep MLP
+    (2 (256 D + D^2)). CFG (scale > 1) counts every pass twice. Model size x steps x L, with
+    S_eval moving only the attention term: the measured img/s also moves with the machine."""
+    width, depth = mc["width"], mc["depth"]
+    ffn = int(width * mc["mlp_ratio"])
+    token_dim = mc["patch_size"] ** 2 * mc["in_channels"]
+    cond, tokens = mc["num_cond_tokens"], (mc["input_size"] // mc["patch_size"]) ** 2
+    if not 1 <= s_eval <= tokens or steps < 1:
+        return np.nan
+
+    def blocks(m: int, before: int) -> float:
+        return depth * (2 * m * (4 * width**2 + 2 * width * ffn) + 4 * m * (before + m) * width)
+
+    base, extra = divmod(tokens, s_eval)
+    total, before = blocks(cond, 0), cond
+    for m in [base + 1] * extra + [base] * (s_eval - extra):
+        denoise = blocks(m, before) + 4 * m * token_dim * width + 2 * (256 * width + width**2)
+        total += steps * denoise + blocks(m, before) + 2 * m * token_dim * width
+        before += m
+    return float(total * (2 if guided else 1))
 
 
 _SIZE_CACHE_PATH: Path | None = None

@@ -3,6 +3,7 @@ direction and best cells marked, written as markdown, LaTeX or HTML."""
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ BETTER = {
 
 
 BOOT_MARK = "*"  # marks a ± that is FID's sampling bootstrap std, not a spread over seeds
+ROW_MARK = "†"  # marks a row's best cell (bold marks a column's best)
 
 
 @dataclass
@@ -69,10 +71,31 @@ class Table:
     note: str = ""
     boot: pd.DataFrame | None = None  # FID's sampling bootstrap std (mean over seeds)
     context: str = ""  # what the FIDs were measured with (fid_context)
+    row_best: bool = False  # also mark each row's best (S_train x S_eval: the best S_eval)
+    remark: str = ""  # a last caption part (e.g. which columns move with the machine's load)
 
     def caption(self) -> str:
         """What the numbers are, then how cells are aggregated."""
-        return "; ".join(p for p in (self.context, self.note or self.seeds_note()) if p)
+        parts = (self.context, self.note or self.seeds_note(), self.remark)
+        return "; ".join(p for p in parts if p)
+
+    def legend(self) -> str:
+        """The line under a table that says what its marks mean ('' when it marks nothing)."""
+        rows, cols = self.best_mask().to_numpy().any(), self.row_best_mask().to_numpy().any()
+        if not (rows or cols):
+            return ""
+        ways = set(self.better.values())
+        what = (
+            {"min": " (lowest)", "max": " (highest)"}.get(ways.pop(), "") if len(ways) == 1 else ""
+        )
+        row_name = "/".join(_name(n, "plain") for n in self.mean.index.names if n is not None)
+        col_name = "/".join(_name(n, "plain") for n in self.mean.columns.names if n is not None)
+        parts = []
+        if rows:
+            parts.append(f"bold: best {row_name or 'row'} in each column{what}")
+        if cols:
+            parts.append(f"{ROW_MARK}: best {col_name or 'column'} in each row{what}")
+        return "; ".join(parts)
 
     def best_mask(self) -> pd.DataFrame:
         """True where a cell holds its column's best mean (ties all marked)."""
@@ -84,6 +107,26 @@ class Table:
                 continue  # nothing to compare against
             best = values.min() if way == "min" else values.max()
             mask[col] = np.isclose(values, best, rtol=0, atol=1e-12) & values.notna()
+        return mask
+
+    def row_best_mask(self) -> pd.DataFrame:
+        """True where a cell holds its row's best mean, among the columns that differ only in
+        the first column level (S_eval); all False unless `row_best`."""
+        mask = pd.DataFrame(False, index=self.mean.index, columns=self.mean.columns)
+        ways = {self.better.get(c) for c in self.mean.columns}
+        if not self.row_best or len(ways) != 1 or not ways <= {"min", "max"}:
+            return mask
+        cols = self.mean.columns
+        groups = (
+            cols.droplevel(0).to_flat_index() if cols.nlevels > 1 else [()] * len(cols)
+        )  # the other eval settings: compared within, never across
+        for group in dict.fromkeys(groups):
+            part = self.mean.loc[:, [g == group for g in groups]]
+            if part.shape[1] < 2:
+                continue
+            best = part.min(axis=1) if ways == {"min"} else part.max(axis=1)
+            hit = np.isclose(part.to_numpy(), best.to_numpy()[:, None], rtol=0, atol=1e-12)
+            mask.loc[:, part.columns] = hit & part.notna().to_numpy()
         return mask
 
     def cells(self, pm: str = " ± ") -> pd.DataFrame:
@@ -126,22 +169,32 @@ class Table:
         cells.index = cells.index.set_names([_name(n, fmt) for n in cells.index.names])
         return cells
 
+    def _marked(self, fmt: str) -> pd.DataFrame:
+        """_frame with each row's best marked by ROW_MARK ($^\\dagger$ in LaTeX)."""
+        cells = self._frame(fmt)
+        mark = "$^\\dagger$" if fmt == "latex" else ROW_MARK
+        row = self.row_best_mask().to_numpy() & (cells != "-").to_numpy()
+        return cells.mask(row, cells + mark)
+
     def to_markdown(self) -> str:
-        """A GitHub markdown table; the best of each column in bold."""
-        cells = self._frame("markdown")
+        """A GitHub markdown table; the best of each column in bold, of each row with †."""
+        cells = self._marked("markdown")
         bold = self.best_mask().to_numpy()
         cells = cells.mask(bold & (cells != "-"), "**" + cells + "**")
         body = cells.reset_index().to_markdown(index=False, disable_numparse=True)
-        return f"**{self.title}** ({self.caption()})\n\n{body}\n"
+        legend = f"\n*{self.legend()}*\n" if self.legend() else ""
+        return f"**{self.title}** ({self.caption()})\n\n{body}\n{legend}"
 
     def to_latex(self) -> str:
-        """A booktabs LaTeX table; the best of each column in \\textbf."""
-        cells = self._frame("latex")
+        """A booktabs LaTeX table; the best of each column in \\textbf, of each row with a
+        dagger."""
+        cells = self._marked("latex")
         bold = self.best_mask().to_numpy()
         styler = cells.style.apply(
             lambda _: np.where(bold, "textbf:--rwrap;", ""), axis=None
         ).format_index(escape="latex", axis=0)
-        caption = f"{self.title} ({self.caption()})"
+        legend = f"; {self.legend()}" if self.legend() else ""
+        caption = f"{self.title} ({self.caption()}{legend})".replace(ROW_MARK, "$^\\dagger$")
         return styler.to_latex(
             hrules=True,
             caption=caption.replace("±", "$\\pm$").replace("_", "\\_"),
@@ -151,11 +204,13 @@ class Table:
         )
 
     def to_html(self) -> str:
-        """An HTML table (for the self-contained report); the best of each column in bold."""
-        cells = self._frame("html")
+        """An HTML table (for the self-contained report); the best of each column in bold, of
+        each row with †; the legend under it."""
+        cells = self._marked("html")
         bold = self.best_mask().to_numpy()
         styler = cells.style.apply(lambda _: np.where(bold, "font-weight: bold", ""), axis=None)
-        return styler.set_caption(f"{self.title} ({self.caption()})").to_html()
+        legend = f"<p><em>{html.escape(self.legend())}</em></p>" if self.legend() else ""
+        return styler.set_caption(f"{self.title} ({self.caption()})").to_html() + legend
 
 
 def _name(col: Any, fmt: str) -> str:

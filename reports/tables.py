@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports.bench_table import table_bench
 from reports.columns import EVAL_KEY_COLUMNS, TRAIN_KEY_COLUMNS
 from reports.table_render import BETTER, Table, column_labels, value_text
 
@@ -19,8 +20,10 @@ __all__ = [  # Table and the key columns: what callers of the table makers use w
     "TRAIN_KEY_COLUMNS",
     "Table",
     "all_tables",
+    "class_acc_context",
     "final_evals",
     "fid_context",
+    "metric_rows",
     "pivot",
     "pooled_std",
     "seed_summary",
@@ -86,19 +89,41 @@ def pivot(
     if value == "fid" and "fid_bootstrap_std" in data:
         boot = grouped["fid_bootstrap_std"].mean().unstack(cols).reindex_like(mean)
     better = dict.fromkeys(mean.columns, BETTER.get(value))
-    return Table(name=name, title=title, mean=mean, std=std, count=count, better=better, boot=boot)
+    decimals = dict.fromkeys(mean.columns, 3) if value == "class_acc" else {}
+    return Table(
+        name=name, title=title, mean=mean, std=std, count=count, better=better, boot=boot,
+        decimals=decimals, row_best="s_eval" in cols and mean.shape[1] > 1,
+    )  # fmt: skip
 
 
-def table_s_train(df: pd.DataFrame) -> Table | None:
-    """Table 2: FID for each S_train (rows) at each S_eval (columns)."""
+METRIC_TITLES = {"fid": "FID", "class_acc": "Class accuracy"}  # the metrics of the paper tables
+
+
+def metric_rows(df: pd.DataFrame, value: str = "fid") -> pd.DataFrame:
+    """final_evals with a `value`; class accuracy only where the classifier measured it."""
     data = final_evals(df)
+    if value == "fid":
+        return data
+    classifier = data["extractor"].eq("classifier") if "extractor" in data else False
+    return data[data[value].notna() & classifier] if value in data else data.iloc[0:0]
+
+
+def _named(name: str, value: str) -> str:
+    """A table's file name: the FID table's, or with the metric appended."""
+    return name if value == "fid" else f"{name}_{value}"
+
+
+def table_s_train(df: pd.DataFrame, value: str = "fid") -> Table | None:
+    """Table 2: FID (or `value`) for each S_train (rows) at each S_eval (columns)."""
+    data = metric_rows(df, value)
     if data.empty:
         return None
     table = pivot(
         data,
         ["s_train"],
-        name="table2_s_train",
-        title="FID by S_train (rows) and S_eval (columns), as paper Table 2",
+        name=_named("table2_s_train", value),
+        title=f"{METRIC_TITLES[value]} by S_train (rows) and S_eval (columns), as paper Table 2",
+        value=value,
         derived_from=("ar_mode", "ar_steps", "ar_decay"),
     )
     if table.mean.index.nlevels == 1:  # keep rows of settings with no FID yet (failed, running)
@@ -111,9 +136,9 @@ def table_s_train(df: pd.DataFrame) -> Table | None:
     return table
 
 
-def table_decay(df: pd.DataFrame) -> Table | None:
-    """Table 3a: FID for each AR-step decay (uniform = decay 1) at each S_eval."""
-    data = final_evals(df)
+def table_decay(df: pd.DataFrame, value: str = "fid") -> Table | None:
+    """Table 3a: FID (or `value`) for each AR-step decay (uniform = decay 1) at each S_eval."""
+    data = metric_rows(df, value)
     data = data[data["ar_mode"].isin(["decay", "uniform"])].copy()
     data["decay"] = data["ar_decay"].where(data["ar_mode"] == "decay", 1.0)
     if data["decay"].nunique() < 2:
@@ -125,36 +150,41 @@ def table_decay(df: pd.DataFrame) -> Table | None:
     return pivot(
         data,
         ["decay"],
-        name="table3a_decay",
-        title="FID by AR-step decay (1 = uniform) and S_eval, as paper Table 3a",
+        name=_named("table3a_decay", value),
+        title=f"{METRIC_TITLES[value]} by AR-step decay (1 = uniform) and S_eval, "
+        "as paper Table 3a",
+        value=value,
         derived_from=("s_train", "ar_mode", "ar_steps", "ar_decay"),
     )
 
 
-def table_order(df: pd.DataFrame) -> Table | None:
-    """Table 3b: FID for each training token order at each S_eval."""
-    data = final_evals(df)
+def table_order(df: pd.DataFrame, value: str = "fid") -> Table | None:
+    """Table 3b: FID (or `value`) for each training token order at each S_eval."""
+    data = metric_rows(df, value)
     if data["train_order"].nunique() < 2:
         return None
     return pivot(
         data,
         ["train_order"],
-        name="table3b_order",
-        title="FID by token order and S_eval, as paper Table 3b",
+        name=_named("table3b_order", value),
+        title=f"{METRIC_TITLES[value]} by token order and S_eval, as paper Table 3b",
+        value=value,
     )
 
 
-def table_weighting(df: pd.DataFrame) -> Table | None:
-    """Table 3c: FID for each AR weighting max->min (and noise weighting) at each S_eval."""
-    data = final_evals(df)
+def table_weighting(df: pd.DataFrame, value: str = "fid") -> Table | None:
+    """Table 3c: FID (or `value`) per AR weighting max->min (and noise weighting) and S_eval."""
+    data = metric_rows(df, value)
     index = varying(data, ["ar_weighting", "noise_weighting"])
     if not index:
         return None
     return pivot(
         data,
         index,
-        name="table3c_weighting",
-        title="FID by loss weighting (AR max->min, noise axis) and S_eval, as paper Table 3c",
+        name=_named("table3c_weighting", value),
+        title=f"{METRIC_TITLES[value]} by loss weighting (AR max->min, noise axis) and S_eval, "
+        "as paper Table 3c",
+        value=value,
         derived_from=("ar_weight_max", "ar_weight_min", "ar_weight_schedule"),
     )
 
@@ -193,6 +223,8 @@ def table_model_size(df: pd.DataFrame) -> Table | None:
         better=better,
         decimals=decimals,
         exact=("params (M)", "train GFLOPs/img"),
+        remark="img/s are measured: they move with the machine's load (the fid_vs_cost plot "
+        "compares sampling cost by FLOPs)",
         **parts,
     )
 
@@ -244,82 +276,6 @@ def table_joint(df: pd.DataFrame) -> Table | None:
     )
 
 
-BENCH_METRICS = {
-    "train_img_per_s": "train img/s",
-    "train_tokens_per_s": "train tokens/s",
-    "mfu": "MFU",
-    "peak_mem_mb": "peak MB",
-    "speedup_vs_reference": "train speedup vs reference",
-}
-
-
-def table_bench(df: pd.DataFrame) -> Table | None:
-    """Bench rows (`cfh bench`): training and sampling throughput per size and backend, with
-    cfh/reference and KV-cache/recompute ratios."""
-    bench = df[(df["kind"] == "bench") & (df["state"] == "completed")].copy()
-    if bench.empty:
-        return None
-    index = [
-        c
-        for c in ("model", "attention", "dtype", "precision", "impl")
-        if c in bench and bench[c].notna().any()
-    ]
-    for c in index:
-        bench[c] = bench[c].astype(object).where(bench[c].notna(), "-")
-    train = bench[bench.get("measure", pd.Series("train", index=bench.index)) != "sample"]
-    present = [c for c in BENCH_METRICS if c in train]
-    long = train.melt(id_vars=index, value_vars=present, var_name="column").dropna(subset="value")
-    long["column"] = long["column"].map(BENCH_METRICS)
-    if "sample_img_per_s" in bench:
-        long = pd.concat([long, *_bench_sampling(bench, index)], ignore_index=True)
-    if "extract_ms_per_img" in bench:
-        name = bench.get("extractor", pd.Series("", index=bench.index)).fillna("").astype(str)
-        extract = bench[index].assign(
-            column="extract ms/img " + name, value=bench["extract_ms_per_img"]
-        )
-        long = pd.concat([long, extract.dropna(subset=["value"])], ignore_index=True)
-    if long.empty:
-        return None
-    columns = list(dict.fromkeys(long["column"]))  # first-seen order: train, then sampling
-    stats = long.groupby([*index, "column"])["value"].agg(["mean", "std", "count"])
-    wide = stats.unstack("column")
-    parts = {
-        k: wide[k].reindex(columns=columns).rename_axis(columns=None)
-        for k in ("mean", "std", "count")
-    }
-    better = {c: ("min" if c == "peak MB" or "ms/img" in c else "max") for c in columns}
-    decimals = {
-        c: (3 if c == "MFU" else 2 if "speedup" in c or " vs " in c else 1) for c in columns
-    }
-    return Table(
-        name="bench",
-        title="Throughput (cfh bench, medians over timed repeats)",
-        better=better,
-        decimals=decimals,
-        note="mean ± std over bench files when several measured a cell",
-        **parts,
-    )
-
-
-def _bench_sampling(bench: pd.DataFrame, index: list[str]) -> list[pd.DataFrame]:
-    """Long rows of sampling img/s per S_eval and KV/no-KV, and the KV-cache speedup."""
-    kv = bench.get("kv_cache", pd.Series(index=bench.index, dtype=object))
-    kv_text = kv.map({True: " KV", False: " no KV"}, na_action="ignore").fillna("")
-    s_eval = bench["s_eval"].map(value_text, na_action="ignore").astype(object)
-    parts = [
-        bench[index].assign(
-            column="sample img/s S=" + s_eval + kv_text, value=bench["sample_img_per_s"]
-        )
-    ]
-    if "speedup_vs_recompute" in bench:
-        parts.append(
-            bench[index].assign(
-                column="KV vs recompute S=" + s_eval, value=bench["speedup_vs_recompute"]
-            )
-        )
-    return [p.dropna(subset=["value"]) for p in parts]
-
-
 def fid_context(df: pd.DataFrame) -> str:
     """What the grid's FIDs are: extractor, samples, diffusion steps and sampler, reference
     split, e.g. 'classifier FID of 300 samples (50 ddpm steps) vs the test split'."""
@@ -339,23 +295,42 @@ def fid_context(df: pd.DataFrame) -> str:
     )
 
 
-def all_tables(df: pd.DataFrame) -> list[Table]:
-    """Every table the data supports, in report order; FID tables say what their FID is."""
-    makers = (
-        table_s_train,
-        table_decay,
-        table_order,
-        table_weighting,
-        table_model_size,
-        table_joint,
-        table_bench,
+def class_acc_context(df: pd.DataFrame) -> str:
+    """What a class-accuracy table's numbers are, e.g. 'share of 300 samples (50 ddpm steps)
+    that the classifier assigns to their requested class'."""
+    rows = metric_rows(df, "class_acc")
+    if rows.empty:
+        return ""
+    seen = {c: "/".join(value_text(v) for v in sorted(rows[c].dropna().unique(), key=str)) or "?"
+            for c in ("num_samples", "sampler_steps", "sampler")}  # fmt: skip
+    return (
+        f"share of {seen['num_samples']} samples ({seen['sampler_steps']} {seen['sampler']} "
+        "steps) that the classifier assigns to their requested class; higher is better"
     )
-    made = [t for t in (make(df) for make in makers) if t is not None]
-    context = fid_context(df)
-    for t in made:
-        if t.name != "bench":
-            t.context = context
-    return made
+
+
+def all_tables(df: pd.DataFrame) -> list[Table]:
+    """Every table the data supports, in report order; FID tables say what their FID is. Where
+    the FID extractor is the classifier, each paper table is followed by its class accuracy."""
+    made: list[Table] = []
+    context, acc_context = fid_context(df), class_acc_context(df)
+    for make in (table_s_train, table_decay, table_order, table_weighting):
+        fid_table = make(df)
+        if fid_table is None:
+            continue
+        fid_table.context = context
+        made.append(fid_table)
+        acc = make(df, "class_acc") if acc_context else None
+        if acc is not None and np.nansum(acc.count.to_numpy(dtype=float)) > 0:
+            acc.context = acc_context
+            made.append(acc)
+    for make in (table_model_size, table_joint):
+        table = make(df)
+        if table is not None:
+            table.context = context
+            made.append(table)
+    bench = table_bench(df)
+    return made + ([bench] if bench is not None else [])
 
 
 # ---- seed statistics shared by the report and `cfh check` ----

@@ -39,6 +39,7 @@ base:
   sample.batch_size: 8
   eval.extractor: classifier
   eval.kid_subset_size: 4
+seeds: [0]
 resources:
   cluster: mybox
 """

@@ -59,7 +59,7 @@ def digits_split_indices() -> dict[str, np.ndarray]:
         random_state=DIGITS_SPLIT_SEED,
         stratify=labels,
     )
-    return {"train": np.sort(train), "test": np.sort(test)}
+    return {"train": np.sort(train), "test": np.sort(test), "all": np.arange(len(labels))}
 
 
 def mnist_path() -> Path:
@@ -80,7 +80,10 @@ def mnist_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     """One MNIST split as uint8 (N, 1, 28, 28) and int64 labels."""
     with gzip.open(mnist_path(), "rb") as f:
         train, valid, test = pickle.load(f, encoding="latin1")
-    x, y = {"train": train, "valid": valid, "test": test}[split]
+    if split == "all":  # the whole set, in the pickle's order: train, valid, test
+        x, y = (np.concatenate(parts) for parts in zip(train, valid, test, strict=True))
+    else:
+        x, y = {"train": train, "valid": valid, "test": test}[split]
     # the pickle holds k/256 floats exactly, so this recovers the original bytes
     images = np.round(x * 256.0).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
     return images, y.astype(np.int64)

@@ -16,19 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from core.choices import CAPTION_DATASETS, DATASETS, TOKENIZERS
-from core.errors import UserError
+from core.errors import DataMissing, UserError
 from model.data.caption_templates import PLAIN_TEMPLATES
 
-SPLITS = {
-    "digits": ("train", "test"),
-    "mnist": ("train", "valid", "test"),
+SPLITS = {  # "all": every image of the dataset (data.train_split=all; an eval split too)
+    "digits": ("train", "test", "all"),
+    "mnist": ("train", "valid", "test", "all"),
     "digits_captions": ("train", "test"),
     "mnist_captions": ("train", "valid", "test"),
     "stamps": ("train", "test"),
     "captions": ("train", "test"),
 }
 CAPTIONED_IMAGES = {"digits_captions": "digits", "mnist_captions": "mnist"}  # same images
+# Images per split of the built-in datasets, as model/data/arrays.py cuts them (a test checks
+# these against the arrays): the one home of these numbers for checks that must not load data.
+SPLIT_SIZES = {
+    "digits": {"train": 1437, "test": 360, "all": 1797},
+    "mnist": {"train": 50_000, "valid": 10_000, "test": 10_000, "all": 70_000},
+}
+# What torchvision's ImageFolder reads as an image (data=imagefolder), compared lower-case.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MNIST_RESOLUTIONS = (28, 32)
+ON_DEVICE_DATASETS = ("digits", "mnist", "latents")  # data.on_device=true: held on the device
 REFERENCE_SUBSET_SEED = 0
 STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")  # the tuxpaint-stamps-default package
 
@@ -66,13 +75,18 @@ def data_root(data_cfg: Any) -> Path:
     name = cfg_get(data_cfg, "name")
     root = cfg_get(data_cfg, "root")
     if root is None:
-        raise UserError(f"data={name} needs data.root (a folder), e.g. data.root=/path/to/{name}")
+        raise DataMissing(f"data={name} needs data.root (a folder), e.g. data.root=/path/to/{name}")
     path = Path(str(root)).expanduser()
     if not path.is_dir():
-        raise UserError(
+        raise DataMissing(
             f"data.root={root!r} is not a folder (data={name} needs an existing folder)"
         )
     return path
+
+
+def train_split(data_cfg: Any) -> str:
+    """The split a run trains on: data.train_split (train, or all: every image, as the release)."""
+    return str(cfg_get(data_cfg, "train_split", "train"))
 
 
 def check_split(name: str, split: str) -> None:
@@ -102,6 +116,11 @@ def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
     name = dataset_name(data_cfg)
     for split in splits:
         check_split(name, split)
+    if cfg_get(data_cfg, "on_device", False) and name not in ON_DEVICE_DATASETS:
+        raise UserError(
+            f"data.on_device=true is not allowed for data={name}; allowed for "
+            f"{', '.join(ON_DEVICE_DATASETS)} (one array, gathered per batch)"
+        )
     if name in CAPTION_DATASETS:
         check_caption_config(data_cfg)
     elif name == "digits":
@@ -128,6 +147,40 @@ def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
             )
     else:
         check_latents(data_cfg)
+
+
+def train_size(data_cfg: Any, enough: int) -> int | None:
+    """Items in one epoch of the train split (images; image-caption pairs for the captioned
+    twins), or None where only reading the data would tell (stamps, a captions folder, a
+    latents folder whose meta.json has no count). An image folder is counted only up to
+    `enough` files: a result of `enough` means "at least that many"."""
+    name = dataset_name(data_cfg)
+    if name in SPLIT_SIZES:
+        return SPLIT_SIZES[name][train_split(data_cfg)]
+    if name in CAPTIONED_IMAGES:
+        per_image = cfg_get(data_cfg, "captions_per_image", 2)
+        return SPLIT_SIZES[CAPTIONED_IMAGES[name]]["train"] * int(per_image)
+    if name == "imagefolder":
+        return _count_images(str(data_root(data_cfg)), int(enough))
+    if name == "latents":
+        count = read_latent_meta(data_root(data_cfg)).get("count")
+        return count if isinstance(count, int) and not isinstance(count, bool) else None
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _count_images(root: str, enough: int) -> int:
+    """Image files under root/<class>/ as torchvision's ImageFolder finds them, counted until
+    `enough` (an ImageNet folder is not walked whole to check a batch of 256)."""
+    count = 0
+    with os.scandir(root) as entries:
+        classes = sorted(e.path for e in entries if e.is_dir() and not e.name.startswith("."))
+    for folder in classes:
+        for _, _, files in os.walk(folder, followlinks=True):
+            count += sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)
+            if count >= enough:
+                return enough
+    return count
 
 
 @functools.lru_cache(maxsize=64)
@@ -166,7 +219,7 @@ def read_latent_meta(root: Path) -> dict:
     """meta.json of a latents folder (UserError when absent or unreadable)."""
     for name in ("latents.npy", "labels.npy", "meta.json"):
         if not (root / name).is_file():
-            raise UserError(
+            raise DataMissing(
                 f"data.root={str(root)!r} has no {name}; write latents with `cfh encode` first"
             )
     try:

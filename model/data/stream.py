@@ -2,6 +2,9 @@
 
 Horizontal flips are not done by the datasets: `BatchStream` flips the items whose seeded
 per-(epoch, index) bit is set, so that a resumed run sees exactly the same augmented batches.
+With `prefetch=k` a thread makes the next k batches while the caller trains on the current one
+(model/data/prefetch.py): the same batches in the same order, and `state_dict()` is still the
+position of the next batch handed out, not of the thread's.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.errors import UserError
+from model.data.prefetch import Ahead, to_device
 
 
 def _stream_seed(seed: int, epoch: int, stream: str) -> int:
@@ -144,7 +148,9 @@ class BatchStream:
     Datasets with `get_batch` (digits, mnist, latents) are gathered in this process; others
     (imagefolder) go through a DataLoader with `num_workers` workers. Either way the batches are
     a function of (seed, epoch, position) only, so the trainer saves `state_dict()` in its
-    checkpoint and a resumed run gets bitwise the same batches.
+    checkpoint and a resumed run gets bitwise the same batches. `device`: where batches are
+    handed out (None: where the dataset makes them); `prefetch`: batches made ahead in a thread
+    (0: none). `close()` stops that thread.
     """
 
     def __init__(
@@ -157,6 +163,8 @@ class BatchStream:
         num_workers: int = 0,
         start_state: Mapping | None = None,
         pin_memory: bool = False,
+        device: torch.device | None = None,
+        prefetch: int = 0,
     ):
         self.dataset = dataset
         flip = bool(getattr(dataset, "flip", False))
@@ -165,27 +173,51 @@ class BatchStream:
         self._prefetch = ShardedEpochSampler(*args)  # drives the DataLoader, may run ahead
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.device = device
+        self.prefetch = int(prefetch)
         self._loader_iter: Iterator | None = None
+        self._ahead: Ahead | None = None
+        self._position: dict = {}  # with a prefetching thread: the position of the next batch
         if start_state is not None:
             self.load_state_dict(start_state)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y) batch of this rank."""
+        if not self.prefetch:
+            x, y = self._make()
+            return to_device(x, self.device), to_device(y, self.device)
+        if self._ahead is None:
+            self._position = self.sampler.state_dict()
+            self._start_loader()  # DataLoader workers start in this thread, not in the prefetcher
+            self._ahead = Ahead(self._make_ahead, self.prefetch, self.device)
+        x, y, self._position = self._ahead.get()
+        return x, y
+
+    def _make_ahead(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        x, y = self._make()
+        return x, y, self.sampler.state_dict()
+
+    def _make(self) -> tuple[torch.Tensor, torch.Tensor]:
         if hasattr(self.dataset, "get_batch"):
             idx, flips = self.sampler.next_indices()
             return self.dataset.get_batch(idx, flips)
-        if self._loader_iter is None:
-            self._prefetch.load_state_dict(self.sampler.state_dict())
-            loader = DataLoader(
-                _FlipItems(self.dataset),
-                batch_sampler=self._prefetch,
-                num_workers=self.num_workers,
-                pin_memory=self.pin_memory,
-                persistent_workers=False,
-            )
-            self._loader_iter = iter(loader)
+        self._start_loader()
         self.sampler.next_indices()  # the consumed position advances with each batch handed out
-        return next(self._loader_iter)
+        return next(self._loader_iter)  # type: ignore[arg-type]
+
+    def _start_loader(self) -> None:
+        """A DataLoader from the current position (datasets without `get_batch`)."""
+        if self._loader_iter is not None or hasattr(self.dataset, "get_batch"):
+            return
+        self._prefetch.load_state_dict(self.sampler.state_dict())
+        loader = DataLoader(
+            _FlipItems(self.dataset),
+            batch_sampler=self._prefetch,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+        self._loader_iter = iter(loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -193,12 +225,24 @@ class BatchStream:
 
     def state_dict(self) -> dict:
         """The data position of the next batch (save it in the checkpoint)."""
+        if self._ahead is not None:
+            return dict(self._position)
         return self.sampler.state_dict()
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from a saved data position."""
+        self.close()
         self.sampler.load_state_dict(state)
         self._loader_iter = None  # a fresh DataLoader starts at the restored position
+
+    def close(self) -> None:
+        """Stop the prefetching thread; the stream goes on from the last batch handed out."""
+        if self._ahead is None:
+            return
+        self._ahead.close()
+        self._ahead = None
+        self.sampler.load_state_dict(self._position)  # forget what the thread made ahead
+        self._loader_iter = None
 
     def steps_per_epoch(self) -> float:
         """Global batches per pass over the data (may be fractional)."""

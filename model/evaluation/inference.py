@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig
 
 from core.errors import UserError
-from core.io import atomic_write_bytes, atomic_write_json, now_iso, read_status
+from core.io import atomic_write_bytes, atomic_write_json, now_iso, owner_lock, read_status
+from model.data.checks import train_split
 from model.data.joint_pairs import is_caption_data, saved_tokenizer
 from model.data.tokenizers import encode_batch
 from model.evaluation.extractors import classifier_recipe, extractor_weights
@@ -103,6 +104,8 @@ def eval_settings(cfg: DictConfig, ckpt_step: int, train_data: Any) -> dict:
         "bootstrap": int(cfg.eval.bootstrap),
         "prc_reference": "equal-size",  # P/R against as many reference images as samples
     }
+    if train_split(train_data) != "train":  # the reference images were trained on: say so
+        settings["train_split"] = train_split(train_data)
     if extractor == "classifier":
         settings["classifier_recipe"] = settings_hash(classifier_recipe(train_data))
     return settings
@@ -121,7 +124,11 @@ Draw = Callable[
 
 
 def draw_samples(
-    cfg: DictConfig, run_dir: Path, device: torch.device | None, draws: Mapping[str, Draw]
+    cfg: DictConfig,
+    run_dir: Path,
+    device: torch.device | None,
+    draws: Mapping[str, Draw],
+    wait: bool = False,
 ) -> dict | None:
     """Draw cfg.sample.num samples with `draws[task]` (reused if already drawn with these settings).
 
@@ -130,6 +137,10 @@ def draw_samples(
     metadata, the other ranks return None as soon as their share is written. Sample i's noise
     comes from its own stream (model.noise), so the samples do not depend on the number of
     ranks or on sample.batch_size; a share written by an interrupted job is reused.
+
+    Rank 0 holds `samples/<hash>/.lock` while drawing: the same samples asked for again
+    meanwhile are refused, naming the process that draws them (`wait`: an evaluation waits for
+    them instead, then reuses them).
     """
     info = dist_info()
     device = device or default_device(info)
@@ -137,12 +148,41 @@ def draw_samples(
     settings = sample_settings(cfg, step, is_caption_data(train_cfg.data))
     out_dir = run_dir / "samples" / settings_hash(settings)
     if (out_dir / "samples.npz").exists():
-        if not info.is_main:
-            return None
-        if cfg.sample.adm_npz:
-            write_adm_npz(out_dir)
-        meta = json.loads((out_dir / "settings.json").read_text())
-        return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": True}
+        return _reused(cfg, out_dir, info)
+    with owner_lock(
+        out_dir / ".lock",
+        f"samples {out_dir.name} of run_dir={run_dir}",
+        "drawing samples",
+        enabled=info.is_main,
+        wait=wait,
+    ):
+        if (out_dir / "samples.npz").exists():  # drawn by the process that held the lock
+            return _reused(cfg, out_dir, info)
+        return _draw(cfg, run_dir, out_dir, settings, net, train_cfg, device, draws)
+
+
+def _reused(cfg: DictConfig, out_dir: Path, info: DistInfo) -> dict | None:
+    """The metadata of samples drawn before (rank 0; None on the others)."""
+    if not info.is_main:
+        return None
+    if cfg.sample.adm_npz:
+        write_adm_npz(out_dir)
+    meta = json.loads((out_dir / "settings.json").read_text())
+    return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": True}
+
+
+def _draw(
+    cfg: DictConfig,
+    run_dir: Path,
+    out_dir: Path,
+    settings: dict,
+    net: CausalFusion,
+    train_cfg: Any,
+    device: torch.device,
+    draws: Mapping[str, Draw],
+) -> dict | None:
+    """Draw this rank's share into shards/; rank 0 gathers them into samples.npz."""
+    info = dist_info()
     if int(cfg.sample.ar_steps) > net.num_tokens:
         raise UserError(
             f"sample.ar_steps={cfg.sample.ar_steps} must be in 1..L={net.num_tokens} "

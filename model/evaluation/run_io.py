@@ -29,7 +29,9 @@ from model.training.checkpoint import (
     checkpoint_paths,
     good_checkpoints,
     read_checkpoint,
+    skipped_for,
     step_of,
+    warn_once,
 )
 from model.training.distributed import DistInfo, dist_info
 
@@ -50,7 +52,11 @@ def run_dir(cfg: DictConfig) -> Path:
 
 
 def resolve_checkpoint(run_dir: Path, ckpt: Any) -> Path:
-    """The checkpoint file for sample.ckpt: the newest good one for latest, or that step's."""
+    """The checkpoint file for sample.ckpt: the newest good one for latest, or that step's.
+
+    Each newer checkpoint skipped as damaged is named in one warning (once per process) with
+    the one used instead; `skipped_for` lists them for the eval record.
+    """
     paths = checkpoint_paths(run_dir)
     if not paths:
         raise UserError(f"run_dir={run_dir} has no checkpoint; train it first (cfh train)")
@@ -60,6 +66,11 @@ def resolve_checkpoint(run_dir: Path, ckpt: Any) -> Path:
             raise DamagedCheckpoints(
                 f"run_dir={run_dir}: every checkpoint is damaged "
                 f"({', '.join(p.name for p in paths)}); train again (cfh train) to rewrite them"
+            )
+        for skip in skipped_for(run_dir, good[-1]):
+            warn_once(
+                f"checkpoint {skip['path']} is damaged: {skip['reason']}; sampling from the "
+                f"previous good checkpoint {good[-1].name} (step {step_of(good[-1])}) instead"
             )
         return good[-1]
     wanted = checkpoint_path(run_dir, int(ckpt))

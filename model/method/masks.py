@@ -53,9 +53,16 @@ def _check_cond_len(cond_len: int) -> None:
 
 
 def token_layout(
-    cond_len: int, group_sizes: list[int], device: torch.device | str | None = None
+    cond_len: int,
+    group_sizes: list[int],
+    device: torch.device | str | None = None,
+    clean_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kind and group id (both (n,) long) of every token of the training sequence."""
+    """Kind and group id (both (n,) long) of every token of the training sequence.
+
+    `clean_len` (>= the L - g_S clean tokens) pads the clean part with PAD tokens to that length
+    (group id -1): the bucketed sequences of a compiled training step (model/training/step.py).
+    """
     _check_cond_len(cond_len)
     sizes = check_group_sizes(group_sizes)
     kinds = [COND] * cond_len
@@ -63,28 +70,45 @@ def token_layout(
     for s, g in enumerate(sizes[:-1], start=1):  # the last group's clean copy is never needed
         kinds += [CLEAN] * g
         groups += [s] * g
+    pad = 0 if clean_len is None else clean_len - (sum(sizes) - sizes[-1])
+    if pad < 0:
+        raise UserError(f"clean_len={clean_len} is shorter than the clean part of {sizes}")
+    kinds += [PAD] * pad
+    groups += [-1] * pad
     for s, g in enumerate(sizes, start=1):
         kinds += [NOISY] * g
         groups += [s] * g
-    kind = torch.tensor(kinds, dtype=torch.long, device=device)
-    group = torch.tensor(groups, dtype=torch.long, device=device)
-    return kind, group
+    return _on(torch.tensor(kinds), device), _on(torch.tensor(groups), device)
+
+
+def _on(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    """`t` on `device`; non_blocking, because a blocking copy to a GPU waits for its queue."""
+    return t if device is None else t.to(device, non_blocking=True)
 
 
 def _allowed(kq, kk, gq, gk):
-    """The section-3 rule on broadcastable kind/group tensors (works inside a flex mask_mod)."""
+    """The section-3 rule on broadcastable kind/group tensors (works inside a flex mask_mod).
+
+    PAD tokens are seen by no other kind; they see the condition and each other (every row has
+    a key to attend to, so padding stays finite and never reaches a real token).
+    """
     to_cond = kk == COND
     clean_clean = (kq == CLEAN) & (kk == CLEAN) & (gk <= gq)
     noisy_clean = (kq == NOISY) & (kk == CLEAN) & (gk < gq)
     noisy_noisy = (kq == NOISY) & (kk == NOISY) & (gk == gq)
-    return to_cond | clean_clean | noisy_clean | noisy_noisy
+    pad_pad = (kq == PAD) & (kk == PAD)
+    return to_cond | clean_clean | noisy_clean | noisy_noisy | pad_pad
 
 
 def generalized_causal_mask(
-    cond_len: int, group_sizes: list[int], device: torch.device | str | None = None
+    cond_len: int,
+    group_sizes: list[int],
+    device: torch.device | str | None = None,
+    clean_len: int | None = None,
 ) -> torch.Tensor:
-    """(n, n) bool mask, True where query row may attend key column; n = C + (L - g_S) + L."""
-    kind, group = token_layout(cond_len, group_sizes, device)
+    """(n, n) bool mask, True where query row may attend key column; n = C + (L - g_S) + L, or
+    C + clean_len + L with the clean part padded (token_layout)."""
+    kind, group = token_layout(cond_len, group_sizes, device, clean_len)
     return _allowed(kind[:, None], kind[None, :], group[:, None], group[None, :])
 
 

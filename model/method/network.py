@@ -221,7 +221,7 @@ class CausalFusion(nn.Module):
     def run_blocks(
         self,
         h: torch.Tensor,
-        group_sizes: list[int],
+        group_sizes: list[int] | None,
         out_from: int = 0,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -283,6 +283,7 @@ class CausalFusion(nn.Module):
         force_drop_ids: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
         text_visible: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Training pass: eps_hat (B, C, H, W) for every token of xt, in image layout.
 
@@ -290,17 +291,24 @@ class CausalFusion(nn.Module):
         order: (B, L) long, AR token k is image position order[:, k]; group_sizes sum to L.
         text: (B, T) token ids conditioning the image (text-to-image), with text_visible (B, T)
         bool: which of them the image may see (False for padding and dropped captions).
+        mask: instead of group_sizes, the (n, n) mask of a split whose clean part is padded to
+        n - C - L tokens (masks.token_layout's clean_len): the clean part holds the first of
+        them in AR order, the mask hides the pads; a compiled step then sees only the shape.
         """
         L, P = self.num_tokens, self.cfg.token_dim
-        sizes = check_group_sizes(group_sizes, L)
+        if mask is None:
+            sizes = check_group_sizes(group_sizes, L)
+            n_clean = L - sizes[-1]
+        elif text is not None:
+            raise ValueError("a padded mask and text cannot be combined")
+        else:
+            sizes, n_clean = None, mask.shape[-1] - self.cfg.num_cond_tokens - L
         if order.shape != (x0.shape[0], L):
             raise UserError(f"order shape {tuple(order.shape)} must be {(x0.shape[0], L)}")
-        n_clean = L - sizes[-1]
         idx = order.unsqueeze(-1).expand(-1, -1, P)  # (B, L, P)
         clean = self.patchify(x0).gather(1, idx[:, :n_clean])  # (B, L - g_S, P), AR order
         noisy = self.patchify(xt).gather(1, idx)  # (B, L, P), AR order
         parts = [self.embed_cond(y, force_drop_ids)]  # (B, C, D)
-        mask = None
         if text is not None:
             parts.append(self.embed_text(text))  # (B, T, D)
             mask = self._text_first_mask(sizes, text_visible)  # (B, 1, n, n)

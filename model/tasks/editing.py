@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.choices import EDIT_TASKS
 from core.errors import UserError
-from core.io import atomic_write_bytes, atomic_write_json, now_iso
+from core.io import atomic_write_bytes, atomic_write_json, now_iso, owner_lock
 from model.evaluation.run_io import (
     decode_to_pixels,
     guidance_interval,
@@ -215,7 +215,7 @@ def edit_run(
         y = torch.full_like(y_in, spec.label)
     else:  # the input's own class; files have none, so they are edited unconditionally
         y = torch.where(y_in >= 0, y_in, torch.full_like(y_in, K))
-    n, k = len(x), spec.samples
+    k = spec.samples
     settings = {
         "task": spec.task,
         "region": spec.region_spec,
@@ -233,6 +233,24 @@ def edit_run(
         "ema": bool(cfg.sample.ema),
         "ckpt_step": step,
     }
+    out_dir = Path(str(cfg.run_dir)) / "edits" / settings_hash(settings)
+    where = f"edit {out_dir.name} of run_dir={cfg.run_dir}"
+    with owner_lock(out_dir / ".lock", where, "cfh edit"):  # the same edit twice: one writes
+        return _edit(cfg, spec, net, train_cfg, (x, y, names), settings, out_dir)
+
+
+def _edit(
+    cfg: DictConfig,
+    spec: EditSpec,
+    net: CausalFusion,
+    train_cfg: DictConfig,
+    inputs: tuple[torch.Tensor, torch.Tensor, list[str]],
+    settings: dict,
+    out_dir: Path,
+) -> dict:
+    """Edit the inputs (images, labels, names), write grid.png, edits.npz and settings.json."""
+    x, y, names = inputs
+    n, k, device = len(x), spec.samples, next(net.parameters()).device
     sampler = run_sampler(cfg, train_cfg)
     xb = x.to(device).repeat_interleave(k, 0)  # (n k, C, H, W): k results per input
     yb = y.to(device).repeat_interleave(k, 0)
@@ -265,7 +283,6 @@ def edit_run(
         np.concatenate([shown[j : j + 1], mask, results[j * k : (j + 1) * k]]) for j in range(n)
     ]
     tiles = np.concatenate(rows)
-    out_dir = Path(str(cfg.run_dir)) / "edits" / settings_hash(settings)
     png = spec.out or out_dir / "grid.png"
     atomic_write_bytes(png, image_grid_png(tiles, ncol=2 + k))
     buf = io.BytesIO()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.choices import EDIT_TASKS
-from core.io import atomic_write_json, now_iso
+from core.io import atomic_write_json, now_iso, owner_lock
 from core.progress import run_log
 from model.data.checks import check_eval_extractor
 from model.evaluation.inference import DRAWS, Draw, draw_samples, eval_settings
@@ -30,7 +31,7 @@ from model.evaluation.run_io import (
 )
 from model.tasks.captioning import caption_metrics_of_run, caption_settings, write_caption_record
 from model.tasks.editing import task_samples
-from model.training.checkpoint import step_of
+from model.training.checkpoint import skipped_for, step_of
 from model.training.distributed import dist_info
 from model.training.loggers import log_eval_record
 
@@ -69,7 +70,8 @@ def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
 
 def _evaluate_run(cfg: DictConfig, folder: Path, device: torch.device | None) -> tuple[dict, bool]:
     """(the eval record, whether it was written now)."""
-    step = step_of(resolve_checkpoint(folder, cfg.sample.ckpt))
+    ckpt = resolve_checkpoint(folder, cfg.sample.ckpt)
+    step = step_of(ckpt)
     train_cfg = OmegaConf.load(folder / "config.yaml")
     if cfg.eval.task == "caption":
         return _evaluate_captions(cfg, folder, step, device)
@@ -79,9 +81,38 @@ def _evaluate_run(cfg: DictConfig, folder: Path, device: torch.device | None) ->
     if path.exists():
         record = json.loads(path.read_text())
         return {**record, "path": str(path)}, False
-    drawn = draw_samples(cfg, folder, device, TASK_DRAWS)
+    skipped = skipped_for(folder, ckpt) if cfg.sample.ckpt == "latest" else []
+    with record_lock(path, folder):
+        if path.exists():  # written by the process that held the lock just before
+            return {**json.loads(path.read_text()), "path": str(path)}, False
+        return _score(cfg, folder, device, train_cfg, settings, step, skipped, path), True
+
+
+def record_lock(path: Path, folder: Path) -> AbstractContextManager[None]:
+    """`eval/.<hash>.lock`: one process writes an eval record (rank 0; the others draw their
+    samples share only); the same evaluation started again meanwhile is refused."""
+    return owner_lock(
+        path.with_name(f".{path.stem}.lock"),
+        f"eval record {path.name} of run_dir={folder}",
+        "cfh evaluate",
+        enabled=dist_info().is_main,
+    )
+
+
+def _score(
+    cfg: DictConfig,
+    folder: Path,
+    device: torch.device | None,
+    train_cfg: DictConfig,
+    settings: dict,
+    step: int,
+    skipped: list[dict],
+    path: Path,
+) -> dict:
+    """Draw (or reuse) the samples, score them, write the record at `path` (rank 0)."""
+    drawn = draw_samples(cfg, folder, device, TASK_DRAWS, wait=True)
     if drawn is None:  # not rank 0: this rank's share of the samples is written, rank 0 scores
-        return {"path": None, "rank": dist_info().rank}, False
+        return {"path": None, "rank": dist_info().rank}
     images, labels = load_samples(drawn["dir"])
     metrics = compute_metrics(
         images,
@@ -100,12 +131,13 @@ def _evaluate_run(cfg: DictConfig, folder: Path, device: torch.device | None) ->
         "settings": settings,
         "metrics": {**metrics, "sample_img_per_s": drawn["sample_img_per_s"]},
         "ckpt_step": step,
+        "ckpt_skipped": skipped,  # newer checkpoints found damaged: [{path, reason}]
         "samples": drawn["dir"],
         "reference": None if cfg.eval.reference is None else str(cfg.eval.reference),
         "created": now_iso(),
     }
     atomic_write_json(path, record)
-    return {**record, "path": str(path)}, True
+    return {**record, "path": str(path)}
 
 
 def _evaluate_captions(
@@ -125,6 +157,7 @@ def _evaluate_captions(
     if not dist_info().is_main:  # captions are cheap: rank 0 alone
         return {"path": None, "rank": dist_info().rank}, False
     device = device or default_device()
-    net, _, train_cfg = load_trained(cfg, device)
-    metrics, examples = caption_metrics_of_run(net, train_cfg, cfg, folder, device)
-    return write_caption_record(path, settings, metrics, step, examples), True
+    with record_lock(path, folder):
+        net, _, train_cfg = load_trained(cfg, device)
+        metrics, examples = caption_metrics_of_run(net, train_cfg, cfg, folder, device)
+        return write_caption_record(path, settings, metrics, step, examples), True

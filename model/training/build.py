@@ -65,7 +65,11 @@ def lr_at(step: int, cfg: DictConfig) -> float:
 
 
 def make_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.AdamW:
-    """The trainer's AdamW (train.betas, train.eps, train.weight_decay; lr of step 0)."""
+    """The trainer's AdamW (train.betas, train.eps, train.weight_decay; lr of step 0).
+
+    Fused (CPU and CUDA): one kernel per step, and it takes a device-side `found_inf` flag that
+    skips the update, which is how a non-finite step is skipped without a host sync.
+    """
     t = cfg.train
     return torch.optim.AdamW(
         params,
@@ -73,6 +77,7 @@ def make_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> tor
         betas=(float(t.betas[0]), float(t.betas[1])),
         eps=float(t.eps),
         weight_decay=float(t.weight_decay),
+        fused=True,
     )
 
 
@@ -81,8 +86,12 @@ def make_ema(net: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(net).requires_grad_(False).eval()
 
 
-def ema_decay(target: float, steps_done: int) -> float:
-    """EMA decay after `steps_done` optimizer steps: warms up to `target` (train.ema_decay)."""
+def ema_decay(target: float, steps_done: int, warmup: bool = True) -> float:
+    """EMA decay after `steps_done` optimizer steps: warms up to `target` (train.ema_decay) as
+    min(target, (1 + n) / (10 + n)), or `target` from the first step (the release's constant
+    decay) when not `warmup` (train.ema_warmup=false)."""
+    if not warmup:
+        return float(target)
     return min(float(target), (1 + steps_done) / (10 + steps_done))
 
 

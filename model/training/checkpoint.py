@@ -4,8 +4,11 @@
 `ckpt_<step:08d>.pt.sha256` (`sha256sum -c` reads it), so a checkpoint never exists without its
 checksum. Reading verifies the checksum: a damaged file (bytes flipped, truncated) is reported
 by name and the previous good one is used; when checkpoints exist but none is good, the run
-fails with their list instead of silently starting again from step 0. A checkpoint without a
-checksum file was written before cfh checksummed checkpoints and loads with a warning.
+fails with their list instead of silently starting again from step 0. A checkpoint whose
+checksum file is missing (written before cfh checksummed checkpoints, or the file was lost) is
+checked against the CRCs of its own zip archive and loads with a warning that says the checksum
+file is missing. Each warning is logged once per process (cfh.train: stderr and the run's
+log.txt).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import hashlib
 import io
 import logging
 import random
-import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +96,13 @@ def damage(path: Path) -> str | None:
 
 def _check(path: Path) -> str | None:
     side = _sidecar(path)
-    if not side.exists():
-        return None  # written before checksums: torch.load still catches truncation
+    if not side.exists():  # no checksum to compare with: the archive's own CRCs catch damage
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            return f"not a readable checkpoint ({type(e).__name__}); its {SUFFIX} file is missing"
+        return f"CRC error in {bad}; its {SUFFIX} file is missing" if bad else None
     expected = side.read_text().split()[0] if side.read_text().split() else ""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -110,7 +118,10 @@ def read_checkpoint(path: Path, map_location: str = "cpu") -> dict:
     problem = damage(path)
     if problem is None:
         if not _sidecar(path).exists():
-            _warn(f"checkpoint {path} has no {SUFFIX} file (written before checksums)")
+            warn_once(
+                f"checkpoint {path} is not verified: its checksum file {_sidecar(path).name} is "
+                "missing (written before checksums, or lost); loaded as its zip CRCs allow"
+            )
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is damaged
@@ -133,10 +144,13 @@ def load_latest_checkpoint(run_dir: Path, map_location: str = "cpu") -> dict | N
     problems = []
     for path in reversed(paths):
         try:
-            return read_checkpoint(path, map_location)
+            state = read_checkpoint(path, map_location)
         except DamagedCheckpoints as e:
             problems.append(str(e))
-            _warn(f"{e}; using the previous checkpoint")
+            continue
+        for problem in problems:  # said once a good one is found: "previous" names it
+            warn_once(f"{problem}; using the previous good checkpoint {path.name}")
+        return state
     if paths:
         names = ", ".join(p.name for p in paths)
         raise DamagedCheckpoints(
@@ -150,9 +164,20 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + SUFFIX)
 
 
-def _warn(msg: str) -> None:
-    log.warning(msg)
-    print(f"warning: {msg}", file=sys.stderr)
+_warned: set[str] = set()
+
+
+def warn_once(msg: str) -> None:
+    """Log a checkpoint warning once per process (a run's checkpoints are looked at twice)."""
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning(msg)
+
+
+def skipped_for(run_dir: Path, used: Path) -> list[dict]:
+    """The checkpoints newer than `used` that are damaged: [{"path", "reason"}], newest first."""
+    newer = [p for p in reversed(checkpoint_paths(run_dir)) if step_of(p) > step_of(used)]
+    return [{"path": str(p), "reason": why} for p in newer if (why := damage(p)) is not None]
 
 
 # ---------------------------------------------------------------- per-rank states

@@ -66,6 +66,14 @@ def reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
     return int(t.item())
 
 
+def reduce_max_(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """`value` replaced in place by its max over ranks, never read on the host (with NCCL the
+    host does not wait for it; the device orders it before later uses)."""
+    if info.world > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
 def reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Mean of a tensor over ranks (SUM / world: gloo has no AVG)."""
     if info.world <= 1:

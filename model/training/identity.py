@@ -23,10 +23,19 @@ RESUMABLE_KEYS = (
     "train.compile",
     "train.grad_checkpointing",
     "train.loggers",
+    "data.on_device",  # where the batches are gathered, not which
     "sample",
     "eval",
     "cluster",
 )
+
+
+# Keys added to cfh after run folders were written without them, with the value that does what
+# cfh did before the key existed: a stored config without the key matches that value.
+ADDED_KEYS = {
+    "data.train_split": "train",
+    "train.ema_warmup": True,
+}
 
 
 def identity_diff(old: dict, new: dict) -> list[str]:
@@ -36,6 +45,9 @@ def identity_diff(old: dict, new: dict) -> list[str]:
         return not any(key == r or key.startswith(r + ".") for r in RESUMABLE_KEYS)
 
     a, b = flatten(old), flatten(new)
+    for key, value in ADDED_KEYS.items():
+        if key not in a and key in b:
+            a[key] = value
     return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
 
 

@@ -2,7 +2,9 @@
 
 The trainer reduces the flag over ranks (MAX) so that every rank saves at the same step, then
 hands the signal to the handler installed before it (the caller's: the harness requeues the
-job), or raises `Preempted` (exit code 124) when there is none.
+job), or raises `Preempted` (exit code 124) when there is none. With one rank it looks at every
+step; with several, the reduction is a collective that waits for the device, so every rank
+asks at the same steps, every SIGNAL_EVERY-th: a signal is acted on at most that many steps late.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import signal
 import threading
 from typing import Any
+
+SIGNAL_EVERY = 10  # steps between two reductions of the flag over several ranks
 
 
 class Preempted(SystemExit):
@@ -26,6 +30,7 @@ class SignalCatcher:
     def __init__(self) -> None:
         self.caught: int | None = None
         self.previous: dict[int, Any] = {}
+        self.handed = False  # the caught signal went to the previous handler
 
     def __enter__(self) -> SignalCatcher:
         main = threading.current_thread() is threading.main_thread()
@@ -48,13 +53,20 @@ class SignalCatcher:
         return next(sig for sig, c in cls.CODES.items() if c == code)
 
     def __exit__(self, *exc: Any) -> None:
+        """Restore the previous handlers; a signal caught but never acted on (it came after the
+        last step boundary) still reaches a previous Python handler (the harness's)."""
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        previous = self.previous.get(self.caught) if self.caught is not None else None
+        if not self.handed and callable(previous):
+            self.handed = True
+            previous(self.caught, None)
 
     def hand_over(self, signum: int) -> None:
         """After the checkpoint: let the previous handler act on `signum` (the harness requeues;
         on a rank the signal never reached, too), else exit with 124."""
         previous = self.previous.get(signum)
+        self.handed = True
         self.__exit__()
         if callable(previous):
             previous(signum, None)

@@ -5,18 +5,35 @@ per-(step, rank) generator; `train_step` runs the loss forward (bf16 autocast wh
 it), backward, gradient clip, AdamW and EMA update on a `Learner` that `make_learner` builds from
 the factories in model/training/build.py. The trainer and harness/bench_train.py call these same
 functions, so the bench times what the trainer runs.
+
+A step never waits for the device: its finiteness check stays there (a non-finite loss or
+gradient norm makes fused AdamW skip its update and the EMA weight 0), and the loss, grad norm
+and flag come back as device tensors that the trainer reads at log steps.
+
+Shapes that compile: the training sequence C + (L - g_S) + L changes with every split. With
+`train.compile` (sdpa, class-conditional), `draw_split` pads the clean part to one of at most
+PAD_BUCKETS lengths (`clean_bucket`) and builds the padded mask; pad tokens see only the
+condition and each other and no real token sees them, so the loss and gradients are those of
+the unpadded step within rounding (tests/model/test_step.py), and torch.compile(dynamic=False)
+builds one graph per bucket. `Learner.graphs` records each bucket's first step (compile
+included), which the trainer logs.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig
 
+from model.data.joint_pairs import is_caption_data
 from model.method import ar
 from model.method.diffusion import Diffusion, causalfusion_loss
+from model.method.masks import generalized_causal_mask
 from model.training.build import (
     ema_decay,
     grad_clip,
@@ -26,6 +43,10 @@ from model.training.build import (
     use_bf16,
 )
 
+log = logging.getLogger("cfh.train")
+
+PAD_BUCKETS = 8  # padded clean lengths (so compiled graphs) per run at most, S = 1 included
+
 
 @dataclass
 class Split:
@@ -34,8 +55,30 @@ class Split:
     sizes: list[int]
     order: torch.Tensor  # (batch, L) token order, on the device
     weights: torch.Tensor  # (L,) AR weight per token, on the device
-    seq_len: int  # condition + clean prefix + noisy tokens (image part)
+    seq_len: int  # condition + clean prefix + noisy tokens (image part), unpadded
     gen: torch.Generator = field(repr=False)  # the step's generator, for the step's other draws
+    # with train.compile: the (n, n) mask of the sequence with its clean part padded to a bucket
+    mask: torch.Tensor | None = field(default=None, repr=False)
+
+
+def clean_bucket(n_clean: int, L: int) -> int:
+    """The padded length of a clean part of n_clean tokens (0..L-1): 0 stays 0 (S = 1), others
+    round up to a multiple of ceil((L - 1) / (PAD_BUCKETS - 1)), at most L."""
+    if n_clean <= 0:
+        return 0
+    q = max(1, math.ceil((L - 1) / (PAD_BUCKETS - 1)))
+    return min(math.ceil(n_clean / q) * q, L)
+
+
+def bucketed(cfg: DictConfig) -> bool:
+    """Whether steps pad their split to a bucket (train.compile, sdpa, class-conditional)."""
+    compiled = bool(cfg.train.compile) and cfg.model.attention == "sdpa"
+    return compiled and not is_caption_data(cfg.data)
+
+
+def compile_forward(module: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
+    """train.compile's wrap: static shapes where splits are bucketed (a graph per bucket)."""
+    return torch.compile(module, dynamic=False if bucketed(cfg) else None)
 
 
 def draw_split(cfg: DictConfig, step: int, rank: int, batch: int, device: torch.device) -> Split:
@@ -49,7 +92,12 @@ def draw_split(cfg: DictConfig, step: int, rank: int, batch: int, device: torch.
     order = ar.token_order(t.order, batch, grid, gen, block=int(t.order_block))
     aw = t.loss.ar_weight
     weights = ar.ar_token_weights(sizes, L, float(aw.max), float(aw.min), aw.schedule)
-    return Split(sizes, order.to(device), weights.to(device), C + 2 * L - sizes[-1], gen)
+    mask = None
+    if bucketed(cfg):
+        mask = generalized_causal_mask(C, sizes, device, clean_len=clean_bucket(L - sizes[-1], L))
+    # non_blocking: a blocking host-to-device copy would wait for the queued steps
+    order, weights = order.to(device, non_blocking=True), weights.to(device, non_blocking=True)
+    return Split(sizes, order, weights, C + 2 * L - sizes[-1], gen, mask)
 
 
 @dataclass
@@ -65,7 +113,9 @@ class Learner:
     bf16: bool
     clip: float  # gradient-norm clip (inf = none)
     ema_target: float  # the EMA decay after warm-up (train.ema_decay)
+    ema_warmup: bool  # train.ema_warmup: warm up to ema_target, or use it from step 0
     joint: bool = False
+    graphs: dict[int, float] = field(default_factory=dict)  # padded length -> first step's s
 
 
 def make_learner(
@@ -86,24 +136,20 @@ def make_learner(
         bf16=use_bf16(cfg, device),
         clip=grad_clip(cfg),
         ema_target=float(cfg.train.ema_decay),
+        ema_warmup=bool(cfg.train.ema_warmup),
         joint=joint,
     )
 
 
 @dataclass
 class StepOut:
-    """A step's results: the loss (detached), grad norm (None when skipped), parts, lr."""
+    """A step's results, on the device: loss, grad norm, parts, whether it was applied; lr."""
 
     loss: torch.Tensor
-    grad_norm: torch.Tensor | None
+    grad_norm: torch.Tensor
     parts: dict[str, torch.Tensor]
     lr: float
-    finite: bool
-
-
-def local_finite(loss: torch.Tensor) -> bool:
-    """This process's finiteness check (the trainer reduces it over ranks)."""
-    return bool(torch.isfinite(loss.detach()).item())
+    ok: torch.Tensor  # bool: finite loss and gradients, the update was applied
 
 
 def train_step(
@@ -112,13 +158,21 @@ def train_step(
     y: torch.Tensor,
     split: Split,
     step: int,
-    all_finite: Callable[[torch.Tensor], bool] = local_finite,
+    reduce_flag: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepOut:
-    """Step `step` (0-based): loss, and unless it is non-finite, backward, clip, AdamW, EMA."""
+    """Step `step` (0-based): loss, backward, clip, AdamW and EMA, skipped where non-finite.
+
+    The skip happens on the device: a non-finite loss or gradient norm sets fused AdamW's
+    found_inf (no update, no step count) and a zero EMA weight, so weights, optimizer state and
+    EMA stay exactly as they were. `reduce_flag` makes that flag the same on every rank (the
+    trainer's all-reduce; under DDP the gradient norm is already the same).
+    """
     cfg, t = learner.cfg, learner.cfg.train
     lr = lr_at(step, cfg)
     for group in learner.opt.param_groups:
         group["lr"] = lr
+    new_shape = split.mask is not None and split.mask.shape[-1] not in learner.graphs
+    t0 = time.perf_counter()
     parts: dict[str, torch.Tensor] = {}
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=learner.bf16):
         if learner.joint:  # y holds caption ids; per sample: image-to-text or text-to-image
@@ -129,8 +183,8 @@ def train_step(
                 learner.diffusion,
                 x,
                 y,
-                captioning.to(x.device),
-                drop.to(x.device),
+                captioning.to(x.device, non_blocking=True),
+                drop.to(x.device, non_blocking=True),
                 split.order,
                 split.sizes,
                 split.weights,
@@ -140,29 +194,58 @@ def train_step(
             loss = loss_d + float(jt.text_weight) * loss_t
             parts = {"loss_diffusion": loss_d.detach(), "loss_text": loss_t.detach()}
         else:
+            padded = split.mask is not None  # the model reads the split from the padded mask
             loss, _ = causalfusion_loss(
                 learner.forward,
                 learner.diffusion,
                 x,
                 y,
                 split.order,
-                split.sizes,
+                None if padded else split.sizes,
                 split.weights,
                 noise_weighting=t.loss.noise_weighting,
                 min_snr_gamma=float(t.loss.min_snr_gamma),
+                model_kwargs={"mask": split.mask} if padded else None,
             )
-    if not all_finite(loss):
-        learner.opt.zero_grad(set_to_none=True)
-        return StepOut(loss.detach(), None, parts, lr, False)
     learner.opt.zero_grad(set_to_none=True)
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(learner.net.parameters(), learner.clip)
+    bad = (~torch.isfinite(loss.detach()) | ~torch.isfinite(gn)).float()  # () on the device
+    if reduce_flag is not None:
+        bad = reduce_flag(bad)
+    learner.opt.found_inf = bad  # fused AdamW (build.make_optimizer) skips its update where 1
     learner.opt.step()
-    ema_update(learner.ema, learner.net, ema_decay(learner.ema_target, step + 1))
-    return StepOut(loss.detach(), gn.detach(), parts, lr, True)
+    ema_update(
+        learner.ema,
+        learner.net,
+        ema_decay(learner.ema_target, step + 1, learner.ema_warmup),
+        1.0 - bad,
+    )
+    if new_shape:  # a new bucket compiled a graph: once per bucket, so a sync is affordable
+        _sync(x.device)
+        n = int(split.mask.shape[-1])
+        learner.graphs[n] = time.perf_counter() - t0
+        log.info(
+            "train.compile: graph %d (sequence length %d) took %.1f s at step %d, compile "
+            "included", len(learner.graphs), n, learner.graphs[n], step
+        )  # fmt: skip
+    return StepOut(loss.detach(), gn.detach(), parts, lr, bad == 0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * net, parameter by parameter."""
-    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - decay)
+def ema_update(
+    ema: torch.nn.Module, net: torch.nn.Module, decay: float, keep: torch.Tensor | None = None
+) -> None:
+    """ema <- decay * ema + (1 - decay) * net, parameter by parameter; `keep` (a 0/1 device
+    scalar) scales the step, so that 0 leaves the EMA exactly as it is without a host read."""
+    params, new = list(ema.parameters()), list(net.parameters())
+    if keep is None:
+        torch._foreach_lerp_(params, new, 1.0 - decay)
+        return
+    weight = keep.to(params[0].dtype) * (1.0 - decay)
+    torch._foreach_lerp_(params, new, [weight] * len(params))

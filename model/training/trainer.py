@@ -2,12 +2,23 @@
 
 `train(cfg)` trains into cfg.run_dir. Running it again on the same folder resumes from the
 latest readable checkpoint and continues bit-for-bit (every rank's RNG states and data position
-are saved); a raised `train.steps` continues training. SIGUSR2/SIGTERM reaching any rank make
-every rank save one checkpoint at the same step boundary (model/training/signals.py), call the
-caller's `on_preempt` (the harness marks the run requeued), then hand over to the handler
-installed before (the harness's, which requeues the job), or exit with code 124. A resume needs
-the world size the checkpoint was written with. A step's parts live in model/training/step.py,
-the factories in build.py, the resume identity check in identity.py.
+are saved); a raised `train.steps` continues training. Rank 0 holds `run_dir/.run.lock` for
+the whole run (core.io.run_lock): a second process on the same folder is refused at once.
+SIGUSR2/SIGTERM reaching any rank (from the start, start-up included) make every rank save one
+checkpoint at the same step boundary (model/training/signals.py), mark the run `interrupted`,
+call the caller's `on_preempt`, then hand over to the handler installed before (the harness's,
+which requeues the job and says so in status.json), or exit with code 124. SIGINT marks it
+`interrupted` where it stands, an exception `failed` with the reason. A resume needs the world
+size the checkpoint was written with. A step's parts live in model/training/step.py, the
+factories in build.py, the resume identity check in identity.py.
+
+The loop never waits for the device between log steps: the next batch is made (and copied) by
+a prefetching thread while a step runs (model/data/stream.py), a step's finiteness check stays
+on the device and skips a non-finite step there (model/training/step.py), and the values are
+read at log steps. So `train.max_nonfinite` is checked at log steps and before each checkpoint:
+a run notices its non-finite steps at most `train.log_every` steps late (the skipped steps
+changed nothing). With several ranks the signal flag is reduced every SIGNAL_EVERY steps
+(model/training/signals.py), at the same steps on every rank.
 """
 
 from __future__ import annotations
@@ -15,8 +26,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +36,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import UserError
-from core.io import atomic_write_text, cut_jsonl, record_failure, update_status
+from core.io import (
+    RUN_LOCK,
+    atomic_write_text,
+    cut_jsonl,
+    record_failure,
+    run_lock,
+    update_status,
+)
 from core.progress import Progress, run_log
 from model.data.captions import load_caption_data
+from model.data.checks import train_split
 from model.data.joint_pairs import CaptionPairs, is_caption_data, max_text_len, run_tokenizer
-from model.data.sources import build_dataset
+from model.data.sources import build_dataset, on_device
 from model.data.stream import BatchStream
 from model.method.joint import JointObjective
 from model.method.network import count_params, train_flops_per_image
@@ -50,15 +70,17 @@ from model.training.distributed import (
     gather_to_all,
     init_distributed,
     reduce_max,
+    reduce_max_,
 )
 from model.training.identity import check_run_dir
 from model.training.loggers import TrainLoggers
 from model.training.perf import matmul_peak_flops
-from model.training.signals import SignalCatcher
-from model.training.step import Learner, draw_split, make_learner, train_step
+from model.training.signals import SIGNAL_EVERY, SignalCatcher
+from model.training.step import Learner, compile_forward, draw_split, make_learner, train_step
 from model.training.window import Window
 
 log = logging.getLogger("cfh.train")
+PREFETCH = 2  # batches made ahead of the step that runs
 
 # the caller's hook after a preemption checkpoint (rank 0 only): (run_dir, step)
 OnPreempt = Callable[[Path, int], None]
@@ -91,23 +113,45 @@ def train(
     device = pick_device(cfg, info)
     if device.type == "cpu" and num_threads:
         torch.set_num_threads(int(num_threads))
-    check_run_dir(cfg, run_dir)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    with run_log(run_dir / "log.txt", enabled=info.is_main):  # rank 0 writes the run's log
+    # one writer: rank 0 holds run_dir/.run.lock until the end; the signals of a stop are
+    # caught from here on, so one during start-up is acted on at the first step boundary
+    with _owning(run_dir, info, device), SignalCatcher() as signals:
+        check_run_dir(cfg, run_dir)
         if info.is_main:
-            update_status(run_dir, state="running", phase="train", error=None)
-        barrier(info)  # the folder exists and an earlier failure is cleared before any rank works
-        try:
-            return _train(cfg, run_dir, info, device, on_preempt)
-        except Exception as e:
-            # the first rank to fail names the cause; the others then fail on its missing
-            # collectives
-            record_failure(run_dir, e, info.rank, info.world)
-            if isinstance(e, TrainingFailed):
-                log.error("%s", e)
-            raise
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        with run_log(run_dir / "log.txt", enabled=info.is_main):  # rank 0 writes the run's log
+            if info.is_main:
+                update_status(run_dir, state="running", phase="train", error=None)
+            barrier(info)  # the folder exists and an earlier failure is cleared before any work
+            try:
+                return _train(cfg, run_dir, info, device, on_preempt, signals)
+            except Exception as e:
+                # the first rank to fail names the cause; the others then fail on its missing
+                # collectives
+                record_failure(run_dir, e, info.rank, info.world)
+                if isinstance(e, TrainingFailed):
+                    log.error("%s", e)
+                raise
+            except KeyboardInterrupt:
+                if info.is_main:  # Ctrl-C: stopped where it was; a rerun resumes from a checkpoint
+                    update_status(run_dir, state="interrupted", error="interrupted by SIGINT")
+                raise
+
+
+@contextlib.contextmanager
+def _owning(run_dir: Path, info: DistInfo, device: torch.device) -> Iterator[None]:
+    """Rank 0 holds the run lock (core.io.run_lock) for the whole run; when another process
+    holds it, every rank stops at once (the others would wait on rank 0's collectives)."""
+    refusal: UserError | None = None
+    with contextlib.ExitStack() as stack:
+        if info.is_main:
+            try:
+                stack.enter_context(run_lock(run_dir, "cfh train"))
+            except UserError as e:
+                refusal = e
+        if reduce_max(int(refusal is not None), info, device):
+            raise refusal or UserError(f"run_dir={run_dir}: rank 0 could not take {RUN_LOCK}")
+        yield
 
 
 def _train(
@@ -116,6 +160,7 @@ def _train(
     info: DistInfo,
     device: torch.device,
     on_preempt: OnPreempt | None,
+    signals: SignalCatcher,
 ) -> dict:
     t_cfg = cfg.train
     torch.manual_seed(cfg.seed * 1000 + info.rank)
@@ -136,7 +181,9 @@ def _train(
         data = load_caption_data(cfg.data, "train")
         dataset = CaptionPairs(data, tokenizer, max_text_len(cfg.data))
     else:
-        dataset = build_dataset(cfg.data, split="train")
+        dataset = build_dataset(cfg.data, split=train_split(cfg.data))
+        if cfg.data.get("on_device", False):
+            dataset = on_device(dataset, device)
     stream = BatchStream(
         dataset,
         t_cfg.batch_size // info.world,
@@ -145,10 +192,12 @@ def _train(
         world=info.world,
         num_workers=int(t_cfg.num_workers),
         pin_memory=device.type == "cuda",
+        device=device,
+        prefetch=PREFETCH,
     )
 
     step = 0
-    saved_at: int | None = None  # the step of the last checkpoint this run wrote or loaded
+    saved_at = 0  # the step of the last checkpoint this run wrote or loaded (step 0: a seed)
     if info.is_main and remove_stale_temps(run_dir):
         log.info("removed the temp files of an interrupted checkpoint write")
     barrier(info)
@@ -185,61 +234,81 @@ def _train(
         barrier(info)
         saved_at = at_step
 
-    def all_finite(loss: torch.Tensor) -> bool:
-        bad = int(not torch.isfinite(loss.detach()).item())
-        return reduce_max(bad, info, loss.device) == 0
+    def all_ranks(bad: torch.Tensor) -> torch.Tensor:
+        return reduce_max_(bad, info)  # on the device: NCCL does not wait for it on the host
 
     window = Window()
     bar = Progress(int(t_cfg.steps), "train", log, unit="step", initial=step, enabled=info.is_main)
     sinks = TrainLoggers(run_dir, t_cfg.loggers, resume_step=step, enabled=info.is_main)
     t_start = time.perf_counter()
-    with SignalCatcher() as signals, contextlib.closing(sinks), contextlib.closing(bar):
+    with (
+        contextlib.closing(sinks),
+        contextlib.closing(bar),
+        contextlib.closing(stream),
+    ):
         while step < t_cfg.steps:
-            caught = reduce_max(signals.code(), info, device)  # the same answer on every rank
+            # the same answer on every rank, asked at the same steps; with several ranks it is a
+            # collective that waits for the device, so only every SIGNAL_EVERY steps
+            ask = info.world == 1 or step % SIGNAL_EVERY == 0
+            caught = reduce_max(signals.code(), info, device) if ask else 0
             if caught:
                 save(step)
                 sinks.close()  # the events so far are on disk before the job goes
-                if info.is_main and on_preempt is not None:
-                    on_preempt(run_dir, step)
+                if info.is_main:  # a requeue, if one follows, is the caller's to say (on_preempt)
+                    name = signal.Signals(signals.signal_of(caught)).name
+                    why = f"stopped by {name} at step {step} (checkpoint saved)"
+                    update_status(run_dir, state="interrupted", step=step, error=why)
+                    if on_preempt is not None:
+                        on_preempt(run_dir, step)
                 signals.hand_over(signals.signal_of(caught))
             t0 = time.perf_counter()
-            x, y = stream.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = stream.next_batch()  # made while the last step ran, on the device
+            t1 = time.perf_counter()
             split = draw_split(cfg, step, info.rank, x.shape[0], device)
-            out = train_step(learner, x, y, split, step, all_finite)
-            step += 1
-            if not out.finite:
-                window.nonfinite += 1
-                if window.nonfinite > t_cfg.max_nonfinite:
-                    raise TrainingFailed(
-                        f"non-finite loss ({out.loss.item()}) at step {step - 1}; lower "
-                        f"train.lr (now {t_cfg.lr}) or raise train.grad_clip; "
-                        f"train.max_nonfinite={t_cfg.max_nonfinite} tolerated"
-                    )
-                continue
-            assert out.grad_norm is not None
+            out = train_step(learner, x, y, split, step, all_ranks if info.world > 1 else None)
             seq_len = split.seq_len + (y.shape[1] if joint else 0)
             window.add(
-                out.loss, out.grad_norm, x.shape[0] * info.world, seq_len,
-                time.perf_counter() - t0, out.parts,
+                step, out.loss, out.grad_norm, out.ok, x.shape[0] * info.world, seq_len,
+                t1 - t0, time.perf_counter() - t1, out.parts,
             )  # fmt: skip
+            step += 1
             if step % t_cfg.log_every == 0 or step == t_cfg.steps:
                 flops = train_flops_per_image(net.cfg, window.mean_seq_len())
                 row = window.flush(step, out.lr, info, flops, peak, device, t_start)
+                if learner.graphs:
+                    row["compiled_graphs"] = len(learner.graphs)
+                    row["compile_s"] = sum(learner.graphs.values())
                 sinks.log(row)
+                _fail_if_nonfinite(window, t_cfg)
                 if info.is_main:
                     update_status(run_dir, step=step, loss=row["loss"])
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+                    if row["loss"] is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
             bar.update(1)
             if step % t_cfg.ckpt_every == 0 and step < t_cfg.steps:
+                t_save = time.perf_counter()
+                _fail_if_nonfinite(window, t_cfg)  # no checkpoint after an unnoticed failure
                 save(step)
                 sinks.flush()
+                window.exclude(time.perf_counter() - t_save)
     save(step)
     summary = {"step": step, "params": count_params(net), "wall_s": time.perf_counter() - t_start}
     if info.is_main:
         update_status(run_dir, state="completed", phase="train", step=step)
         log.info("finished at step %d", step)
     return summary
+
+
+def _fail_if_nonfinite(window: Window, t_cfg: DictConfig) -> None:
+    """TrainingFailed once more than train.max_nonfinite steps were non-finite."""
+    if window.count_nonfinite() <= t_cfg.max_nonfinite:
+        return
+    at, loss = window.first_nonfinite or (-1, float("nan"))
+    raise TrainingFailed(
+        f"non-finite loss or gradients ({loss}) at step {at}, {window.nonfinite} such steps; "
+        f"lower train.lr (now {t_cfg.lr}) or raise train.grad_clip; "
+        f"train.max_nonfinite={t_cfg.max_nonfinite} tolerated"
+    )
 
 
 def _wrap(
@@ -253,7 +322,7 @@ def _wrap(
         ids = [device.index] if device.type == "cuda" else None
         out = torch.nn.parallel.DistributedDataParallel(out, device_ids=ids)
     if cfg.train.compile:
-        out = torch.compile(out)
+        out = compile_forward(out, cfg)
     return out
 
 

@@ -42,7 +42,8 @@ def cfh(*argv: str) -> tuple[int, str]:
 
 
 def grid(folder: Path, name: str, evals: bool) -> Path:
-    body = {"base": BASE, "eval": {"axes": {"sample.ar_steps": [2]}} if evals else False}
+    evaluation = {"axes": {"sample.ar_steps": [2]}} if evals else False
+    body = {"base": BASE, "seeds": [0], "eval": evaluation}  # one run (a grid lists its runs)
     path = folder / f"{name}.yaml"
     path.write_text(json.dumps(body))
     return path

@@ -271,3 +271,107 @@ def test_slurm_additional_parameters_reach_submitit(tmp_path):
         validate_profile(
             {"name": "local", "backend": "local", "slurm_additional_parameters": extra}
         )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--every", "-5"], "--every -5 is not allowed; expected a number of seconds > 0"),
+        (["--every", "0"], "--every 0 is not allowed"),
+        (["--every", "nan"], "--every nan is not allowed"),
+        (["--seeds", ""], "--seeds '' is not allowed; expected integers >= 0 like 0,1,2"),
+        (["--extend", "train.steps=50"], "--extend train.steps=50 does not extend grid smoke: "
+         "its points train for 300 steps (train.steps); allowed: N > 300"),
+        (["--extend", "train.steps=300"], "allowed: N > 300"),
+        (["train.steps=3", "train.steps=4"], "train.steps is given twice with different values"),
+        (["train.lr=1e-4,3e-4", "train.lr=1e-4"], "train.lr is given twice"),
+        (["train.batch_size=5000"], "train.batch_size=5000 is larger than the train split"),
+        (["sample.num=40"], "eval.kid_subset_size=50 is above sample.num=40"),
+        (["cluster.nodes=2"], "nodes=2 is not allowed on the local backend (one machine)"),
+    ],
+)  # fmt: skip
+def test_sweep_plans_that_cannot_run_are_refused(tmp_path, capsys, argv, needle):
+    root = tmp_path / "root"
+    code, out, err = run(capsys, "--root", str(root), "sweep", "smoke", *argv, "--dry-run")
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert not root.exists()
+
+
+def test_sweep_flags_that_can_run(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    flags = ["--extend", "train.steps=301", "--seeds", "3", "--every", "0.5", "--dry-run"]
+    code, out, err = run(capsys, "--root", root, "sweep", "smoke", *flags)
+    assert code == 0 and "3 points" in out, err
+    grid = tmp_path / "seeded.yaml"
+    grid.write_text("axes: {seed: [1, 2]}\n")
+    code, out, err = run(capsys, "--root", root, "sweep", str(grid), "--seeds", "0", "--dry-run")
+    assert code == 2 and "--seeds: grid seeded" in err and "give seeds in one place" in err
+    code, out, err = run(capsys, "--root", root, "status", "smoke", "--watch", "-1")
+    assert code == 2 and "--watch -1 is not allowed" in err
+
+
+def test_an_empty_or_flat_grid_and_a_path_name_submit_nothing(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "root"
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "flat.yaml").write_text("base: {train.steps: 10}\n")
+    (tmp_path / "x").write_text("axes: {seed: [1]}\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for grid, needle in (
+        ("../empty.yaml", "grid file ../empty.yaml is empty"),
+        ("../flat.yaml", "the grid has no axis, zip, include, seeds or eval axis"),
+        ("../x", "grid '../x' is neither a grid name nor a .yaml file"),
+    ):
+        code, out, err = run(capsys, "--root", str(root), "sweep", grid)  # no --dry-run
+        assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert not root.exists()
+
+
+# ---------------------------------------------------------------- issue 20: what a new user read
+
+
+def test_dry_run_counts_read_as_english(tmp_path, capsys):
+    from harness.points import TrainPoint, evals_per_point_text, points_text
+
+    code, out, _ = run(capsys, "sweep", "smoke", "--dry-run", "--root", str(tmp_path))
+    assert code == 0
+    assert "eval axes: sample.ar_steps; 2 eval points per train point" in out
+    assert ": 3 points; root" in out and "/3" not in out
+    grid = tmp_path / "one.yaml"
+    grid.write_text("base: {model: T, data: digits}\nseeds: [0]\neval:\n  axes:\n    "
+                    "sample.ar_steps: [1]\n")  # fmt: skip
+    code, out, _ = run(capsys, "sweep", str(grid), "--dry-run", "--root", str(tmp_path))
+    assert code == 0
+    assert "; 1 eval point per train point" in out and "array 1/1: 1 point, cluster" in out
+    assert "1 eval points" not in out and "1 points" not in out
+    assert points_text(1, "eval") == "1 eval point" and points_text(0) == "0 points"
+
+    def point(n: int) -> TrainPoint:
+        return TrainPoint("s", [], {}, {}, [None] * n)  # only the eval count matters here
+
+    mixed = evals_per_point_text([point(2), point(3), point(2)])
+    assert mixed == "eval points per train point: 2 for 2 train points, 3 for 1 train point"
+
+
+def test_a_dry_run_plans_before_the_data_exists(tmp_path, capsys):
+    code, out, err = run(
+        capsys, "sweep", "imagenet256_system", "--dry-run", "--root", str(tmp_path)
+    )
+    assert code == 0, err
+    assert "array 1/1: 2 points, cluster slurm_gpu (slurm): nodes 4" in out
+    assert "  #SBATCH --nodes=4\n" in out and "  #SBATCH --gpus-per-node=8\n" in out
+    warning = "warning: data=latents needs data.root (a folder), e.g. data.root=/path/to/latents"
+    assert out.count(warning) == 1, out  # one line per cause, not per point or per check
+    latents = tmp_path / "latents"
+    latents.mkdir()
+    code, out, _ = run(capsys, "sweep", "imagenet256_system", "--dry-run", f"data.root={latents}",
+                       "--root", str(tmp_path))  # fmt: skip
+    assert code == 0
+    assert f"warning: data.root='{latents}' has no latents.npy; write latents with `cfh en" in out
+    # without --dry-run the same checks refuse, and nothing is written
+    code, out, err = run(capsys, "sweep", "imagenet256_system", "--root", str(tmp_path))
+    assert code == 2 and "data=latents needs data.root" in err
+    code, out, err = run(capsys, "sweep", "imagenet256_system", f"data.root={latents}",
+                         "--root", str(tmp_path))  # fmt: skip
+    assert code == 2 and "has no latents.npy" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "grids").exists()

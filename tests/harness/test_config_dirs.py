@@ -78,7 +78,8 @@ def test_earlier_dirs_win_and_a_user_grid_shadows_a_shipped_one(
     first, second = tmp_path / "a", tmp_path / "b"
     for d, steps in ((first, 3), (second, 5)):
         (d / "grids").mkdir(parents=True)
-        (d / "grids" / "smoke.yaml").write_text(f"base: {{model: T, train.steps: {steps}}}\n")
+        grid = f"base: {{model: T, train.steps: {steps}}}\nseeds: [0]\n"
+        (d / "grids" / "smoke.yaml").write_text(grid)
     monkeypatch.setenv(config_search.CONFIG_DIR_ENV, os.pathsep.join([str(first), str(second)]))
     assert grid_path("smoke") == first / "grids" / "smoke.yaml"
     assert [p.config["train"]["steps"] for p in load_grid("smoke").expand()] == [3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,7 @@ def test_eval_axes_cross_every_run(tmp_path):
             - {sample.ar_steps: 4, sample.cfg: 1.5}
         """,
         sample__num=50,
+        eval__kid_subset_size=50,
     )
     points = load_grid(str(path)).expand()
     assert len(points) == 2
@@ -126,7 +128,7 @@ def test_eval_axes_cross_every_run(tmp_path):
 
 
 def test_eval_false_trains_only(tmp_path):
-    path = grid_file(tmp_path, "eval: false\n")
+    path = grid_file(tmp_path, "seeds: [0]\neval: false\n")
     (point,) = load_grid(str(path)).expand()
     assert point.evals == []
 
@@ -170,7 +172,8 @@ def test_duplicate_signatures_are_merged(tmp_path):
 
 def test_command_line_overrides(tmp_path):
     path = grid_file(tmp_path, "axes:\n  train.ar.decay: [0.9]\n")
-    grid = load_grid(str(path), ["train.steps=7", "sample.num=9", "cluster.parallelism=2"])
+    overrides = ["train.steps=7", "sample.num=9", "eval.kid_subset_size=9", "cluster.parallelism=2"]
+    grid = load_grid(str(path), overrides)
     (point,) = grid.expand()
     assert point.config["train"]["steps"] == 7
     assert point.config["cluster"]["parallelism"] == 2
@@ -195,7 +198,7 @@ def test_shipped_grids_expand():
 
 def test_imagenet_grids_need_a_data_root(tmp_path):
     for name in ("imagenet256_ablation", "imagenet256_system"):
-        with pytest.raises(UserError, match="data.root is required"):
+        with pytest.raises(UserError, match="data=latents needs data.root"):
             load_grid(name).expand()
     root = tmp_path / "latents"
     root.mkdir()
@@ -290,3 +293,89 @@ def test_the_token_order_grid_samples_each_model_in_its_own_order_and_in_random(
         orders = {(e.settings["sample"]["ar_steps"], e.settings["sample"]["order"])
                   for e in p.evals}  # fmt: skip
         assert {(1, own), (4, own), (4, "random")} == orders, (own, orders)
+
+
+# ---------------------------------------------------------------- plans that cannot run
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "{}\n"])
+def test_an_empty_grid_file_is_refused(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"grid file {path} is empty; a grid lists its runs"):
+        load_grid(str(path))
+
+
+def test_a_grid_that_varies_nothing_is_refused(tmp_path):
+    for body in ("", "eval: false\n", "eval:\n  base: {sample.num: 200}\n"):
+        path = grid_file(tmp_path, body)
+        with pytest.raises(UserError, match=f"grid {path}: axes: the grid has no axis, zip, "):
+            load_grid(str(path)).expand()
+    path = grid_file(tmp_path, "")
+    assert len(load_grid(str(path), ["train.lr=1e-4,2e-4"]).expand()) == 2  # a sweep is an axis
+    path = grid_file(tmp_path, "seeds: [0]\n")  # a single run
+    assert [p.axes for p in load_grid(str(path)).expand()] == [{"seed": 0}]
+    path = grid_file(tmp_path, "eval:\n  axes:\n    sample.ar_steps: [1, 2]\n")  # one run, 2 evals
+    assert [len(p.evals) for p in load_grid(str(path)).expand()] == [2]
+
+
+def test_a_huge_grid_is_refused_by_counting_before_expanding(tmp_path):
+    axes = "".join(f"  {k}: {list(range(1, 11))}\n" for k in (
+        "train.warmup_steps", "train.ckpt_every", "train.log_every", "train.keep_checkpoints",
+        "train.order_block", "train.max_nonfinite", "seed"))  # fmt: skip
+    path = grid_file(tmp_path, f"axes:\n{axes}")
+    t0 = time.perf_counter()
+    message = r"10,000,000 train points \(train.warmup_steps 10 x .* x seed 10, before exclu"
+    with pytest.raises(UserError, match=message + r"sions\); the limit is 10,000"):
+        load_grid(str(path)).expand()
+    assert time.perf_counter() - t0 < 1.0  # counted, not expanded (expanding would take days)
+    path = grid_file(tmp_path, "include: [{seed: 1}, {seed: 2}]\n", "two")
+    with pytest.raises(UserError, match=r"10,002 train points \(2 include entries x train.steps "):
+        load_grid(str(path), ["train.steps=range(1,5002)"]).expand()
+    evals = "eval:\n  axes:\n    sample.seed: " + str(list(range(1001))) + "\n"
+    path = grid_file(tmp_path, "axes:\n  seed: " + str(list(range(100))) + "\n" + evals, "ev")
+    with pytest.raises(UserError, match=r"eval: the grid has 100,100 eval points \(100 train "):
+        load_grid(str(path)).expand()
+
+
+def test_plans_that_cannot_run_are_refused_in_every_point(tmp_path):
+    path = grid_file(tmp_path, "axes:\n  train.batch_size: [64, 2000]\n")
+    with pytest.raises(
+        UserError,
+        match=r"point \{train.batch_size=2000\}: train.batch_size=2000 "
+        r"is larger than the train split of data=digits \(1,437 images\)",
+    ):
+        load_grid(str(path)).expand()  # fmt: skip
+    body = "seeds: [0]\nresources: {tasks_per_node: 2}\n"
+    path = grid_file(tmp_path, body, "ranks", train__batch_size=1438)
+    with pytest.raises(
+        UserError,
+        match=r"1438 \(719 per rank x 2 ranks\) is larger .* allowed: "
+        "a multiple of 2 up to 1436",
+    ):
+        load_grid(str(path)).expand()  # fmt: skip
+    body = "seeds: [0]\neval:\n  axes:\n    sample.num: [200, 50]\n"
+    path = grid_file(tmp_path, body, "kid", eval__kid_subset_size=100)
+    with pytest.raises(
+        UserError,
+        match=r"eval point \{sample.num=50\}: eval.kid_subset_size=100 "
+        r"is above sample.num=50 .*allowed: 2..50",
+    ):
+        load_grid(str(path)).expand()  # fmt: skip
+    with pytest.raises(UserError, match=r"kid_subset_size=100 is above sample.num=20"):
+        load_grid(str(grid_file(tmp_path, "seeds: [0]\n")), ["sample.num=20"]).expand()
+
+
+def test_a_grid_name_is_not_a_path(tmp_path, monkeypatch):
+    (tmp_path / "x").write_text("axes: {seed: [1]}\n")  # a file, but not a .yaml one
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for name in ("../x", "sub/../../x", "/etc/passwd"):
+        with pytest.raises(
+            UserError,
+            match=f"grid '{name}' is neither a grid name nor a .yaml "
+            "file: a name is looked up in .*pass the folder with `cfh --config-dir",
+        ):
+            load_grid(name)  # fmt: skip
+    (tmp_path / "x.yaml").write_text("axes: {seed: [1]}\n")  # named by its .yaml path: read
+    assert len(load_grid("../x.yaml").expand()) == 1

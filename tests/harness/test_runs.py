@@ -62,10 +62,25 @@ def test_non_result_keys_do_not_change_the_signature(override):
 
 @pytest.mark.parametrize(
     "override",
-    ["seed=1", "model=S", "data=mnist", "train.steps=10", "train.lr=0.002", "train.order=raster"],
+    [
+        "seed=1",
+        "model=S",
+        "data=mnist",
+        "train.steps=10",
+        "train.lr=0.002",
+        "train.order=raster",
+        "data.train_split=all",
+        "train.ema_warmup=false",
+    ],
 )
 def test_result_keys_change_the_signature(override):
     assert sig(override) != sig()
+
+
+def test_the_official_recipe_keys_enter_the_signature_only_when_not_default():
+    assert sig("data.train_split=train", "train.ema_warmup=true") == sig()
+    delta = signatures.config_delta(resolve_overrides(["data.train_split=all"]))
+    assert delta == {"data.train_split": "all"}
 
 
 def test_the_number_of_ranks_is_in_the_signature():
@@ -163,6 +178,8 @@ def test_submission_history(tmp_path):
         ({"state": "running", "job_id": "7"}, {"job_id": "7"}, "failed", "failed"),
         ({"state": "running", "job_id": "7"}, {"job_id": "7"}, "cancelled", "cancelled"),
         ({"state": "failed", "job_id": "7"}, {"job_id": "7"}, "failed", "failed"),
+        ({"state": "interrupted", "job_id": "7"}, {"job_id": "7"}, "failed", "interrupted"),
+        ({"state": "interrupted", "job_id": "7"}, {"job_id": "8"}, "pending", "pending"),
         ({"state": "failed", "job_id": "7"}, {"job_id": "8"}, "pending", "pending"),  # retried
         (
             {"state": "running", "job_id": "7"},

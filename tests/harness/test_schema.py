@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ from core.keys import flatten
 from harness.cli import main
 from harness.config import parse_override, resolve_overrides
 from harness.schema import SCHEMA, SCHEMA_SECTIONS
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Override texts tried on every key; each parses (hydra) to a value of some type.
 CANDIDATES = [
@@ -180,3 +185,123 @@ def test_the_bad_inputs_of_the_issue(tmp_path):
         code, err = refused("train", f"run_dir={tmp_path / 'r'}", override)
         assert code == 2 and err.startswith("error: "), (override, err)
         assert not (tmp_path / "r").exists(), override
+
+
+# ---------------------------------------------------------------- plans that cannot run
+
+
+def test_split_sizes_are_the_arrays_sizes():
+    import gzip
+    import pickle
+
+    from model.data.arrays import digits_split_indices, mnist_path
+    from model.data.checks import SPLIT_SIZES
+
+    digits = {split: len(idx) for split, idx in digits_split_indices().items()}
+    assert SPLIT_SIZES["digits"] == digits
+    with gzip.open(mnist_path(), "rb") as f:
+        parts = dict(
+            zip(("train", "valid", "test"), pickle.load(f, encoding="latin1"), strict=True)
+        )
+    mnist = {split: len(y) for split, (_, y) in parts.items()}
+    mnist["all"] = sum(mnist.values())
+    assert {k: v for k, v in SPLIT_SIZES["mnist"].items() if k in mnist} == mnist
+
+
+PLANS = [  # (environment, argv, what the one-line error says)
+    ({}, ["train", "train.batch_size=5000"], "train.batch_size=5000 is larger than the train "
+     "split of data=digits (1,437 images); allowed: 1..1437"),
+    ({}, ["train", "data=mnist", "train.batch_size=50001"], "(50,000 images); allowed: 1..50000"),
+    ({}, ["train", "data=digits_captions", "train.batch_size=3000"], "(2,874 image-caption"),
+    ({"WORLD_SIZE": "4"}, ["train", "train.batch_size=6"], "does not split over the 4 ranks"),
+    ({"WORLD_SIZE": "4"}, ["train", "train.batch_size=1440"],
+     "1440 (360 per rank x 4 ranks) is larger than the train split of data=digits"),
+    ({}, ["evaluate", "sample.num=50"], "eval.kid_subset_size=100 is above sample.num=50"),
+    ({}, ["evaluate", "sample.num=300", "eval.kid_subset_size=400"], "allowed: 2..300"),
+    ({}, ["train", "train.steps=3", "train.steps=4"],
+     "train.steps is given twice with different values ('train.steps=3' and 'train.steps=4')"),
+    ({}, ["evaluate", "sample.num=300", "sample.num=200"], "sample.num is given twice"),
+    ({}, ["train", "cluster.nodes=2"], "nodes=2 is not allowed on the local backend (one "
+     "machine); expected 1 (several nodes: a slurm profile"),
+]  # fmt: skip
+
+
+def test_plans_that_cannot_run_are_refused_before_torch_and_write_nothing(tmp_path):
+    """Each plan: exit 2, one line naming the value and what is allowed, no torch, no files."""
+    code = (
+        "import contextlib, io, json, os, sys\n"
+        "from harness.cli import main\n"
+        "out = []\n"
+        f"for env, argv in {[(e, a) for e, a, _ in PLANS]!r}:\n"
+        "    os.environ.pop('WORLD_SIZE', None)\n"
+        "    os.environ.update(env)\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        f"        rc = main([*argv, 'run_dir={tmp_path / 'run'}'])\n"
+        "    out.append([rc, err.getvalue()])\n"
+        "print(json.dumps({'results': out, 'torch': 'torch' in sys.modules}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not result["torch"], "torch was imported"
+    for (_, argv, needle), (rc, err) in zip(PLANS, result["results"], strict=True):
+        assert rc == 2 and err.count("\n") == 1 and err.startswith("error: "), (argv, err)
+        assert needle in err, (argv, err)
+    assert not list(tmp_path.iterdir()), "something was written"
+
+
+def test_the_same_value_twice_and_a_caption_evaluation_pass():
+    from harness.schema import check_kid_subset
+
+    assert refused("train", "train.steps=3", "train.steps=3", "--cfg", "job")[0] == 0
+    assert refused("train", "train.lr=1e-4", "train.lr=0.0001", "--cfg", "job")[0] == 0
+    cfg = resolve_overrides(["sample.num=30", "eval.task=caption"])
+    check_kid_subset(cfg)  # captions: no KID, so no limit
+
+
+def test_an_image_folder_and_latents_are_counted_up_to_the_batch(tmp_path):
+    from core.errors import UserError
+    from harness.schema import check_train_batch
+
+    folder = tmp_path / "images"
+    for i in range(5):
+        (folder / f"c{i % 2}" / "deep").mkdir(parents=True, exist_ok=True)
+        (folder / f"c{i % 2}" / "deep" / f"{i}.PNG").write_bytes(b"")  # counted by name only
+    (folder / "c0" / "notes.txt").write_text("not an image")
+    data = [f"data.root={folder}", "data.num_classes=2", "data.resolution=8", "data.patch_size=1"]
+    cfg = resolve_overrides(["data=imagefolder", *data, "train.batch_size=5"])
+    check_train_batch(cfg)
+    cfg["train"]["batch_size"] = 6
+    with pytest.raises(UserError, match=r"batch_size=6 is larger .*imagefolder \(5 images\)"):
+        check_train_batch(cfg)
+    latents = tmp_path / "latents"
+    latents.mkdir()
+    for name in ("latents.npy", "labels.npy"):
+        (latents / name).write_bytes(b"")
+    meta = {"channels": 4, "resolution": 32, "num_classes": 1000, "scale_factor": 0.18215,
+            "flips": False, "count": 7}  # fmt: skip
+    (latents / "meta.json").write_text(json.dumps(meta))
+    cfg = resolve_overrides(["data=latents", f"data.root={latents}", "train.batch_size=8"])
+    with pytest.raises(UserError, match=r"data=latents \(7 images\); allowed: 1..7"):
+        check_train_batch(cfg)
+    del meta["count"]  # written before cfh encode recorded it: not counted, not refused
+    (latents / "meta.json").write_text(json.dumps(meta))
+    check_train_batch(cfg)
+
+
+def test_the_whole_set_is_the_limit_when_training_on_all_of_it():
+    from core.errors import UserError
+    from harness.schema import check_train_batch
+
+    cfg = resolve_overrides(["data.train_split=all", "train.batch_size=1797"])
+    check_train_batch(cfg)  # 1,797 digits in all, 1,437 in the train split
+    cfg["train"]["batch_size"] = 1798
+    with pytest.raises(
+        UserError,
+        match=r"than data.train_split=all of data=digits \(1,797 images\); allowed: 1..1797",
+    ):
+        check_train_batch(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.io import update_status
+from core.io import run_lock, update_status
 from harness.runs import run_dir
 from harness.status import Row, eval_label, progress_lines, render, row_for, train_rate
 
@@ -114,10 +114,15 @@ def test_status_and_the_results_loader_read_a_run_folder_alike(tmp_path: Path) -
     rdir = run_dir(tmp_path, SIG)
     evals = {"k1": {"file": "eval/1.json", "fid": 20.0, "s_eval": 1}}
     update_status(rdir, state="running", phase="eval", step=3, total_steps=4, evals=evals)
-    row = row_for(SIG, {}, ["k1", "k2"], tmp_path, {})
-    (result,), _ = read_run(rdir, {}, {"k1", "k2"})
+    with run_lock(rdir, "a job"):  # a process runs it
+        row = row_for(SIG, {}, ["k1", "k2"], tmp_path, {})
+        (result,), _ = read_run(rdir, {}, {"k1", "k2"})
     assert (row.state, row.phase, row.step, row.total_steps) == ("running", "eval", 3, 4)
     assert (result["state"], result["phase"], result["progress_step"]) == ("running", "eval", 3)
+    row = row_for(SIG, {}, ["k1", "k2"], tmp_path, {})  # no process: gone, as both say
+    (result,), _ = read_run(rdir, {}, {"k1", "k2"})
+    assert row.state == result["state"] == "failed" and row.error == result["error"]
+    assert row.error.startswith("process gone (status.json says running, but no process holds")
     (rdir / "status.json").write_text('{"state": "done"}')  # not a state a job writes
     row = row_for(SIG, {}, ["k1"], tmp_path, {})
     (result,), _ = read_run(rdir, {}, {"k1"})

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.io import read_status
+from core.io import read_status, update_status
 from harness.cli import main
 from harness.runs import read_submission
 
@@ -77,7 +77,8 @@ def swept(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("local")
     empty = tmp / "broken_images"  # valid up front; the job fails reading the image
     (empty / "a").mkdir(parents=True)
-    (empty / "a" / "x.png").write_bytes(b"not a png")
+    for i in range(16):  # as many as a batch: a smaller folder is refused up front
+        (empty / "a" / f"{i:02d}x.png").write_bytes(b"not a png")
     bad = (
         f"  - {{data: imagefolder, data.root: {empty}, data.resolution: 8, data.patch_size: 1, "
         "data.num_classes: 1}"
@@ -146,6 +147,21 @@ def test_second_sweep_submits_nothing(swept):
     assert before == after
 
 
+def test_an_interrupted_point_is_resubmitted_with_retry(swept):
+    root = swept["root"]
+    sig = sigs_by_state(root)["completed"][0]
+    path = root / "runs" / sig / "status.json"
+    saved = path.read_text()
+    update_status(path.parent, state="interrupted", error="interrupted by SIGINT")
+    try:
+        code, out = cfh("--root", str(root), "sweep", str(swept["grid"]), "--dry-run")
+        assert "skip (interrupted; --retry resubmits it)" in out, out
+        code, out = cfh("--root", str(root), "sweep", str(swept["grid"]), "--dry-run", "--retry")
+        assert "plan: 2 to submit, 1 to skip" in out, out  # the failed and the interrupted one
+    finally:
+        path.write_text(saved)
+
+
 def test_retry_resubmits_only_the_failed_point(swept):
     root = swept["root"]
     (failed,) = sigs_by_state(root)["failed"]
@@ -212,7 +228,7 @@ def _all(swept) -> list[str]:
 def test_another_grid_file_with_the_same_name_is_refused(swept, tmp_path):
     other = tmp_path / "elsewhere" / "tiny.yaml"
     other.parent.mkdir()
-    other.write_text("base: {model: T}\n")  # a different grid: --prune would drop every point
+    other.write_text("base: {model: T}\nseeds: [0]\n")  # another grid: --prune would drop all
     links = sorted((swept["root"] / "grids" / "tiny" / "runs").iterdir())
     for extra in ([], ["--dry-run"], ["--prune"]):
         code, out = cfh("--root", str(swept["root"]), "sweep", str(other), *extra)

@@ -126,7 +126,8 @@ def test_four_point_array_completes_and_second_sweep_submits_nothing(root, four)
 
 
 def test_usr2_requeue_resumes_bitwise(root, slurm_cluster, tmp_path):
-    grid = write_grid(tmp_path / "requeue.yaml", slurm_cluster, "eval: false\n", train__steps=40)
+    body = "seeds: [0]\neval: false\n"  # one run
+    grid = write_grid(tmp_path / "requeue.yaml", slurm_cluster, body, train__steps=40)
     ref_root = tmp_path / "reference"  # the same run, uninterrupted, under the same scheduler
     cfh("--root", str(ref_root), "sweep", str(grid))
     cfh("--root", str(root), "sweep", str(grid))
@@ -152,7 +153,8 @@ def test_usr2_requeue_resumes_bitwise(root, slurm_cluster, tmp_path):
 def test_raising_job_is_failed_and_retried_alone(root, four, slurm_cluster, tmp_path):
     empty = tmp_path / "broken_images"  # valid up front; the job fails reading the image
     (empty / "a").mkdir(parents=True)
-    (empty / "a" / "x.png").write_bytes(b"not a png")
+    for i in range(16):  # as many as a batch: a smaller folder is refused up front
+        (empty / "a" / f"{i:02d}x.png").write_bytes(b"not a png")
     body = f"""
         include:
           - {{train.ar.steps: 1}}

@@ -69,7 +69,7 @@ def test_every_checkpoint_has_a_matching_sha256(straight):
 
 
 def test_flipped_bytes_are_named_and_the_previous_checkpoint_resumes_exactly(
-    straight, tmp_path, capsys
+    straight, tmp_path, caplog
 ):
     run = tmp_path / "run"
     _train(run, 10)  # checkpoints at 5 and 10
@@ -77,7 +77,7 @@ def test_flipped_bytes_are_named_and_the_previous_checkpoint_resumes_exactly(
     assert "does not match" in damage(checkpoint_path(run, 10))
     assert resolve_checkpoint(run, "latest") == checkpoint_path(run, 5)
     _train(run, 15)
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "ckpt_00000010.pt is damaged" in err and "using the previous" in err
     _same(run, straight)  # resumed from step 5: steps 6..15 once each, same numbers
 
@@ -104,13 +104,13 @@ def test_a_truncated_checkpoint_is_damaged(tmp_path):
         read_checkpoint(path)
 
 
-def test_a_checkpoint_without_checksum_still_loads_with_a_warning(tmp_path, capsys):
+def test_a_checkpoint_without_checksum_still_loads_with_a_warning(tmp_path, caplog):
     run = tmp_path / "run"
     _train(run, 5)
     path = checkpoint_path(run, 5)
     path.with_name(path.name + ".sha256").unlink()
     assert read_checkpoint(path)["step"] == 5
-    assert "no .sha256 file" in capsys.readouterr().err
+    assert "its checksum file ckpt_00000005.pt.sha256 is missing" in caplog.text
 
 
 def test_resume_cuts_metrics_back_to_the_checkpoint(straight, tmp_path):

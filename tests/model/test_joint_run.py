@@ -20,7 +20,7 @@ from model.training.checkpoint import checkpoint_paths, read_checkpoint
 from model.training.trainer import train
 
 RUN = ["model=T", "data=digits_captions", "train.batch_size=16", "train.log_every=1"]
-FAST = ["sample.steps=3", "sample.num=20", "sample.batch_size=64"]
+FAST = ["sample.steps=3", "sample.num=20", "sample.batch_size=64", "eval.kid_subset_size=10"]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,14 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from core.errors import UserError
 from core.io import read_jsonl, read_status
+from core.records import metrics_row_problem
 from harness.config import load_config
 from model.training.checkpoint import checkpoint_paths
 from model.training.trainer import TrainingFailed, train
+from reports.results import train_stats
 
 TINY = [
     "model=T",
@@ -60,14 +64,14 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert a["data"] == b["data"]
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path: Path, capsys) -> None:
+def test_corrupt_latest_checkpoint_falls_back(tmp_path: Path, caplog) -> None:
     run = tmp_path / "run"
     train(_cfg(run, "train.steps=20", "train.ckpt_every=10"))
     paths = checkpoint_paths(run)
     assert [p.name for p in paths] == ["ckpt_00000010.pt", "ckpt_00000020.pt"]
     paths[-1].write_bytes(paths[-1].read_bytes()[:1000])  # truncated, as by a crash mid-copy
     train(_cfg(run, "train.steps=25", "train.ckpt_every=10"))
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "ckpt_00000020.pt is damaged: sha256" in err and "using the previous" in err
     assert _final_state(run)["step"] == 25
 
@@ -98,6 +102,59 @@ def test_nonfinite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
     assert status["state"] == "failed" and "non-finite" in status["error"]
 
 
+def _poison_calls(monkeypatch, calls: set[int]) -> None:
+    """The loss of the given calls (0-based: one per step) becomes NaN."""
+    import model.training.step as trainer_step
+
+    real, count = trainer_step.causalfusion_loss, [0]
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        count[0] += 1
+        return (loss * float("nan") if count[0] - 1 in calls else loss), stats
+
+    monkeypatch.setattr(trainer_step, "causalfusion_loss", poisoned)
+
+
+def test_a_nonfinite_step_is_noticed_at_the_next_log_step(tmp_path: Path, monkeypatch) -> None:
+    """The step skips itself on the device; the trainer reads the flag at its log step (at most
+    train.log_every steps later) and fails there, naming the step."""
+    _poison_calls(monkeypatch, {2})
+    run = tmp_path / "run"
+    with pytest.raises(TrainingFailed, match=r"non-finite loss .* at step 2, 1 such steps"):
+        train(_cfg(run, "train.steps=20"))  # train.log_every=10
+    (row,) = read_jsonl(run / "metrics.jsonl")
+    assert row["step"] == 10 and row["nonfinite_steps"] == 1 and row["loss"] > 0
+    assert read_status(run)["state"] == "failed" and not checkpoint_paths(run)
+
+
+def test_tolerated_nonfinite_steps_and_the_time_shares(tmp_path: Path, monkeypatch) -> None:
+    """train.max_nonfinite=1: one skipped step, the run goes on; rows say where time went."""
+    _poison_calls(monkeypatch, {3})
+    run = tmp_path / "run"
+    train(_cfg(run, "train.steps=20", "train.max_nonfinite=1"))  # train.log_every=10
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r.get("nonfinite_steps") for r in rows] == [1, None]
+    for r in rows:
+        assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"])
+        assert 0 <= r["data_wait_frac"] <= 1 and 0 < r["step_frac"] <= 1
+        assert r["data_wait_frac"] + r["step_frac"] <= 1 + 1e-9
+        assert metrics_row_problem(r) is None
+    assert metrics_row_problem({**rows[0], "step_frac": 1.5}) is not None
+    assert read_status(run)["state"] == "completed"
+    curves = pd.DataFrame([{**r, "signature": "s", "_order": i} for i, r in enumerate(rows)])
+    assert train_stats(curves).loc["s", "data_wait_frac"] == rows[1]["data_wait_frac"]
+
+
+def test_data_on_device_trains_the_same_run(tmp_path: Path) -> None:
+    """data.on_device=true (here: the CPU) gathers the same batches: bitwise the same weights."""
+    train(_cfg(tmp_path / "host", "train.steps=6"))
+    train(_cfg(tmp_path / "dev", "train.steps=6", "data.on_device=true"))
+    a, b = _final_state(tmp_path / "host"), _final_state(tmp_path / "dev")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["data"] == b["data"]
+
+
 def test_missing_run_dir_is_a_user_error() -> None:
     with pytest.raises(UserError, match="run_dir is required"):
         train(load_config(TINY))
@@ -105,7 +162,8 @@ def test_missing_run_dir_is_a_user_error() -> None:
 
 def test_sigusr2_checkpoints_then_resume_matches(tmp_path: Path) -> None:
     """A signalled `cfh train` saves at the next step boundary; the resumed run equals one run."""
-    args = [*TINY, "train.steps=80", "train.ckpt_every=1000", "train.log_every=5"]
+    tiny = [a for a in TINY if not a.startswith("train.log_every=")]  # a key is given once
+    args = [*tiny, "train.steps=80", "train.ckpt_every=1000", "train.log_every=5"]
     cfh = [sys.executable, "-m", "harness.cli", "train"]
     run = tmp_path / "sig"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -118,7 +176,7 @@ def test_sigusr2_checkpoints_then_resume_matches(tmp_path: Path) -> None:
     assert proc.returncode == 124, err.decode()[-2000:]
     stopped = _final_state(run)["step"]
     assert 0 < stopped < 80
-    assert read_status(run)["state"] == "requeued"
+    assert read_status(run)["state"] == "interrupted"  # nothing requeues a plain `cfh train`
     done = subprocess.run([*cfh, *args, f"run_dir={run}"], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     ref = tmp_path / "ref"

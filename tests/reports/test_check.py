@@ -147,3 +147,37 @@ def test_a_baseline_with_text_for_numbers_exits_2(with_baseline, capsys):
     capsys.readouterr()
     assert check(root, "--baseline", str(base)) == 2
     assert "column fid_mean holds 'oops'; expected numbers" in capsys.readouterr().err
+
+
+def test_check_finds_the_shipped_baseline_from_any_working_directory(smoke_root: Path):
+    import os
+    import subprocess
+    import sys
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    elsewhere = smoke_root / "elsewhere"
+    elsewhere.mkdir()  # no reports/baselines/ here: the package's own is read
+    code = "import sys\nfrom harness.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def cfh(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", code, "--root", str(smoke_root), *argv],
+            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    done = cfh("check", "smoke")
+    shipped = default_baseline("smoke")
+    assert shipped.is_absolute() and shipped.is_file()
+    # the synthetic runs' eval settings differ from the shipped smoke baseline's: read, compared
+    assert done.returncode == 2 and f"matches the baseline {shipped}" in done.stderr, done.stderr
+    assert "does not exist" not in done.stderr
+    (smoke_root / "grids" / "other").mkdir()
+    (smoke_root / "grids" / "other" / "plan.json").write_text('{"points": []}')
+    done = cfh("check", "other")
+    assert done.returncode == 2
+    assert "cfh ships no baseline for grid 'other' (shipped: smoke, in " in done.stderr
+    assert "pass --baseline PATH" in done.stderr
+    pyproject = tomllib.loads((repo / "pyproject.toml").read_text())
+    assert "baselines/*.csv" in pyproject["tool"]["setuptools"]["package-data"]["reports"]

@@ -39,6 +39,10 @@ def test_tiny_real_sweep_reports_and_checks(tmp_path: Path, capsys):
     html = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert html.exists() and "data:image/png;base64," in html.read_text()
     assert (html.parent / "plots" / "samples.png").exists()  # from the runs' grid.png
+    md = (html.parent / "report.md").read_text()  # the grid file's findings, via plan.json
+    findings = md.split("## Findings the grid tests", 1)[1].split("## Tables", 1)[0]
+    assert "a fixed S_train collapses at another S_eval" in findings
+    assert any(v in findings for v in ("holds beyond noise", "holds within noise", "does not h"))
 
     base = tmp_path / "smoke.csv"
     assert main(["--root", str(tmp_path), "check", "smoke", "--baseline", str(base),

@@ -52,4 +52,20 @@ def test_runs_without_evals_still_plot_their_loss(smoke_root: Path, tmp_path: Pa
         r = scan(smoke_root, "smoke")
     table = r.table.assign(fid=float("nan"))
     made = plots.all_plots(table, r.curves, tmp_path)
-    assert "training_curves" in made and "fid_vs_s_eval" not in made
+    assert "training_loss" in made and "fid_vs_s_eval" not in made
+    assert "training_curves" not in made  # its name says what it shows: loss only
+
+
+def test_fid_over_training_only_for_runs_with_two_checkpoints(smoke_root: Path, tmp_path: Path):
+    from reports.results import scan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResultsWarning)
+        r = scan(smoke_root, "smoke")  # every run has one checkpoint evaluated
+    made = plots.all_plots(r.table, r.curves, tmp_path / "one")
+    assert "training_loss" in made and "training_curves" not in made
+    two = r.table[r.table["fid"].notna()].iloc[:2].assign(ckpt_step=150.0)  # one run, 2 ckpts
+    both = pd.concat([r.table, two], ignore_index=True)
+    assert two["signature"].nunique() == 1
+    made = plots.all_plots(both, r.curves, tmp_path / "two")
+    assert "training_curves" in made and "training_loss" not in made

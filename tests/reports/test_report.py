@@ -116,3 +116,21 @@ def test_a_submitted_point_without_files_is_pending_not_damaged(tmp_path: Path):
     table = scan(tmp_path, None).table
     row = table[table["signature"] == "abcdef0123"].iloc[0]
     assert row["state"] == "pending" and row["problems"] == ""
+
+
+def test_plot_captions_say_what_is_shown(report_root: Path, smoke_root: Path):
+    md = (report_root / "grids" / "rich" / "report" / "report.md").read_text()
+    assert "plots/training_curves.png" in md  # model S runs have two checkpoints evaluated
+    assert "FID vs checkpoint step (right; runs with two or more checkpoints evaluated)" in md
+    assert "analytic sampling FLOPs per image (right), which do not move with the machine" in md
+    assert "img/s are measured: they move with the machine's load" in md  # model-size table
+    legend = "*bold: best S_train/model in each column (lowest); †: best S_eval in each row"
+    assert legend in md  # model varies too: a row is an (S_train, model) pair
+    assert "Class accuracy by S_train (rows) and S_eval (columns)" in md  # the classifier's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["--root", str(smoke_root), "report", "smoke"]) == 0
+    md = (smoke_root / "grids" / "smoke" / "report" / "report.md").read_text()
+    assert "plots/training_loss.png" in md and "training_curves" not in md  # one checkpoint
+    assert "Training loss vs training step (no FID over training: each run has one" in md
+    assert "Training loss and FID" not in md

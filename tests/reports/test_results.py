@@ -187,3 +187,85 @@ def test_a_grid_shows_only_its_own_evals_of_a_shared_run(smoke_root: Path):
     (run / "status.json").write_text(json.dumps(status))
     assert 99.0 not in set(_load(smoke_root)["fid"])  # grid smoke's plan lacks that key
     assert 99.0 in set(_load(smoke_root, None)["fid"])  # all results show it
+
+
+# ---------------------------------------------------------------- issue 20: what a reader trusts
+
+
+def test_settings_a_run_did_not_use_are_not_shown_as_its_settings(smoke_root: Path):
+    df = _load(smoke_root)
+    fixed, decay = df[df["ar_mode"] == "fixed"], df[df["ar_mode"] == "decay"]
+    assert fixed["ar_decay"].isna().all()  # config.yaml holds train.ar.decay=0.9: unused
+    assert fixed["ar_steps"].notna().all()
+    assert decay["ar_steps"].isna().all() and (decay["ar_decay"] == 0.9).all()
+    assert not df["setting"].str.contains("=-").any()
+    # the same rule as run signatures, from core/ (reports may not import harness/)
+    from core.keys import CONDITIONAL_KEYS, unused_keys
+
+    assert unused_keys({"train.ar.mode": "uniform", "train.order": "block_raster"}) == [
+        "train.ar.steps",
+        "train.ar.decay",
+    ]
+    assert unused_keys({"train.loss.noise_weighting": "min_snr"}) == []
+    assert set(CONDITIONAL_KEYS) >= {"train.order_block", "train.loss.min_snr_gamma"}
+
+
+def test_an_unused_grid_axis_is_blank_and_left_out_of_the_label(tmp_path: Path):
+    runs = [sy.write_run(tmp_path, order=o, seed=0) for o in ("raster", "block_raster")]
+    for run in runs:  # a token-order grid: train.order_block is an include key
+        point = json.loads((run / "point.json").read_text())
+        point["axes"]["train.order_block"] = 4
+        (run / "point.json").write_text(json.dumps(point))
+    sy.write_grid(tmp_path, "order", runs)
+    df = _load(tmp_path, "order")
+    raster = df[df["train_order"] == "raster"]
+    block = df[df["train_order"] == "block_raster"]
+    assert raster["train.order_block"].isna().all() and (block["train.order_block"] == 4).all()
+    assert set(raster["setting"]) == {"order=raster"}
+    assert set(block["setting"]) == {"order=block_raster, train.order_block=4"}
+
+
+def _metrics(run: Path, rows: list[tuple[int, float, float]]) -> None:
+    """metrics.jsonl rows (step, wall_s, img/s of the window) of a run at batch 64."""
+    lines = [json.dumps({"step": s, "loss": 0.5, "img_per_s": v, "wall_s": w}) for s, w, v in rows]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_wall_hours_count_the_attempts_that_produced_the_result(tmp_path: Path):
+    run = sy.write_run(tmp_path, train_steps=300, log_every=100)
+    sy.write_grid(tmp_path, "g", [run])
+    # one attempt: 300 steps x 64 images at 100 img/s = 192 s
+    _metrics(run, [(100, 64.0, 100.0), (200, 128.0, 100.0), (300, 192.0, 100.0)])
+    assert _load(tmp_path, "g")["wall_hours"].iloc[0] * 3600 == pytest.approx(192.0)
+    # attempt 1 was cancelled after step 200's checkpoint; attempt 2 cut its later rows and
+    # resumed on a slower machine, its clock starting at 0 but its first row (150 s for 100
+    # steps) later than attempt 1's last kept row (128 s): wall_s does not fall, the window's
+    # own img/s (6400 images in 150 s) tells the attempts apart
+    _metrics(run, [(100, 64.0, 100.0), (200, 128.0, 100.0), (300, 150.0, 6400 / 150)])
+    assert _load(tmp_path, "g")["wall_hours"].iloc[0] * 3600 == pytest.approx(128.0 + 150.0)
+    # an --extend to 400 steps, cancelled at 400: the evaluation at step 300 was produced by
+    # the first 300 steps only; the run's train-only row counts every kept step
+    _metrics(run, [(100, 64.0, 100.0), (200, 128.0, 100.0), (300, 192.0, 100.0), (400, 70.0, 91.4)])
+    df = _load(tmp_path, "g")
+    assert list(df["wall_hours"] * 3600) == pytest.approx([192.0] * len(df))
+    from reports.results import load_curves, train_stats
+
+    curves = load_curves(tmp_path, "g")
+    assert train_stats(curves)["wall_hours"].iloc[0] * 3600 == pytest.approx(192.0 + 70.0)
+
+
+def test_sampling_flops_do_not_move_with_the_measured_speed(smoke_root: Path):
+    df = _load(smoke_root)
+    rows = df[df["fid"].notna()]
+    per_setting = rows.groupby(["model", "s_eval", "sampler_steps"])["sample_flops"].nunique()
+    assert (per_setting == 1).all()  # one number per sampling setting, whatever the seed
+    assert (rows["sample_flops"] > 0).all()
+    from reports.sizes import model_size, sample_flops_per_image
+
+    mc = model_size("T", 8, 1, 1, 10, 4)["model_cfg"]
+    one, four = (sample_flops_per_image(mc, s, 100) for s in (1, 4))
+    assert one > four > 0.8 * one  # S_eval moves only the attention term (groups see less)
+    assert sample_flops_per_image(mc, 4, 200) == pytest.approx(2 * four, rel=0.01)
+    assert sample_flops_per_image(mc, 4, 100, guided=True) == pytest.approx(2 * four)
+    big = model_size("S", 8, 1, 1, 10, 4)["model_cfg"]
+    assert sample_flops_per_image(big, 4, 100) > 5 * four

@@ -59,13 +59,13 @@ def test_table2_mean_std_and_best_marks():
     assert t.std.loc["1", 1] == pytest.approx(np.sqrt(2.0))
     assert t.count.loc["4", 4] == 1
     md = t.to_markdown()
-    assert "**11.00 ± 1.41**" in md  # best at S_eval 1
-    assert "| 42.00 ± 2.83 " in md  # not best: no bold
-    assert "**18.00**" in md  # single seed: no ± and still marked best
+    assert "**11.00 ± 1.41†**" in md  # best at S_eval 1 (bold) and of its row (†)
+    assert "| 42.00 ± 2.83 " in md  # not best: no mark
+    assert "**18.00†**" in md  # single seed: no ± and still marked best
     assert "S_eval=1" in md and "S_train" in md
     assert "mean ± std over 1-2 training seeds" in md
     tex = t.to_latex()
-    assert r"\textbf{11.00 $\pm$ 1.41}" in tex and r"\textbf{18.00}" in tex
+    assert r"\textbf{11.00 $\pm$ 1.41$^\dagger$}" in tex and r"\textbf{18.00$^\dagger$}" in tex
     assert r"\toprule" in tex and r"$S_\mathrm{eval}$=4" in tex
     assert "305.00 $\\pm$ 7.07" in tex and "\\textbf{305" not in tex
 
@@ -239,3 +239,63 @@ def test_joint_table_puts_both_tasks_of_a_run_side_by_side():
     assert table.count.xs(0.25, level="caption_prob").iloc[0]["caption_acc"] == 2
     assert table.better["t2i FID"] == "min" and table.better["CIDEr"] == "max"
     assert tables.table_joint(frame([{"fid": 50.0}])) is None  # no joint evals, no table
+
+
+# ---------------------------------------------------------------- issue 20: marks and accuracy
+
+
+def test_table2_marks_the_best_per_column_and_per_row_and_says_which():
+    t = tables.table_s_train(
+        frame(
+            [
+                {"ar_steps": 1, "s_eval": 1, "fid": 10.0},
+                {"ar_steps": 1, "s_eval": 4, "fid": 300.0},
+                {"ar_steps": 4, "s_eval": 1, "fid": 40.0},  # best of its row, not of its column
+                {"ar_steps": 4, "s_eval": 4, "fid": 50.0},  # best of its column, not its row
+            ]
+        )
+    )
+    assert t.best_mask().to_numpy().tolist() == [[True, False], [False, True]]
+    assert t.row_best_mask().to_numpy().tolist() == [[True, False], [True, False]]
+    md = t.to_markdown()
+    assert "**10.00†**" in md and "| 40.00†" in md and "**50.00**" in md and "300.00 " in md
+    legend = "bold: best S_train in each column (lowest); †: best S_eval in each row (lowest)"
+    assert f"*{legend}*" in md
+    assert legend in t.to_html().replace("&dagger;", "†")
+    tex = t.to_latex()
+    assert r"40.00$^\dagger$" in tex and r"\textbf{50.00}" in tex and "best S" in tex
+
+
+def test_row_marks_compare_s_eval_within_other_eval_settings():
+    t = tables.table_s_train(
+        frame(
+            [
+                {"s_eval": 1, "cfg": 1.0, "fid": 10.0},
+                {"s_eval": 4, "cfg": 1.0, "fid": 20.0},
+                {"s_eval": 1, "cfg": 2.0, "fid": 30.0},
+                {"s_eval": 4, "cfg": 2.0, "fid": 25.0},
+            ]
+        )
+    )
+    marks = dict(zip(t.mean.columns, t.row_best_mask().to_numpy()[0], strict=True))
+    assert marks == {(1, 1.0): True, (4, 1.0): False, (1, 2.0): False, (4, 2.0): True}
+
+
+def test_class_accuracy_table_beside_each_fid_table_with_the_classifier():
+    good = table2_input().drop(columns=["s_train", "signature", "train_key", "eval_key", "setting"])
+    failed = {"ar_steps": 8, "state": "failed", "fid": float("nan"), "s_eval": float("nan")}
+    rows = frame([*good.to_dict("records"), failed])  # S_train 8 failed: a row without results
+    rows["class_acc"] = 1.0 - rows["fid"] / 1000
+    made = {t.name: t for t in tables.all_tables(rows)}
+    assert list(made) == ["table2_s_train", "table2_s_train_class_acc"]
+    acc = made["table2_s_train_class_acc"]
+    assert acc.mean.loc["1", 1] == pytest.approx(0.989) and acc.better[1] == "max"
+    md = acc.to_markdown()
+    assert "Class accuracy by S_train" in md and "**0.989 ± 0.001†**" in md
+    assert "the classifier assigns to their requested class" in md
+    decay = frame([{"ar_mode": "decay", "ar_decay": d, "s_eval": 1, "fid": 10.0 + d,
+                    "class_acc": 0.9} for d in (0.9, 1.0)])  # fmt: skip
+    names = [t.name for t in tables.all_tables(decay)]
+    assert "table3a_decay_class_acc" in names
+    inception = rows.assign(extractor="inception", class_acc=float("nan"))
+    assert [t.name for t in tables.all_tables(inception)] == ["table2_s_train"]
