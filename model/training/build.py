@@ -81,6 +81,21 @@ def make_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> tor
     )
 
 
+def load_optimizer(opt: torch.optim.AdamW, state: dict) -> None:
+    """Load an optimizer state saved by any cfh version, keeping this build's fused kernel.
+
+    load_state_dict copies every group setting from the file, `fused` included, and
+    checkpoints written before the fused optimizer hold fused=None; the device-side skip
+    (step.train_step sets found_inf) needs the fused kernel, so it is put back.
+    """
+    fused = [group.get("fused") for group in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, was in zip(opt.param_groups, fused, strict=True):
+        group["fused"] = was
+        if was:
+            group["foreach"] = None  # AdamW refuses fused and foreach together
+
+
 def make_ema(net: torch.nn.Module) -> torch.nn.Module:
     """The EMA copy of `net`: frozen, in eval mode, starting from `net`'s weights."""
     return copy.deepcopy(net).requires_grad_(False).eval()

@@ -52,7 +52,7 @@ from model.data.sources import build_dataset, on_device
 from model.data.stream import BatchStream
 from model.method.joint import JointObjective
 from model.method.network import count_params, train_flops_per_image
-from model.training.build import model_from_config, pick_device
+from model.training.build import load_optimizer, model_from_config, pick_device
 from model.training.checkpoint import (
     checkpoint_path,
     checkpoint_paths,
@@ -206,7 +206,7 @@ def _train(
         per_rank = rank_states(ckpt, info.world, run_dir)
         net.load_state_dict(ckpt["model"])
         learner.ema.load_state_dict(ckpt["ema"])
-        learner.opt.load_state_dict(ckpt["optimizer"])
+        load_optimizer(learner.opt, ckpt["optimizer"])
         stream.load_state_dict(per_rank["data"][info.rank])
         set_rng_state(per_rank["rng"][info.rank])
         step = saved_at = int(ckpt["step"])
