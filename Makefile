@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export CFH_CACHE ?= $(CURDIR)/.cache/cfh
 
-.PHONY: venv demo demo-joint test lint slurm-start slurm-stop bench clean
+.PHONY: venv demo demo-joint ablations results test lint slurm-start slurm-stop bench clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,18 @@ demo-joint: $(STAMP)
 	$(VENV)/bin/cfh caption run_dir=$(JOINT_RUN) caption.input=[0,1,2,3,4,5,6,7]
 	$(VENV)/bin/cfh sample run_dir=$(JOINT_RUN) sample.prompt="a handwritten seven" sample.num=20 \
 		sample.cfg=3
+
+# The paper's ablations at CPU scale (Tables 2, 3a, 3b, 3c and model size; three seeds each),
+# run here one after another (`cfh sweep` skips what is done, so a stopped run resumes), then
+# their reports as published in docs/results/ (wall times: docs/results/README.md).
+CPU_GRIDS := ar_steps_cpu ar_decay_cpu ar_weighting_cpu token_order_cpu model_size_cpu
+ABLATION_ROOT ?= outputs
+ablations: $(STAMP)
+	for g in $(CPU_GRIDS); do $(VENV)/bin/cfh --root $(ABLATION_ROOT) sweep $$g || exit 1; done
+results: $(STAMP)
+	for g in $(CPU_GRIDS); do \
+		$(VENV)/bin/cfh --root $(ABLATION_ROOT) report $$g --publish --out docs/results/$$g || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

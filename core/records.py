@@ -32,6 +32,8 @@ _STATUS_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "failed_rank": ((int,), "an integer >= 0"),
     "loss": ((int, float), "a number"),
     "evals": ((dict,), "an object"),
+    "code": ((dict,), "an object"),  # core.provenance.code_version() of the latest start
+    "machine": ((dict,), "an object"),  # model.training.perf.machine_info() of the latest start
     "started": ((str,), _TIME),
     "updated": ((str,), _TIME),
 }

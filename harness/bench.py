@@ -206,11 +206,11 @@ def run_bench(
 
     from core.io import now_iso
     from harness.bench_sample import bench_extract, bench_sample
-    from harness.bench_timing import machine_info, threads
+    from harness.bench_timing import threads
     from harness.bench_train import bench_train
     from model.training.build import pick_device, use_bf16
     from model.training.distributed import DistInfo
-    from model.training.perf import matmul_peak_flops
+    from model.training.perf import machine_info, matmul_peak_flops
 
     device = pick_device(cfg, DistInfo())  # cfg passed harness.schema.validate_config
     if device.type == "cuda" and cfg.bench.clock == "cpu":

@@ -33,11 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(PNG, SVG), report.md and a self-contained report.html into <root>/grids/GRID/report/.",
         epilog="examples:\n  cfh report smoke\n"
         "  cfh report smoke --root /scratch/cfh --out site/smoke\n"
-        "  cfh report                # every run under the root\n\n" + KEYS,
+        "  cfh report                # every run under the root\n"
+        "  cfh report ar_steps_cpu --publish --out docs/results/ar_steps_cpu\n\n" + KEYS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("grid", nargs="?", help="grid name (default: every run under --root)")
     p.add_argument("--out", help="output folder (default: <root>/grids/GRID/report)")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="only what a repository should hold: report.md, PNG plots, results.csv and the "
+        "tables (no HTML, parquet or SVG); prints the report.md path",
+    )
     p.set_defaults(func=cmd_report)
 
     c = subparsers.add_parser(
@@ -77,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the report and print where report.html is."""
+    """Write the report and print where report.html (or, with --publish, report.md) is."""
     from reports.report import write_report  # plotting imports are slow: only when asked
 
     grid = check_name(args.grid) if args.grid else None
@@ -85,7 +92,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} is a file; the report needs a folder (or a new path)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResultsWarning)
-        path = write_report(args.root, grid, args.out)
+        path = write_report(args.root, grid, args.out, publish=args.publish)
     _print_warnings(caught)
     print(path)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from core.io import atomic_write_bytes  # noqa: E402
 from reports.columns import EVAL_KEY_COLUMNS  # noqa: E402
 from reports.tables import final_evals, varying  # noqa: E402
 
+FORMATS: ContextVar[tuple[str, ...]] = ContextVar("plot_formats", default=("png", "svg"))
 MAX_SETTINGS = 10  # the colour-blind palette has 10 distinguishable colours
 PALETTE = "colorblind"
 
@@ -33,10 +35,22 @@ def seaborn_style() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def png_only() -> Iterator[None]:
+    """Plots saved in this block are PNG only (`cfh report --publish`)."""
+    token = FORMATS.set(("png",))
+    try:
+        yield
+    finally:
+        FORMATS.reset(token)
+
+
 def save(fig: Figure, out: Path, name: str) -> Path:
-    """Write `fig` as <out>/<name>.png and .svg atomically; return the PNG path."""
+    """Write `fig` as <out>/<name>.png and .svg (PNG only under png_only) atomically; return
+    the PNG path."""
     out.mkdir(parents=True, exist_ok=True)
-    for ext, kw in (("png", {"dpi": 100}), ("svg", {})):
+    for ext in FORMATS.get():
+        kw = {"dpi": 100} if ext == "png" else {}
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, **kw)  # constrained layout: no second "tight" draw
         atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue())

@@ -7,6 +7,7 @@ markdown (images linked) and as HTML (images embedded as base64), so the two nev
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import os
@@ -23,6 +24,8 @@ from core.io import atomic_write_bytes, atomic_write_text, now_iso
 from reports import plots
 from reports.columns import EVAL_KEY_COLUMNS
 from reports.findings import NOTE, findings_view, judge_findings
+from reports.plot_style import png_only
+from reports.provenance import provenance_lines
 from reports.results import Results, ResultsWarning, scan
 from reports.sizes import set_size_cache
 from reports.tables import (
@@ -68,41 +71,53 @@ def report_dir(root: str | os.PathLike, grid: str | None) -> Path:
 
 
 def write_report(
-    root: str | os.PathLike, grid: str | None = None, out: str | os.PathLike | None = None
+    root: str | os.PathLike,
+    grid: str | None = None,
+    out: str | os.PathLike | None = None,
+    publish: bool = False,
 ) -> Path:
-    """Load the grid's results and write every report file; return the report.html path."""
+    """Load the grid's results and write every report file; return the report.html path (with
+    `publish`, what a repository should hold: report.md, PNG plots, results.csv and the tables,
+    no HTML, parquet or SVG; then the report.md path)."""
     set_size_cache(Path(root) / ".cache" / "reports" / "model_sizes.json")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResultsWarning)
         results = scan(root, grid)
     notes = [str(w.message) for w in caught if issubclass(w.category, ResultsWarning)]
-    path = build_report(results, Path(out) if out else report_dir(root, grid), notes)
+    path = build_report(results, Path(out) if out else report_dir(root, grid), notes, publish)
     for note in notes:  # in the report and, for the caller, as the warning it was
         warnings.warn(note, ResultsWarning, stacklevel=2)
     return path
 
 
-def build_report(results: Results, out: Path, notes: list[str] | tuple = ()) -> Path:
-    """Write results files, tables, plots, report.md and report.html into `out`."""
+def build_report(
+    results: Results, out: Path, notes: list[str] | tuple = (), publish: bool = False
+) -> Path:
+    """Write results files, tables, plots, report.md and report.html into `out` (see
+    write_report for `publish`)."""
     df = results.table
     out.mkdir(parents=True, exist_ok=True)
-    write_table_files(df, out)
+    write_table_files(df, out, parquet=not publish)
     tables = all_tables(df)
     for t in tables:
         atomic_write_text(out / "tables" / f"{t.name}.md", t.to_markdown())
         atomic_write_text(out / "tables" / f"{t.name}.tex", t.to_latex())
-    images = plots.all_plots(df, results.curves, out / "plots")
-    blocks = report_blocks(results, tables, images, list(notes))
+    with png_only() if publish else contextlib.nullcontext():
+        images = plots.all_plots(df, results.curves, out / "plots")
+    blocks = report_blocks(results, tables, images, list(notes), publish)
     atomic_write_text(out / "report.md", to_markdown(blocks, out))
+    if publish:
+        return out / "report.md"
     atomic_write_text(out / "report.html", to_html(blocks, results.grid))
     return out / "report.html"
 
 
-def write_table_files(df: pd.DataFrame, out: Path) -> None:
-    """results.parquet and results.csv, written atomically."""
-    buf = io.BytesIO()
-    parquet_safe(df).to_parquet(buf, index=False)
-    atomic_write_bytes(out / "results.parquet", buf.getvalue())
+def write_table_files(df: pd.DataFrame, out: Path, parquet: bool = True) -> None:
+    """results.parquet (unless not `parquet`) and results.csv, written atomically."""
+    if parquet:
+        buf = io.BytesIO()
+        parquet_safe(df).to_parquet(buf, index=False)
+        atomic_write_bytes(out / "results.parquet", buf.getvalue())
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
 
 
@@ -120,7 +135,11 @@ def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def report_blocks(
-    results: Results, tables: list[Table], images: dict[str, Path], notes: list[str]
+    results: Results,
+    tables: list[Table],
+    images: dict[str, Path],
+    notes: list[str],
+    publish: bool = False,
 ) -> list[Block]:
     """The report's sections in order."""
     df = results.table
@@ -133,6 +152,7 @@ def report_blocks(
         *grid_blocks(results),
         Block("h2", "Run states"),
         *state_blocks(df),
+        *[Block("p", line) for line in provenance_lines(df)],
         Block("h2", "Winner per S_eval"),
         *winner_blocks(df),
         *finding_blocks(results),
@@ -151,8 +171,11 @@ def report_blocks(
         Block("h2", "Files"),
         Block(
             "p",
-            "results.parquet and results.csv (one row per run x eval settings x checkpoint), "
-            "tables/*.md and tables/*.tex, plots/*.png and plots/*.svg.",
+            "results.csv (one row per run x eval settings x checkpoint), tables/*.md and "
+            "tables/*.tex, plots/*.png."
+            if publish
+            else "results.parquet and results.csv (one row per run x eval settings x "
+            "checkpoint), tables/*.md and tables/*.tex, plots/*.png and plots/*.svg.",
         ),
     ]
     return blocks
@@ -351,7 +374,10 @@ def to_markdown(blocks: list[Block], out: Path) -> str:
                 parts.append(f"*{b.caption}*")
         elif b.kind == "image":
             rel = Path(b.content).relative_to(out).as_posix()
-            parts.append(f"![{b.caption}]({rel})\n\n*{b.caption}* ([SVG]({rel[:-4]}.svg))")
+            svg = (
+                f" ([SVG]({rel[:-4]}.svg))" if Path(b.content).with_suffix(".svg").exists() else ""
+            )
+            parts.append(f"![{b.caption}]({rel})\n\n*{b.caption}*{svg}")
     return "\n\n".join(parts) + "\n"
 
 

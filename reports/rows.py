@@ -61,6 +61,9 @@ def read_run(
         error=_first_line(said["error"]),
         log=said["log"],
         **axis_columns(axes, folder.config),
+        **provenance_columns(folder.status),
+        started=said["started"],
+        updated=said["updated"],
     )
     curve = [{"signature": sig, **r} for r in folder.metrics]
     rows = [
@@ -68,6 +71,15 @@ def read_run(
     ]
     note = "; ".join(folder.problems)
     return [{**r, "problems": note} for r in rows or [base]], curve
+
+
+def provenance_columns(status: dict) -> dict:
+    """code_commit, cfh_version and machine_* from status.json (absent in runs before them)."""
+    code = status.get("code") if isinstance(status.get("code"), dict) else {}
+    machine = status.get("machine") if isinstance(status.get("machine"), dict) else {}
+    out = {"code_commit": code.get("commit"), "cfh_version": code.get("cfh")}
+    out.update({f"machine_{k}": v for k, v in machine.items() if _scalar(v)})
+    return out
 
 
 def read_bench(path: Path) -> list[dict]:

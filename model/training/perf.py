@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import time
 
 import torch
+
+from core.provenance import host_info
 
 
 @functools.cache
@@ -50,3 +53,15 @@ def peak_memory_mb(device: torch.device) -> float:
 def mfu(flops_per_image: float, images_per_s: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved training FLOP/s over the measured peak."""
     return flops_per_image * images_per_s / peak_flops if peak_flops > 0 else float("nan")
+
+
+def machine_info(device: torch.device) -> dict:
+    """Host, CPU model, cores, GPU, torch version, threads and load: what a timing depends on."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {
+        **host_info(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_start": round(os.getloadavg()[0], 2),
+    }

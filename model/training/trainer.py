@@ -45,6 +45,7 @@ from core.io import (
     update_status,
 )
 from core.progress import Progress, run_log
+from core.provenance import code_version
 from model.data.captions import load_caption_data
 from model.data.checks import train_split
 from model.data.joint_pairs import CaptionPairs, is_caption_data, max_text_len, run_tokenizer
@@ -74,7 +75,7 @@ from model.training.distributed import (
 )
 from model.training.identity import check_run_dir
 from model.training.loggers import TrainLoggers
-from model.training.perf import matmul_peak_flops
+from model.training.perf import machine_info, matmul_peak_flops
 from model.training.signals import SIGNAL_EVERY, SignalCatcher
 from model.training.step import Learner, compile_forward, draw_split, make_learner, train_step
 from model.training.window import Window
@@ -215,9 +216,10 @@ def _train(
         dropped = cut_jsonl(run_dir / "metrics.jsonl", step)  # steps after it are logged again
         if dropped:
             log.info("metrics.jsonl: dropped %d rows after step %d", dropped, step)
-        update_status(
-            run_dir, state="running", phase="train", step=step, total_steps=int(t_cfg.steps)
-        )
+        update_status(  # code and machine: what a report names behind the numbers
+            run_dir, state="running", phase="train", step=step, total_steps=int(t_cfg.steps),
+            code=code_version(), machine=machine_info(device),
+        )  # fmt: skip
         log.info("params=%d device=%s world=%d", count_params(net), device, info.world)
     learner.forward = _wrap(net, cfg, info, device, joint)
     peak = matmul_peak_flops(str(device), torch.bfloat16 if learner.bf16 else torch.float32)

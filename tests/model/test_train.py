@@ -53,7 +53,10 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     train(_cfg(one, "train.steps=60", "train.ckpt_every=1000"))
     two = tmp_path / "two"
     train(_cfg(two, "train.steps=30", "train.ckpt_every=1000"))
-    assert read_status(two)["state"] == "completed"
+    status = read_status(two)
+    assert status["state"] == "completed"
+    assert set(status["code"]) == {"cfh", "commit"}  # what a report names behind the numbers
+    assert status["machine"]["cores"] >= 1 and status["machine"]["gpu"] is None
     train(_cfg(two, "train.steps=60", "train.ckpt_every=1000"))  # raised steps continue
     a, b = _final_state(one), _final_state(two)
     assert a["step"] == b["step"] == 60

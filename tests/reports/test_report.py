@@ -51,6 +51,17 @@ def test_cli_report_prints_the_html_path(smoke_root: Path, capsys):
     assert captured.err.startswith("warning: 1 of 7 runs")
 
 
+def test_a_published_report_holds_what_a_repository_should(smoke_root: Path, capsys):
+    out = smoke_root / "docs" / "results" / "smoke"
+    assert main(["--root", str(smoke_root), "report", "smoke", "--publish", "--out", str(out)]) == 0
+    assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == out / "report.md"
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"report.md", "results.csv", "plots/fid_vs_s_eval.png"} <= files
+    assert not [f for f in files if f.endswith((".html", ".parquet", ".svg"))]
+    md = (out / "report.md").read_text()
+    assert "(plots/fid_vs_s_eval.png)" in md and ".svg" not in md and "Code: " in md
+
+
 def test_cli_report_unknown_grid_exits_2(tmp_path: Path, capsys):
     assert main(["--root", str(tmp_path), "report", "nope"]) == 2
     assert "grid 'nope' has never been swept under" in capsys.readouterr().err
