@@ -67,10 +67,13 @@ slurm-stop:
 # FIDs are checked against reports/baselines/smoke.csv (3 seeds). At 300 steps the seed noise is
 # large (std 2.7-43 FID per entry, 21 pooled over the grid), so the check fails only when a mean
 # FID is over the baseline by more than max(60, 3 seed stds): a broken model, not a small drift.
+# The tests run on two workers (pytest-xdist; tests/conftest.py hands out whole modules, the SLURM
+# modules together); TEST_WORKERS=0 runs them in this process, one after another.
 SMOKE_ROOT ?= $(CURDIR)/.cache/smoke-check
+TEST_WORKERS ?= 2
 test: lint
 	bash scripts/install-stamps.sh
-	$(PY) -m pytest -q --timeout=900
+	$(PY) -m pytest -q --timeout=900 -n $(TEST_WORKERS)
 	$(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local cluster.parallelism=2 cluster.cpus_per_task=1
 	$(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke --abs-tol 60 --k 3
 

@@ -10,3 +10,16 @@ from pathlib import Path
 def test_every_test_module_name_is_unique():
     names = Counter(p.name for p in Path(__file__).parent.rglob("test_*.py"))
     assert [n for n, k in names.items() if k > 1] == []
+
+
+def test_the_modules_that_use_slurm_are_the_ones_run_together():
+    """tests/conftest.py's SLURM_MODULES (one worker runs them) lists every user of the cluster."""
+    from conftest import SLURM_MODULES
+
+    here = Path(__file__).parent
+    users = sorted(
+        str(p.relative_to(here.parent))
+        for p in here.rglob("test_*.py")
+        if p != Path(__file__) and "slurm_cluster" in p.read_text()
+    )
+    assert users == sorted(SLURM_MODULES)
