@@ -229,6 +229,8 @@ def table_model_size(df: pd.DataFrame) -> Table | None:
     )
 
 
+# The joint settings a grid may vary (train.joint.*), shown as rows when they vary.
+JOINT_SETTINGS = ("caption_prob", "text_weight", "text_dropout")
 JOINT_METRICS = {  # column title <- (eval task, metric)
     "t2i FID": ("t2i", "fid"),
     "t2i class_acc": ("t2i", "class_acc"),
@@ -241,7 +243,8 @@ JOINT_METRICS = {  # column title <- (eval task, metric)
 
 def table_joint(df: pd.DataFrame) -> Table | None:
     """Joint runs: text-to-image FID and class_acc beside captioning CIDEr, BLEU-4, ROUGE-L and
-    caption_acc, per training setting (caption share, S_train, ...), final checkpoints only."""
+    caption_acc, per training setting (caption share, text weight, S_train, ...), final
+    checkpoints only; text-to-image columns per guidance scale where the grid varies it."""
     if "task" not in df:
         return None
     rows = df[(df["kind"] == "train") & df["task"].isin(["caption", "t2i"])]
@@ -249,23 +252,33 @@ def table_joint(df: pd.DataFrame) -> Table | None:
         return None
     rows = rows[rows["ckpt_step"] == rows.groupby("signature")["ckpt_step"].transform("max")]
     index = ["caption_prob", "s_train"]
-    index += [c for c in varying(rows, train_columns(rows)) if c not in index]
+    settings = [*JOINT_SETTINGS, *train_columns(rows)]
+    index += [c for c in varying(rows, settings) if c not in index]
     index = [c for c in index if c not in ("ar_mode", "ar_steps", "ar_decay")]
     data = rows.copy()
     for c in index:
         if data[c].isna().any() and not isinstance(data[c].dtype, pd.CategoricalDtype):
             data[c] = data[c].astype(object).where(data[c].notna(), "-")
-    per_run = {
-        title: data[data["task"] == task].groupby([*index, "signature"], observed=True)[m].mean()
-        for title, (task, m) in JOINT_METRICS.items()
-    }
+    t2i = data[data["task"] == "t2i"]
+    scales = sorted(t2i["cfg"].dropna().unique()) if "cfg" in t2i else []
+    per_run, metric = {}, {}
+    for title, (task, m) in JOINT_METRICS.items():
+        part = data[data["task"] == task]
+        if m not in part:
+            continue
+        # a mean over guidance scales is no setting anyone samples with: one column per scale
+        for g in scales if task == "t2i" and len(scales) > 1 else [None]:
+            name = title if g is None else f"{title} (cfg {value_text(g)})"
+            sel = part if g is None else part[part["cfg"] == g]
+            per_run[name] = sel.groupby([*index, "signature"], observed=True)[m].mean()
+            metric[name] = m
     runs = pd.DataFrame(per_run).dropna(axis=1, how="all")
     if runs.empty:
         return None
     stats = runs.groupby(level=index, observed=True).agg(["mean", "std", "count"])
     parts = {k: stats.xs(k, axis=1, level=1) for k in ("mean", "std", "count")}
-    better = {t: BETTER[JOINT_METRICS[t][1]] for t in runs.columns}
-    decimals = {t: 3 for t in runs.columns if t != "t2i FID"}
+    better = {t: BETTER[metric[t]] for t in runs.columns}
+    decimals = {t: 3 for t in runs.columns if metric[t] != "fid"}
     return Table(
         name="joint",
         title="Joint image-text runs: text-to-image FID and class_acc, captioning scores",

@@ -241,6 +241,28 @@ def test_joint_table_puts_both_tasks_of_a_run_side_by_side():
     assert tables.table_joint(frame([{"fid": 50.0}])) is None  # no joint evals, no table
 
 
+def test_joint_table_keeps_text_weight_and_guidance_apart():
+    """Runs that differ in text_weight are rows of their own; t2i columns per guidance scale."""
+    rows = []
+    for weight, sig in ((0.2, "a"), (0.0, "b")):
+        common = {"caption_prob": 0.5, "text_weight": weight, "ar_steps": 1, "signature": sig}
+        for cfg, acc in ((1.0, 0.2), (3.0, 0.4 + weight)):
+            rows.append({**common, "task": "t2i", "cfg": cfg, "fid": 100.0, "class_acc": acc})
+        rows.append({**common, "task": "caption", "cfg": 1.0, "caption_acc": 0.9 + weight / 10})
+    table = tables.table_joint(frame(rows))
+    assert "text_weight" in table.mean.index.names
+    cols = list(table.mean.columns)
+    assert "t2i class_acc (cfg 1)" in cols and "t2i class_acc (cfg 3)" in cols
+    row = table.mean.xs(0.2, level="text_weight").iloc[0]
+    assert row["t2i class_acc (cfg 3)"] == pytest.approx(0.6)
+    assert row["t2i class_acc (cfg 1)"] == pytest.approx(0.2)
+    assert row["caption_acc"] == pytest.approx(0.92)
+    assert (
+        table.better["t2i class_acc (cfg 3)"] == "max"
+        and table.decimals.get("t2i FID (cfg 1)") is None
+    )
+
+
 # ---------------------------------------------------------------- issue 20: marks and accuracy
 
 
