@@ -44,8 +44,9 @@ def bench_step(common: list[str], threads: int, repeats: int, splits: int, tmp: 
     """The bench's cfh row (sdpa) with the reference's speedup: img/s of the trainer's step."""
     out = tmp / "bench.json"
     cmd = [*CFH, "bench", "--measures", "train", "--backends", "sdpa", "--threads", str(threads)]
-    timing = ["--repeats", str(repeats), "--out", str(out), "bench.clock=wall"]
-    timing.append(f"bench.splits={splits}")
+    timing = [
+        "--repeats", str(repeats), "--out", str(out), "bench.clock=wall", f"bench.splits={splits}",
+    ]  # fmt: skip
     run([*cmd, *timing, *common], threads)
     rows = json.loads(out.read_text())["rows"]
     return next(r for r in rows if r.get("impl") == "cfh")

@@ -231,16 +231,14 @@ def test_a_failing_rank_fails_the_job_and_is_named(tmp_path):
 def test_a_hung_rank_makes_the_others_fail_after_the_timeout(tmp_path):
     run = tmp_path / "hang"
     procs = _ranks_by_hand("hang", run, timeout_s=5)
-    t0 = time.monotonic()
     # without train.dist_timeout_s the survivor would wait torch's default (10-30 min); with 5 s
     # it fails within start-up + 5 s: up to ~50 s on a loaded 2-core machine (two test workers
-    # and a grid), so the bound separates the two without timing the start-up itself
+    # and a grid). finish() fails the test past 150 s, which separates the two without timing
+    # the start-up itself.
     code = finish(procs[0], 150)
-    waited = time.monotonic() - t0
     os.killpg(procs[1].pid, signal.SIGKILL)
     procs[1].wait()
     assert code != 0, output(procs[0])
-    assert waited < 150, waited
     status = read_status(run)
     assert status["state"] == "failed" and status["failed_rank"] == 0, status
     assert "rank 0/2" in status["error"], status
