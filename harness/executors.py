@@ -138,8 +138,16 @@ def sbatch_options(
     p = validate_profile(cluster_cfg)
     params = slurm_parameters(p, job_name)
     specific = {k.removeprefix("slurm_"): v for k, v in params.items() if k.startswith("slurm_")}
+    class PlanningExecutor(slurm.SlurmExecutor):
+        """submitit's SlurmExecutor for converting parameters only: a dry run plans a SLURM
+        grid on a machine without srun (a laptop), where the plain executor refuses to start."""
+
+        @classmethod
+        def affinity(cls) -> int:
+            return 2
+
     with tempfile.TemporaryDirectory() as scratch:  # the executor makes its folder
-        ex = slurm.SlurmExecutor(folder=scratch, max_num_timeout=p.max_num_timeout)
+        ex = PlanningExecutor(folder=scratch, max_num_timeout=p.max_num_timeout)
         generic = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         ex.update_parameters(**ex._convert_parameters(generic), **specific)
         parameters = dict(ex.parameters)

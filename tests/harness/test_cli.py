@@ -22,6 +22,14 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+@pytest.fixture
+def no_srun(monkeypatch):
+    """PATH without srun: a dry run plans a SLURM grid on a machine that is not a cluster
+    (whether or not this host has SLURM, and whenever the SLURM tests install it)."""
+    dirs = os.environ.get("PATH", "").split(os.pathsep)
+    monkeypatch.setenv("PATH", os.pathsep.join(d for d in dirs if not Path(d, "srun").exists()))
+
+
 def fresh_python(code: str) -> str:
     """stdout of `code` run in a new interpreter that imports this checkout."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -195,7 +203,7 @@ def test_subcommand_help_has_examples_and_the_key_list(capsys, command):
     assert "experiments/config.yaml" in out
 
 
-def test_dry_run_prints_each_arrays_sbatch_options(tmp_path, capsys):
+def test_dry_run_prints_each_arrays_sbatch_options(tmp_path, capsys, no_srun):
     extra = "cluster.slurm_additional_parameters"
     code, out, _ = run(
         capsys,
@@ -353,7 +361,7 @@ def test_dry_run_counts_read_as_english(tmp_path, capsys):
     assert mixed == "eval points per train point: 2 for 2 train points, 3 for 1 train point"
 
 
-def test_a_dry_run_plans_before_the_data_exists(tmp_path, capsys):
+def test_a_dry_run_plans_before_the_data_exists(tmp_path, capsys, no_srun):
     code, out, err = run(
         capsys, "sweep", "imagenet256_system", "--dry-run", "--root", str(tmp_path)
     )
