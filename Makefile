@@ -6,6 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export CFH_CACHE ?= $(CURDIR)/.cache/cfh
+# Python writes each module's bytecode once (.venv and the checkout's __pycache__/, both
+# ignored by git) and every later process reads it: with PYTHONDONTWRITEBYTECODE set, as on some
+# CI hosts, each `cfh` process recompiled torch's ~3,000 modules first (7 of its 13 s start-up).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv demo demo-joint ablations results test lint slurm-start slurm-stop bench clean
 
