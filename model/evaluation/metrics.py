@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.cache import cache_root
 from core.errors import UserError
 from core.io import atomic_torch_save, atomic_write_bytes
 from core.progress import Progress
@@ -40,7 +41,6 @@ from model.data.reference import dataset_key, reference_dataset
 from model.evaluation.extractors import (
     EXTRACTORS,
     INCEPTION_FE,
-    cache_root,
     class_accuracy,
     extractor_weights,
     single_thread,

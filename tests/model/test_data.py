@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from core.errors import UserError
+from model.data import arrays
 from model.data.arrays import center_crop_arr
 from model.data.reference import dataset_key, reference_images
 from model.data.sources import build_dataset
@@ -57,6 +58,37 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     all_imgs = torch.cat([train.images, test.images]).flatten(1)
     assert len({tuple(r.tolist()) for r in all_imgs}) >= 1790  # no image in both (a few dupes)
     assert torch.equal(build_dataset(DIGITS, "test").images, test.images)
+
+
+def test_digits_cache_holds_what_sklearn_gives_and_a_damaged_one_is_derived_again(
+    tmp_path, monkeypatch
+):
+    """The cached digits (read without importing sklearn) are sklearn's images, labels and split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    want_images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    _, want_test = train_test_split(np.arange(1797), test_size=0.2, random_state=0,
+                                    stratify=d.target)  # fmt: skip
+    monkeypatch.setenv("CFH_CACHE", str(tmp_path))
+    try:
+        for damage in (None, b"not an npz", b""):
+            arrays._digits.cache_clear()
+            (cached,) = (
+                (tmp_path / "digits").glob("sklearn-*.npz") if damage is not None else [None]
+            )
+            if damage is not None:
+                cached.write_bytes(damage)
+            images, labels = arrays.digits_arrays()
+            split = arrays.digits_split_indices()
+            assert np.array_equal(images, want_images) and np.array_equal(labels, d.target)
+            assert np.array_equal(split["test"], np.sort(want_test))
+            assert np.array_equal(np.sort(np.r_[split["train"], split["test"]]), np.arange(1797))
+            (written,) = (tmp_path / "digits").glob("sklearn-*.npz")
+            assert written.stat().st_size > 100_000  # derived again and rewritten whole
+    finally:
+        arrays._digits.cache_clear()
 
 
 def test_mnist_padded_to_32_and_at_28():
