@@ -6,6 +6,7 @@ session under a hard timeout that kills the whole group, so a hang fails in seco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -65,13 +66,53 @@ def output(proc: subprocess.Popen) -> str:
     return proc.log.read().decode(errors="replace")[-4000:]  # type: ignore[attr-defined]
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name: state, ppid, pgrp, session, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, whatever their session (torchrun starts each worker in a
+    session of its own, so killing the agent's session leaves the workers running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        if (fields := _stat(stat.parent.name)) is not None:
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(p := todo.pop())
+        todo += children.get(p, [])
+    return tree
+
+
+def kill_tree(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGKILL the process and every process under it, and wait until all have exited (a
+    zombie has: its files, so its locks, are closed)."""
+    os.killpg(proc.pid, signal.SIGSTOP)  # an agent that starts no worker while we look
+    tree = process_tree(proc.pid)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+
+    def alive() -> list[int]:
+        return [p for p in tree if (f := _stat(p)) is not None and f[0] != "Z"]
+
+    while (left := alive()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"still running {timeout_s:.0f} s after SIGKILL: {left}"
+
+
 def finish(proc: subprocess.Popen, timeout_s: float) -> int:
     """Wait for the process; on timeout kill its whole session and fail the test."""
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)
         pytest.fail(f"hung for {timeout_s:.0f} s:\n{output(proc)}")
 
 
@@ -180,11 +221,11 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise(straight, tmp_path):
     proc = start([*TORCHRUN, *CFH, *args])
     ckpt = run / "checkpoints" / f"ckpt_{at:08d}.pt"
     wait_for(ckpt.exists, 60, f"the checkpoint at step {at}", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert not (run / "checkpoints" / f"ckpt_{STEPS:08d}.pt").exists()
+    kill_tree(proc)  # the agent and both ranks: torchrun starts each rank in its own session
+    saved = sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("ckpt_*.pt"))
+    assert saved[-1] < STEPS, saved
     out = torchrun(args)
-    assert "resumed from step" in out
+    assert f"resumed from step {saved[-1]}" in out, out
     assert_same_training_state(final_state(run), final_state(straight))
 
 
@@ -236,8 +277,7 @@ def test_a_hung_rank_makes_the_others_fail_after_the_timeout(tmp_path):
     # and a grid). finish() fails the test past 150 s, which separates the two without timing
     # the start-up itself.
     code = finish(procs[0], 150)
-    os.killpg(procs[1].pid, signal.SIGKILL)
-    procs[1].wait()
+    kill_tree(procs[1])
     assert code != 0, output(procs[0])
     status = read_status(run)
     assert status["state"] == "failed" and status["failed_rank"] == 0, status
