@@ -66,8 +66,9 @@ slurm-start:
 slurm-stop:
 	bash scripts/slurm-local.sh stop
 
-# After the unit and end-to-end tests, the smoke grid runs for real (two points at a time, one thread
-# each: both cores busy; cluster keys are not in the signature, so the runs are the smoke grid's) and its
+# After the unit and end-to-end tests, the smoke grid runs for real (its three points at once, one
+# thread each, on the two cores: with two at a time the third trained alone on one core for its
+# last 3.5 of 8 minutes; cluster keys are not in the signature, so the runs are the smoke grid's) and its
 # FIDs are checked against reports/baselines/smoke.csv (3 seeds). At 300 steps the seed noise is
 # large (std 2.7-43 FID per entry, 21 pooled over the grid), so the check fails only when a mean
 # FID is over the baseline by more than max(60, 3 seed stds): a broken model, not a small drift.
@@ -78,7 +79,7 @@ TEST_WORKERS ?= 2
 test: lint
 	bash scripts/install-stamps.sh
 	$(PY) -m pytest -q --timeout=900 -n $(TEST_WORKERS)
-	$(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local cluster.parallelism=2 cluster.cpus_per_task=1
+	$(VENV)/bin/cfh --root $(SMOKE_ROOT) sweep smoke cluster=local cluster.parallelism=3 cluster.cpus_per_task=1
 	$(VENV)/bin/cfh --root $(SMOKE_ROOT) check smoke --abs-tol 60 --k 3
 
 bench: $(STAMP)
