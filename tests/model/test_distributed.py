@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from core.io import read_jsonl, read_status
+from model.training.checkpoint import checkpoint_paths, step_of
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -108,7 +109,7 @@ def kill_tree(proc: subprocess.Popen, timeout_s: float = 30) -> None:
 
 
 def finish(proc: subprocess.Popen, timeout_s: float) -> int:
-    """Wait for the process; on timeout kill its whole session and fail the test."""
+    """Wait for the process; on timeout kill it and all it started, and fail the test."""
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -140,12 +141,11 @@ def worker_pids(agent: int) -> dict[int, int]:
     """{rank: pid} of the workers a torchrun agent started."""
     found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
+        if (fields := _stat(stat.parent.name)) is None or int(fields[1]) != agent:
+            continue
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != agent:
-                continue
             environ = (stat.parent / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue
         for item in environ:
             if item.startswith(b"RANK="):
@@ -222,7 +222,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise(straight, tmp_path):
     ckpt = run / "checkpoints" / f"ckpt_{at:08d}.pt"
     wait_for(ckpt.exists, 60, f"the checkpoint at step {at}", proc)
     kill_tree(proc)  # the agent and both ranks: torchrun starts each rank in its own session
-    saved = sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("ckpt_*.pt"))
+    saved = [step_of(p) for p in checkpoint_paths(run)]
     assert saved[-1] < STEPS, saved
     out = torchrun(args)
     assert f"resumed from step {saved[-1]}" in out, out
