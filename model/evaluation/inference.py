@@ -123,6 +123,11 @@ Draw = Callable[
 ]
 
 
+# written last: samples.npz alone may be there without it (a process stopped or killed between
+# the two writes), and then the samples are drawn again (their shards reused), not half-read
+SAMPLES_DONE = "settings.json"
+
+
 def draw_samples(
     cfg: DictConfig,
     run_dir: Path,
@@ -147,7 +152,7 @@ def draw_samples(
     net, step, train_cfg = load_trained(cfg, device)
     settings = sample_settings(cfg, step, is_caption_data(train_cfg.data))
     out_dir = run_dir / "samples" / settings_hash(settings)
-    if (out_dir / "samples.npz").exists():
+    if (out_dir / SAMPLES_DONE).exists():
         return _reused(cfg, out_dir, info)
     with owner_lock(
         out_dir / ".lock",
@@ -156,7 +161,7 @@ def draw_samples(
         enabled=info.is_main,
         wait=wait,
     ):
-        if (out_dir / "samples.npz").exists():  # drawn by the process that held the lock
+        if (out_dir / SAMPLES_DONE).exists():  # drawn by the process that held the lock
             return _reused(cfg, out_dir, info)
         return _draw(cfg, run_dir, out_dir, settings, net, train_cfg, device, draws)
 
@@ -167,7 +172,7 @@ def _reused(cfg: DictConfig, out_dir: Path, info: DistInfo) -> dict | None:
         return None
     if cfg.sample.adm_npz:
         write_adm_npz(out_dir)
-    meta = json.loads((out_dir / "settings.json").read_text())
+    meta = json.loads((out_dir / SAMPLES_DONE).read_text())
     return {**meta, "dir": str(out_dir), "grid": str(out_dir / "grid.png"), "reused": True}
 
 
@@ -222,7 +227,7 @@ def _draw(
     if cfg.sample.adm_npz:
         write_adm_npz(out_dir)
     atomic_write_bytes(out_dir / "grid.png", image_grid_png(images))
-    atomic_write_json(out_dir / "settings.json", meta)
+    atomic_write_json(out_dir / SAMPLES_DONE, meta)
     shutil.rmtree(out_dir / "shards", ignore_errors=True)
     log.info(
         "sampled %d images at %.1f img/s into %s", len(images), meta["sample_img_per_s"], out_dir

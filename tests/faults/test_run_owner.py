@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -146,6 +147,20 @@ def test_the_same_samples_twice_refuse_and_other_samples_proceed(trained, tmp_pa
             first.kill()
     assert first.returncode == 0, err.decode()[-3000:]
     assert (lock.parent / "samples.npz").is_file()
+
+
+def test_samples_cut_off_before_their_settings_are_drawn_again(trained, tmp_path):
+    """samples.npz without settings.json (a process stopped or killed between the two writes,
+    as the test above can catch one): the next `cfh sample` draws them again, no half read."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    code, out = cfh("sample", f"run_dir={run}", *SAMPLE)
+    assert code == 0 and "wrote 10 samples" in out, out
+    (folder,) = (run / "samples").iterdir()
+    (folder / "settings.json").unlink()
+    code, out = cfh("sample", f"run_dir={run}", *SAMPLE)
+    assert code == 0 and "wrote 10 samples" in out and "Traceback" not in out, out
+    assert json.loads((folder / "settings.json").read_text())["num_samples"] == 10
 
 
 def test_the_same_evaluation_twice_refuses(trained, tmp_path):
