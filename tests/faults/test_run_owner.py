@@ -130,12 +130,15 @@ def test_a_killed_owner_leaves_the_lock_free_for_the_rerun(trained, tmp_path):
 def test_the_same_samples_twice_refuse_and_other_samples_proceed(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    args = [*CFH, "sample", f"run_dir={run}", *SAMPLE]
+    # 200 sampler steps: a draw of about a second, so the pause lands inside it, not in the
+    # moment between its last write and the lock's release (that would reuse the samples)
+    slow = [a if not a.startswith("sample.steps=") else "sample.steps=200" for a in SAMPLE]
+    args = [*CFH, "sample", f"run_dir={run}", *slow]
     first = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         lock = wait_for(lambda: held_lock(run, "samples/*/.lock"), 180, "the sample lock", first)
         with stopped(first):
-            code, out = cfh("sample", f"run_dir={run}", *SAMPLE)
+            code, out = cfh("sample", f"run_dir={run}", *slow)
             assert code == 2 and f"is in use by pid {first.pid} on host" in out, out
             assert f"samples {lock.parent.name} of run_dir={run}" in out, out
             assert "Traceback" not in out
