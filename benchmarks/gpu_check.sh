@@ -3,8 +3,14 @@
 # preinstalled python3 (torch with CUDA, numpy, pandas, matplotlib, seaborn, einops, tensorboard)
 # and installs only wheels it is handed, with --no-index --no-deps.
 #
-#   bash benchmarks/gpu_check.sh                 # on the GPU machine; logs and results in $OUT
+#   bash benchmarks/gpu_check.sh                 # on the GPU machine
 #   GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh  # the same stages on this CPU, tiny sizes
+#
+# Everything is written under $GPU_CHECK_DIR (default benchmarks/gpu-out, ignored). Where $OUT
+# is set (the device tool's folder of files to bring back, at most 8 of them) the results are
+# copied there at the end: the bench JSONs, the run's metrics.jsonl, gpu.txt and logs.tar.gz.
+# Through the device tool: run(kind="nvidia-h200", carry=[".whl"], timeout_s=480,
+# command="bash benchmarks/gpu_check.sh").
 #
 # Wheels: hydra-core, omegaconf, antlr4-python3-runtime, submitit, torch-fidelity, downloaded
 # beforehand into $WHEELS (default .whl, an ignored folder carried to the GPU machine), on a
@@ -19,7 +25,10 @@
 #
 # Stages, each under its own time limit and all under a 6-minute deadline (DEADLINE_S):
 #   1. synthetic `data=latents` (16x16x16 float16, 1,000 classes: the system models' input)
-#   2. `cfh bench` training step at L and XL, sdpa and flex, bf16, no reference
+#   2. `cfh bench` training step at L, sdpa and flex, bf16, with the release-style reference
+#      (harness/reference.py) in the same run where the GPU holds it (>= 120 GB: the reference
+#      took 98 GB at L on an H200), for the ">= 2.5x the release" target; then XL, sdpa and
+#      flex, no reference, at batch 64 (90 GB on an H200), or 32 on a smaller GPU (an H100)
 #   3. `cfh bench` training step at L with train.compile=true
 #   4. `cfh train` at L for 60 steps under torchrun (1 process per GPU, at most 2), its
 #      metrics.jsonl rows (img/s, MFU, peak memory every 10 steps)
@@ -31,7 +40,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${OUT:-benchmarks/gpu-out}
+RESULTS=${OUT:-}  # the device tool's return folder, if any
+OUT=${GPU_CHECK_DIR:-benchmarks/gpu-out}
 WHEELS=${WHEELS:-.whl}
 DEADLINE_S=${DEADLINE_S:-360}
 PY=${PYTHON:-python3}
@@ -78,6 +88,10 @@ else
   ngpu=0
 fi
 nproc=$(( ngpu >= 2 ? 2 : 1 ))
+# GPU memory decides what fits: the reference at L, XL at batch 64 (MiB; the CPU run: all)
+mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+mem=${mem:-999999}
+if (( mem >= 120000 )); then REF=(); XL_BATCH=$BATCH; else REF=(--no-reference); XL_BATCH=$((BATCH / 2)); fi
 
 echo "== 1. synthetic latents (${CH}x${RES}x${RES}, $COUNT rows)"
 LAT=$OUT/latents
@@ -107,10 +121,13 @@ stage() {  # stage NAME LIMIT CMD...: run CMD under its time limit, log to $OUT/
   local rc=$?; tail -n 25 "$OUT/$name.log"; echo "-- $name: exit $rc"
 }
 
-stage bench_train 120 "${CFH[@]}" --root "$OUT" bench --sizes "$BIG,$HUGE" --backends sdpa,flex \
-  --measures train --no-reference --repeats 2 --out "$OUT/bench_train.json" "${DATA[@]}" \
+stage bench_train 85 "${CFH[@]}" --root "$OUT" bench --sizes "$BIG" --backends sdpa,flex \
+  --measures train "${REF[@]}" --repeats 2 --out "$OUT/bench_train.json" "${DATA[@]}" \
   bench.splits=2
-stage bench_compiled 75 "${CFH[@]}" --root "$OUT" bench --sizes "$BIG" --measures train \
+stage bench_xl 55 "${CFH[@]}" --root "$OUT" bench --sizes "$HUGE" --backends sdpa,flex \
+  --measures train --no-reference --repeats 2 --out "$OUT/bench_xl.json" "${DATA[@]}" \
+  bench.splits=2 "train.batch_size=$XL_BATCH"
+stage bench_compiled 70 "${CFH[@]}" --root "$OUT" bench --sizes "$BIG" --measures train \
   --no-reference --repeats 2 --out "$OUT/bench_compiled.json" "${DATA[@]}" bench.splits=2 \
   train.compile=true
 rm -rf "$OUT/run"
@@ -126,7 +143,7 @@ import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 lines = []
-for name in ("bench_train", "bench_compiled", "bench_sample"):
+for name in ("bench_train", "bench_xl", "bench_compiled", "bench_sample"):
     path = out / f"{name}.json"
     if not path.is_file():
         lines.append(f"{name}: no rows (stage cut short before its first measure)")
@@ -135,8 +152,12 @@ for name in ("bench_train", "bench_compiled", "bench_sample"):
         if r.get("error"):
             what = "error: " + r["error"][:60]
         elif r["measure"] == "train":
-            what = (f"step {r['step_s']:.3f} s  {r['train_img_per_s']:.1f} img/s  "
-                    f"MFU {r['mfu']:.1%}  {r['peak_mem_mb'] / 1024:.1f} GB")
+            what = (f"batch {r['batch_size']}  step {r['step_s']:.3f} s  "
+                    f"{r['train_img_per_s']:.1f} img/s  MFU {r['mfu']:.1%}  "
+                    f"{r['peak_mem_mb'] / 1024:.1f} GB")
+            if r.get("speedup_vs_reference"):
+                what += f"  {r['speedup_vs_reference']:.2f}x the reference"
+
         else:
             what = (f"S={r['s_eval']} kv={r['kv_cache']} {r['sample_img_per_s']:.1f} img/s "
                     f"({r.get('reduced') or 'full'})")
@@ -152,3 +173,9 @@ if not rows:
     lines.append("cfh train: no metrics.jsonl rows")
 print("\n".join(lines))
 PYEOF
+if [[ -n "$RESULTS" && "$RESULTS" != "$OUT" ]]; then
+  mkdir -p "$RESULTS"
+  tar -czf "$RESULTS/logs.tar.gz" -C "$OUT" $(cd "$OUT" && ls ./*.log)
+  cp "$OUT"/*.json "$OUT/run/metrics.jsonl" "$OUT/gpu.txt" "$RESULTS"/ 2>/dev/null
+  echo "results copied to $RESULTS"
+fi
