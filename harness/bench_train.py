@@ -4,7 +4,7 @@ Every implementation is a `Learner` from model/training/step.py's `make_learner`
 trainer's AdamW and EMA factories) stepped by the trainer's `train_step` on the splits the
 trainer draws at steps 0..bench.splits-1 on rank 0 (`draw_split`): the bench times what
 `cfh train` runs, minus data loading and logging. With train.compile, cfh's forward is the
-trainer's compiled one (`compile_forward`, padded splits: a graph per bucket), warmed up on every
+trainer's compiled one (`compile_forward`, padded splits: graphs per bucket), warmed up on every
 split before timing; the reference runs the unpadded splits eagerly.
 """
 

@@ -14,6 +14,7 @@ from model.training.build import model_from_config
 from model.training.step import (
     PAD_BUCKETS,
     clean_bucket,
+    compile_forward,
     draw_split,
     make_learner,
     train_step,
@@ -131,21 +132,27 @@ def test_a_nonfinite_step_changes_nothing_and_is_reported_on_the_device():
     assert not torch.equal(before["net"]["head.weight"], learner.net.state_dict()["head.weight"])
 
 
-def test_compiled_forward_builds_one_graph_per_bucket():
-    """train.compile: shapes depend on the bucket only (dynamo's eager backend counts graphs)."""
+def test_compiled_blocks_build_two_graphs_per_bucket_whatever_the_depth():
+    """train.compile: shapes depend on the bucket only, and every block of a shape shares one
+    graph (the last block, which computes the noisy rows only, another): dynamo's eager backend
+    counts them. The EMA copy and the state dict stay uncompiled and unchanged."""
     from torch._dynamo.utils import counters
 
     cfg, net, x, y = _setup("train.compile=true")
+    keys = list(net.state_dict())
+    assert len(net.blocks) > 2
     torch._dynamo.reset()
     counters.clear()
-    learner = make_learner(
-        cfg, net, CPU, wrap=lambda m: torch.compile(m, backend="eager", dynamic=False)
-    )
+    learner = make_learner(cfg, net, CPU, wrap=lambda m: compile_forward(m, cfg, "eager"))
+    assert learner.forward is net and list(net.state_dict()) == keys
+    assert all(b._compiled_call_impl is not None for b in net.blocks)
+    assert all(b._compiled_call_impl is None for b in learner.ema.blocks)
     lengths = []
-    for step in range(6):  # lengths 131, 131, 68, 86, 131, 131: three graphs
+    for step in range(6):  # lengths 131, 131, 68, 86, 131, 131: three buckets
         split = draw_split(cfg, step, 0, 8, CPU)
         lengths.append(split.mask.shape[-1])
         assert train_step(learner, x, y, split, step).ok.item()
     assert sorted(learner.graphs) == sorted(set(lengths)) and len(set(lengths)) < len(lengths)
-    assert counters["stats"]["unique_graphs"] == len(set(lengths)) <= PAD_BUCKETS
+    assert counters["stats"]["unique_graphs"] == 2 * len(set(lengths))
+    assert len(set(lengths)) <= PAD_BUCKETS
     torch._dynamo.reset()
