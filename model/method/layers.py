@@ -50,6 +50,8 @@ def _flex_attention(q, k, v, block_mask):
     from torch.nn.attention.flex_attention import flex_attention
 
     global _compiled_flex
+    if torch.compiler.is_compiling():  # inside a compiled block (train.compile): inductor lowers it
+        return flex_attention(q, k, v, block_mask=block_mask)
     if q.is_cuda:  # eager flex is an unfused reference implementation: compile it on GPU
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)

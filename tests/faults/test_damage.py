@@ -4,20 +4,17 @@ checkpoint is damaged fails with their names instead of starting over."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from cfh_procs import REPO, cfh
 
 from core.io import read_jsonl, read_status
-from harness.cli import main
 from model.training.checkpoint import checkpoint_path, checkpoint_paths, read_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 BASE = {
@@ -32,13 +29,6 @@ BASE = {
     "eval.extractor": "classifier",
     "eval.kid_subset_size": 10,
 }
-
-
-def cfh(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(list(argv))
-    return code, out.getvalue()
 
 
 def grid(folder: Path, name: str, evals: bool) -> Path:

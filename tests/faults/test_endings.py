@@ -5,8 +5,6 @@ named once, and the eval record keeps both steps."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
@@ -20,11 +18,11 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import yaml
+from cfh_procs import CFH, REPO, TINY, cfh, child_env, wait_for
 
 from core.io import read_jsonl, read_status, update_status
 from harness import executors as ex
 from harness import point_job as pj
-from harness.cli import main
 from harness.config_search import SHIPPED_CONFIG_DIR
 from harness.runs import run_dir
 from harness.status import row_for
@@ -32,44 +30,15 @@ from model.training.checkpoint import checkpoint_path, checkpoint_paths
 from reports.rows import read_run
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-TINY = ["model=T", "data=digits", "train.batch_size=8", "train.log_every=1", "train.device=cpu"]
-CFH = [sys.executable, "-m", "harness.cli"]
 SIG = "e" * 10
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("CFH_CACHE", str(REPO / ".cache" / "cfh"))
-    return env
-
-
-def cfh(*argv: str) -> tuple[int, str]:
-    """`cfh ARGV` in this process: (exit code, stdout + stderr)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(list(argv))
-    return code, out.getvalue()
-
-
-def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended ({proc.returncode}) before {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def start_train(run: Path, steps: int = 400, every: int = 4) -> subprocess.Popen:
     args = ["train", *TINY, f"train.steps={steps}", f"train.ckpt_every={every}", f"run_dir={run}"]
     return subprocess.Popen(
-        [*CFH, *args], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*CFH, *args], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -247,7 +216,7 @@ def test_train_names_each_damaged_checkpoint_once_and_previous_only_when_there_i
     shutil.copytree(trained, run)
     truncate(checkpoint_path(run, 4))
     args = [*CFH, "train", *TINY, "train.steps=6", "train.ckpt_every=2", f"run_dir={run}"]
-    done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(args, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if "is damaged" in line]
     assert len(lines) == 1, done.stderr[-3000:]  # once on stderr (it was twice)
@@ -258,7 +227,11 @@ def test_train_names_each_damaged_checkpoint_once_and_previous_only_when_there_i
     checkpoint_path(only, 2).unlink()
     truncate(checkpoint_path(only, 4))  # damaged, and no previous one
     done = subprocess.run(
-        [*args[:-1], f"run_dir={only}"], env=_env(), capture_output=True, text=True, timeout=300
+        [*args[:-1], f"run_dir={only}"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 2 and "no good checkpoint among ckpt_00000004.pt" in done.stderr
     assert "previous" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cfh_procs import CFH, child_env
 
 from core.io import read_jsonl
 from model.training.checkpoint import checkpoint_path, checkpoint_paths, read_checkpoint
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TINY = [
@@ -31,13 +31,6 @@ TINY = [
     "train.device=cpu",
 ]
 STEPS = 30
-CFH = [sys.executable, "-m", "harness.cli"]
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("CFH_CACHE", str(REPO / ".cache" / "cfh"))
-    return env
 
 
 def train_args(run: Path, every: int) -> list[str]:
@@ -46,7 +39,11 @@ def train_args(run: Path, every: int) -> list[str]:
 
 def run_to_end(run: Path, every: int) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [*CFH, *train_args(run, every)], env=_env(), capture_output=True, text=True, timeout=300
+        [*CFH, *train_args(run, every)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -54,7 +51,9 @@ def run_to_end(run: Path, every: int) -> subprocess.CompletedProcess:
 
 def kill_after(cmd: list[str], seconds: float) -> int | None:
     """Start cmd, SIGKILL it after `seconds` unless it ended first; its exit code if it did."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         return proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -106,7 +105,7 @@ def test_sigkill_inside_a_checkpoint_write_leaves_the_previous_state(straight, t
     run, marker = tmp_path / "run", tmp_path / "in-write"
     cmd = [sys.executable, str(HERE / "slow_checkpoint.py"), str(step), str(marker)]
     proc = subprocess.Popen(
-        [*cmd, *train_args(run, every=3)], env=_env(), stdout=subprocess.DEVNULL,
+        [*cmd, *train_args(run, every=3)], env=child_env(), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 120

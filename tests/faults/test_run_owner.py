@@ -4,55 +4,24 @@ samples or eval record asked for twice, and places that cannot be written (issue
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cfh_procs import CFH, REPO, TINY, cfh, child_env, wait_for
 
 from core.io import RUN_LOCK, lock_state, read_jsonl, read_status
-from harness.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-TINY = ["model=T", "data=digits", "train.batch_size=8", "train.log_every=1", "train.device=cpu"]
 SAMPLE = ["sample.num=10", "sample.steps=2", "sample.ar_steps=2", "sample.batch_size=10"]
 SCORE = ["eval.extractor=classifier", "eval.kid_subset_size=5"]
-CFH = [sys.executable, "-m", "harness.cli"]
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("CFH_CACHE", str(REPO / ".cache" / "cfh"))
-    return env
-
-
-def cfh(*argv: str) -> tuple[int, str]:
-    """`cfh ARGV` in this process: (exit code, stdout + stderr)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(list(argv))
-    return code, out.getvalue()
-
-
-def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended ({proc.returncode}) before {what}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @contextlib.contextmanager
@@ -87,13 +56,15 @@ def test_a_second_cfh_train_on_a_held_run_refuses_at_once(tmp_path):
     writes nothing; the first completes with every metrics step once."""
     run, steps = tmp_path / "run", 12
     args = [*CFH, "train", *TINY, f"train.steps={steps}", "train.ckpt_every=4", f"run_dir={run}"]
-    first = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(args, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: read_jsonl(run / "metrics.jsonl"), 180, "the first step", first)
         with stopped(first):  # mid-run, holding the lock
             config, status = (run / "config.yaml").read_text(), read_status(run)
             t0 = time.monotonic()
-            second = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=120)
+            second = subprocess.run(
+                args, env=child_env(), capture_output=True, text=True, timeout=120
+            )
             took = time.monotonic() - t0
             assert second.returncode == 2, second.stderr[-3000:]
             last = second.stderr.strip().splitlines()[-1]
@@ -117,7 +88,9 @@ def test_a_killed_owner_leaves_the_lock_free_for_the_rerun(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     args = [*CFH, "train", *TINY, "train.steps=40", "train.ckpt_every=2", f"run_dir={run}"]
-    first = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        args, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     wait_for(lambda: len(read_jsonl(run / "metrics.jsonl")) > 2, 180, "step 3", first)
     first.kill()
     first.wait()
@@ -134,7 +107,7 @@ def test_the_same_samples_twice_refuse_and_other_samples_proceed(trained, tmp_pa
     # moment between its last write and the lock's release (that would reuse the samples)
     slow = [a if not a.startswith("sample.steps=") else "sample.steps=200" for a in SAMPLE]
     args = [*CFH, "sample", f"run_dir={run}", *slow]
-    first = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(args, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         lock = wait_for(lambda: held_lock(run, "samples/*/.lock"), 180, "the sample lock", first)
         with stopped(first):
@@ -171,7 +144,10 @@ def test_the_same_evaluation_twice_refuses(trained, tmp_path):
     shutil.copytree(trained, run)
     evaluation = [f"run_dir={run}", *SAMPLE, *SCORE]
     first = subprocess.Popen(
-        [*CFH, "evaluate", *evaluation], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*CFH, "evaluate", *evaluation],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         lock = wait_for(lambda: held_lock(run, "eval/.*.lock"), 240, "the eval lock", first)
