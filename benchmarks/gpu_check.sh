@@ -157,7 +157,6 @@ for name in ("bench_train", "bench_xl", "bench_compiled", "bench_sample"):
                     f"{r['peak_mem_mb'] / 1024:.1f} GB")
             if r.get("speedup_vs_reference"):
                 what += f"  {r['speedup_vs_reference']:.2f}x the reference"
-
         else:
             what = (f"S={r['s_eval']} kv={r['kv_cache']} {r['sample_img_per_s']:.1f} img/s "
                     f"({r.get('reduced') or 'full'})")
