@@ -224,6 +224,11 @@ def plan_path(root: str | os.PathLike, grid: str) -> Path:
     return Path(root) / "grids" / grid / "plan.json"
 
 
+def decide_path(root: str | os.PathLike, grid: str) -> Path:
+    """`<root>/grids/<grid>/decide.json`: the rounds of `cfh sweep GRID --until-decided`."""
+    return Path(root) / "grids" / grid / "decide.json"
+
+
 def swept_grids(root: str | os.PathLike) -> list[str]:
     """Names of the grids swept under `root` (those with a plan.json)."""
     grids = Path(root) / "grids"

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import html
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -23,9 +24,23 @@ import yaml
 from core.io import atomic_write_bytes, atomic_write_text, now_iso
 from reports import plots
 from reports.columns import EVAL_KEY_COLUMNS
-from reports.findings import NOTE, findings_view, judge_findings
+from core.runfolder import decide_path, read_json
+from reports.decide import Pooled, compare
+from reports.findings import (
+    DEFAULT_MAX_SAMPLES,
+    DEFAULT_MAX_SEEDS,
+    METRIC_NAMES,
+    findings_view,
+    grid_pool,
+    judge_findings,
+    method_note,
+    observations,
+    side_of,
+)
+from reports.forest import forest_plot
 from reports.plot_style import png_only
 from reports.provenance import provenance_lines
+from reports.publish import Scrubber, check_published, publish_view, root_phrase
 from reports.results import Results, ResultsWarning, scan
 from reports.sizes import set_size_cache
 from reports.tables import (
@@ -33,7 +48,6 @@ from reports.tables import (
     all_tables,
     fid_context,
     final_evals,
-    pooled_std,
     seed_summary,
     varying,
 )
@@ -94,31 +108,41 @@ def build_report(
     results: Results, out: Path, notes: list[str] | tuple = (), publish: bool = False
 ) -> Path:
     """Write results files, tables, plots, report.md and report.html into `out` (see
-    write_report for `publish`)."""
+    write_report for `publish`: then every path in the written text is relative to the results
+    root or the repository, and reports.publish checks that no machine path remains)."""
     df = results.table
     out.mkdir(parents=True, exist_ok=True)
-    write_table_files(df, out, parquet=not publish)
-    tables = all_tables(df)
+    scrub = Scrubber(results.root) if publish else None
+    shown, notes = publish_view(results, notes, scrub) if scrub else (results, list(notes))
+    written = write_table_files(shown.table, out, parquet=not publish)
+    tables = all_tables(shown.table)
     for t in tables:
-        atomic_write_text(out / "tables" / f"{t.name}.md", t.to_markdown())
-        atomic_write_text(out / "tables" / f"{t.name}.tex", t.to_latex())
+        for path, text in ((f"{t.name}.md", t.to_markdown()), (f"{t.name}.tex", t.to_latex())):
+            atomic_write_text(out / "tables" / path, text)
+            written.append(out / "tables" / path)
+    judged = judge_grid(results)
     with png_only() if publish else contextlib.nullcontext():
-        images = plots.all_plots(df, results.curves, out / "plots")
-    blocks = report_blocks(results, tables, images, list(notes), publish)
+        images = plots.all_plots(df, results.curves, out / "plots")  # sample grids: run folders
+        metric = METRIC_NAMES.get(str(judged["metric"].iloc[0])) if judged is not None else ""
+        forest = forest_plot(judged, out / "plots", metric) if judged is not None else None
+    blocks = report_blocks(shown, tables, images, notes, publish, judged, forest)
     atomic_write_text(out / "report.md", to_markdown(blocks, out))
-    if publish:
+    if scrub:
+        check_published([*written, out / "report.md"], scrub)
         return out / "report.md"
     atomic_write_text(out / "report.html", to_html(blocks, results.grid))
     return out / "report.html"
 
 
-def write_table_files(df: pd.DataFrame, out: Path, parquet: bool = True) -> None:
-    """results.parquet (unless not `parquet`) and results.csv, written atomically."""
+def write_table_files(df: pd.DataFrame, out: Path, parquet: bool = True) -> list[Path]:
+    """results.parquet (unless not `parquet`) and results.csv, written atomically; the text
+    files written (results.csv)."""
     if parquet:
         buf = io.BytesIO()
         parquet_safe(df).to_parquet(buf, index=False)
         atomic_write_bytes(out / "results.parquet", buf.getvalue())
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
+    return [out / "results.csv"]
 
 
 def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -140,13 +164,15 @@ def report_blocks(
     images: dict[str, Path],
     notes: list[str],
     publish: bool = False,
+    judged: pd.DataFrame | None = None,
+    forest: Path | None = None,
 ) -> list[Block]:
     """The report's sections in order."""
     df = results.table
     title = f"cfh report: grid {results.grid}" if results.grid else "cfh report: all runs"
     blocks = [
         Block("h1", title),
-        Block("p", f"Generated {now_iso()} from {results.root}."),
+        Block("p", f"Generated {now_iso()}{root_phrase(results.root, publish)}."),
         *[Block("p", f"Warning: {n}") for n in notes],
         Block("h2", "What the grid varies"),
         *grid_blocks(results),
@@ -154,8 +180,8 @@ def report_blocks(
         *state_blocks(df),
         *[Block("p", line) for line in provenance_lines(df)],
         Block("h2", "Winner per S_eval"),
-        *winner_blocks(df),
-        *finding_blocks(results),
+        *winner_blocks(df, results.replicates),
+        *finding_blocks(results, judged, forest),
         Block("h2", "Tables"),
     ]
     if not tables:
@@ -240,59 +266,81 @@ def state_blocks(df: pd.DataFrame) -> list[Block]:
 def stored_noise(grid: str | None) -> float | None:
     """The pooled seed std of FID in a grid's shipped baseline (reports/baselines/<grid>.csv:
     the smoke grid's, from 3 seeds), or None when the grid has none."""
+    pool = stored_pool(grid)
+    return math.sqrt(pool.within) if pool is not None else None
+
+
+def stored_pool(grid: str | None) -> Pooled | None:
+    """The seed variance of a grid's shipped baseline as a pooled estimate (df = sum over its
+    entries of seeds - 1), for a grid run with one seed; None when the grid has none."""
     from reports.check import default_baseline
 
     if not grid or not default_baseline(grid).is_file():
         return None
     base = pd.read_csv(default_baseline(grid))
-    stds = base["fid_std"].dropna() if "fid_std" in base else pd.Series(dtype=float)
-    return float(np.sqrt((stds**2).mean())) if len(stds) else None
+    if "fid_std" not in base or not base["fid_std"].notna().any():
+        return None
+    base = base[base["fid_std"].notna()]
+    n = base["n_seeds"] if "n_seeds" in base else pd.Series(2, index=base.index)
+    dof = int((n - 1).clip(lower=0).sum())
+    var = float(((n - 1) * base["fid_std"] ** 2).sum() / dof) if dof else math.nan
+    return Pooled(within=var, within_df=dof, block=2 * var, block_df=dof, cells=len(base))
 
 
-def winners(df: pd.DataFrame) -> pd.DataFrame:
-    """Per eval setting: best training setting by mean FID, runner-up, margin, and whether the
-    margin exceeds the noise: the pooled seed std of the two where both have several seeds,
-    else the grid's stored seed std (its shipped baseline), else FID's sampling bootstrap std
-    of the two; `noise_kind` says which."""
+def winners(df: pd.DataFrame, replicates: dict | None = None) -> pd.DataFrame:
+    """Per eval setting: best training setting by mean FID, runner-up, margin with its 95%
+    interval (reports.decide: paired over shared seeds, seed variance pooled over the two
+    settings' cells, or for a one-seed grid the shipped baseline's) and whether it decides."""
     summary = seed_summary(final_evals(df))
     if summary.empty:
         return summary
+    obs = observations(df, "fid", replicates)
+    grids = df["grid"].dropna().unique() if "grid" in df else []
+    grid_name = str(grids[0]) if len(grids) == 1 else ""
+    stored = stored_pool(grid_name)
     ranked = summary.sort_values(["eval_key", "mean"])
     g = ranked.groupby("eval_key", sort=False)
     first = g.nth(0).set_index("eval_key")
-    cols = ["setting", "mean", "std", "n", *(["boot"] if "boot" in ranked else [])]
+    cols = ["setting", "mean", "std", "n"]
     second = g.nth(1).set_index("eval_key")[cols]
     both = first.join(second.add_suffix("_2"), how="left")
     both["margin"] = both["mean_2"] - both["mean"]
-    both["pooled_std"] = pooled_std(both["std"], both["n"], both["std_2"], both["n_2"])
-    grids = df["grid"].dropna().unique() if "grid" in df else []
-    stored = stored_noise(str(grids[0])) if len(grids) == 1 else None
-    boot = np.sqrt(both["boot"] ** 2 + both["boot_2"] ** 2) if "boot" in both else np.nan
-    both["noise"] = both["pooled_std"].fillna(stored if stored is not None else np.nan)
-    both["noise"] = both["noise"].fillna(pd.Series(boot, index=both.index))
-    grid_name = str(grids[0]) if len(grids) == 1 else ""
-    both["noise_kind"] = np.select(
-        [both["pooled_std"].notna(), pd.Series(stored is not None, index=both.index),
-         both["noise"].notna()],
-        ["pooled seed std", f"seed std of the shipped {grid_name} baseline",
-         "sampling bootstrap std"],
-        default="unknown",
-    )  # fmt: skip
-    both["verdict"] = np.select(
-        [both["mean_2"].isna(), both["noise"].isna(), both["margin"] > both["noise"]],
-        ["only one setting", "noise unknown", "yes"],
-        default="within noise",
-    )
+    judged, kinds = [], []
+    for key, row in both.iterrows():
+        at = obs[obs["eval_key"] == key]
+        pooled, kind = grid_pool(obs, [row["setting"], row.get("setting_2")]), "pooled"
+        if pooled.within_df == 0 and stored is not None:
+            pooled, kind = stored, f"seed std of the shipped {grid_name} baseline"
+        kinds.append(kind)
+        c = compare(
+            side_of(at[at["setting"] == row["setting"]]),
+            side_of(at[at["setting"] == row.get("setting_2")]),
+            pooled,
+        )
+        judged.append(c)
+    both["lo"] = [c.lo for c in judged]
+    both["hi"] = [c.hi for c in judged]
+    both["paired"] = [c.paired for c in judged]
+    both["df"] = [c.df for c in judged]
+    both["noise_kind"] = [
+        f"{k} (df {c.df})" if c.df else "no seed variance"
+        for k, c in zip(kinds, judged, strict=True)
+    ]
+    both["verdict"] = [
+        "only one setting" if pd.isna(m) else "decided" if c.verdict == "holds" else "undecided"
+        for m, c in zip(both["mean_2"], judged, strict=True)
+    ]
     return both.sort_values("s_eval").reset_index()
 
 
-def winner_blocks(df: pd.DataFrame) -> list[Block]:
+def winner_blocks(df: pd.DataFrame, replicates: dict | None = None) -> list[Block]:
     """The winners table, readable."""
-    w = winners(df)
+    w = winners(df, replicates)
     if w.empty:
         return [Block("p", "No FID results yet.")]
     data = final_evals(df)
     others = [c for c in varying(data, EVAL_KEY_COLUMNS) if c not in ("s_eval", "ckpt_step")]
+    interval = "[" + w["lo"].map(_num) + ", " + w["hi"].map(_num) + "]"
     view = pd.DataFrame(
         {
             "S_eval": w["s_eval"].map(_fmt),
@@ -302,24 +350,87 @@ def winner_blocks(df: pd.DataFrame) -> list[Block]:
             "runner-up": w["setting_2"].fillna("-"),
             "runner-up FID": _pm(w["mean_2"], w["std_2"], w["n_2"]),
             "margin": w["margin"].map(_num),
-            "noise": w["noise"].map(_num),
-            "noise kind": w["noise_kind"].where(w["mean_2"].notna(), "-"),
-            "margin > noise": w["verdict"],
+            "95% interval": interval.where(w["lo"].notna(), "-"),
+            "seed variance": w["noise_kind"].where(w["mean_2"].notna(), "-"),
+            "winner decided": w["verdict"],
         }
     )
     note = fid_context(df)
-    return [Block("frame", view, f"{note}." if note else "")]
+    method = (
+        "margin = runner-up - winner; decided when its 95% interval (Student t at the seed "
+        "variance's df; paired over shared seeds) lies above 0, as for the findings below"
+    )
+    return [Block("frame", view, f"{note}; {method}." if note else f"{method}.")]
 
 
-def finding_blocks(results: Results) -> list[Block]:
-    """The findings the grid file names (plan.json), each with its verdict against the noise."""
-    findings = results.plan.get("findings") if isinstance(results.plan, dict) else None
+def judge_grid(results: Results) -> pd.DataFrame | None:
+    """The grid's findings (plan.json) judged on its `decide_on` metric, or None without any."""
+    plan = results.plan if isinstance(results.plan, dict) else {}
+    findings = plan.get("findings")
     if not findings:
+        return None
+    decide = plan.get("until_decided") if isinstance(plan.get("until_decided"), dict) else {}
+    judged = judge_findings(
+        results.table,
+        findings,
+        decide_on=str(plan.get("decide_on") or "fid"),
+        replicates=results.replicates,
+        max_seeds=int(decide.get("max_seeds", DEFAULT_MAX_SEEDS)),
+        max_samples=int(decide.get("max_samples", DEFAULT_MAX_SAMPLES)),
+    )
+    return None if judged.empty else judged
+
+
+def finding_blocks(
+    results: Results, judged: pd.DataFrame | None, forest: Path | None
+) -> list[Block]:
+    """The findings the grid file names, each with its interval and verdict, the forest plot,
+    and the rounds of `cfh sweep --until-decided`."""
+    if judged is None:
         return []
-    judged = judge_findings(results.table, findings)
-    if judged.empty:
+    metric = METRIC_NAMES.get(str(judged["metric"].iloc[0]), "FID")
+    blocks = [
+        Block("h2", "Findings the grid tests"),
+        Block("p", f"Judged on {metric} (the grid's decide_on)."),
+        Block("frame", findings_view(judged), method_note(judged)),
+    ]
+    if forest is not None:
+        caption = (
+            f"Each finding's difference in {metric} (worse - better) with its 95% interval; "
+            "right of 0: the finding holds; colour: the verdict."
+        )
+        blocks.append(Block("image", forest, caption))
+    return blocks + round_blocks(results)
+
+
+def round_blocks(results: Results) -> list[Block]:
+    """`cfh sweep --until-decided`'s rounds (grids/<GRID>/decide.json): what each added, why."""
+    state, _ = read_json(decide_path(results.root, results.grid)) if results.grid else ({}, "")
+    rounds = state.get("rounds") if isinstance(state, dict) else None
+    if not rounds:
         return []
-    return [Block("h2", "Findings the grid tests"), Block("frame", findings_view(judged), NOTE)]
+    lines = []
+    for r in rounds:
+        for a in r.get("added", []) or [{"claim": "-", "what": "nothing", "why": "-"}]:
+            lines.append(
+                {
+                    "round": r.get("round"),
+                    "finding": a.get("claim", "-"),
+                    "added": a.get("what", "-"),
+                    "why": a.get("why", "-"),
+                    "estimated hours": _num(a.get("hours", math.nan)),
+                }
+            )
+    done = state.get("finished_because") or "still running"
+    return [
+        Block("h2", "Rounds of cfh sweep --until-decided"),
+        Block(
+            "p",
+            f"{len(rounds)} rounds; budget {state.get('budget_hours', '-')} h of estimated "
+            f"compute, {_num(state.get('spent_hours', math.nan))} h added; ended: {done}.",
+        ),
+        Block("frame", pd.DataFrame(lines)),
+    ]
 
 
 def _pm(mean: pd.Series, std: pd.Series, n: pd.Series) -> pd.Series:

@@ -51,7 +51,7 @@ from reports.columns import (
     TRAIN_KEY_COLUMNS,
 )
 from reports.labels import ar_weighting_labels, key_text, s_train_labels, setting_labels
-from reports.rows import bench_grid, point_axes, read_bench, read_run
+from reports.rows import BOOTSTRAP, bench_grid, point_axes, read_bench, read_run
 from reports.sizes import add_model_size, add_sample_flops
 
 __all__ = [  # the loader's names, and those other modules and cfh bench take from here
@@ -83,6 +83,8 @@ class Results:
     grid: str | None = None
     plan: dict = field(default_factory=dict)
     root: Path = Path(".")
+    # (signature, eval_file) -> the eval record's bootstrap replicates (reports.decide pairs them)
+    replicates: dict[tuple[str, str], dict] = field(default_factory=dict)
 
 
 def load_results(root: str | os.PathLike, grid: str | None = None) -> pd.DataFrame:
@@ -113,8 +115,13 @@ def scan(root: str | os.PathLike, grid: str | None = None) -> Results:
         bench_files = sorted(list_files(root / "bench", "*.json"))
     rows: list[dict] = []
     curves: list[dict] = []
+    replicates: dict[tuple[str, str], dict] = {}
     for run_dir, axes, keys in run_dirs:
         run_rows, run_curve = read_run(run_dir, axes, keys)
+        for r in run_rows:
+            boot = r.pop(BOOTSTRAP, None)
+            if boot is not None:
+                replicates[(r["signature"], r["eval_file"])] = boot
         rows += run_rows
         curves += run_curve
         bench_files += sorted(list_files(run_dir / "bench", "*.json"))
@@ -123,7 +130,7 @@ def scan(root: str | os.PathLike, grid: str | None = None) -> Results:
     curve_frame = _curve_frame(curves)
     table = _finish(pd.DataFrame(rows), curve_frame, grid)
     _warn_incomplete(table)
-    return Results(table=table, curves=curve_frame, grid=grid, plan=plan, root=root)
+    return Results(table, curve_frame, grid, plan, root, replicates)
 
 
 def plan_points(plan: Any) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from core.keys import flatten, unused_keys
 from core.runfolder import read_json, read_run_folder
 from reports.columns import CONFIG_COLUMNS, EVAL_COLUMNS, METRIC_COLUMNS
 
+BOOTSTRAP = "_bootstrap"  # the row key that carries a record's replicates to Results.replicates
 _POINT_SKIP = {"signature", "sig", "grid", "eval", "eval_axes", "eval_points", "run_dir", "created"}
 
 
@@ -67,7 +68,8 @@ def read_run(
     )
     curve = [{"signature": sig, **r} for r in folder.metrics]
     rows = [
-        {**base, **eval_columns(record), "eval_file": path.name} for path, record in folder.records
+        {**base, **eval_columns(record), "eval_file": path.name, BOOTSTRAP: _bootstrap(record)}
+        for path, record in folder.records
     ]
     note = "; ".join(folder.problems)
     return [{**r, "problems": note} for r in rows or [base]], curve
@@ -143,6 +145,13 @@ def eval_columns(record: dict) -> dict:
     row.update({m: _number(metrics.get(m)) for m in METRIC_COLUMNS})
     row["created"] = record.get("created")
     return row
+
+
+def _bootstrap(record: dict) -> dict | None:
+    """The record's bootstrap replicates (metrics.bootstrap: seed, count, num_samples, ...,
+    and a list of replicate values per metric), or None when it kept none."""
+    boot = record["metrics"].get("bootstrap")
+    return boot if isinstance(boot, dict) else None
 
 
 def _number(v: Any) -> float:

@@ -30,7 +30,7 @@ def finding(better: dict, worse: dict, claim: str = "c") -> dict:
 S1 = {"train.ar.mode": "fixed", "train.ar.steps": 1}
 
 
-def test_verdicts_against_the_seed_spread():
+def test_verdicts_are_three_valued_with_a_t_interval():
     df = cells(
         [(1, 1, 0, 10.0), (1, 1, 1, 12.0), (1, 4, 0, 300.0), (1, 4, 1, 310.0),
          (1, 2, 0, 13.0), (1, 2, 1, 11.5)]
@@ -45,32 +45,32 @@ def test_verdicts_against_the_seed_spread():
         ],
     )
     verdicts = list(judged["verdict"])
-    assert verdicts == ["holds beyond noise", "holds within noise", "does not hold",
-                        "not measured"]  # fmt: skip
+    assert verdicts == ["holds", "undecided", "contradicted", "not measured"]
     first = judged.iloc[0]
     assert first["better_mean"] == 11.0 and first["worse_mean"] == 305.0
     assert first["better_n"] == 2 and first["better_sd"] == pytest.approx(math.sqrt(2.0))
-    se = math.sqrt(2.0 / 2 + 50.0 / 2)  # seed std 1.41 and 7.07 over 2 seeds each
-    assert first["noise_2se"] == pytest.approx(2 * se)
-    second = judged.iloc[1]  # 12.25 vs 11: positive, inside 2 x SE
-    assert second["difference"] == pytest.approx(1.25) and second["noise_2se"] > 1.25
+    assert first["paired"] and first["df"] == 2  # 3 cells x 2 seeds: (3 - 1) x (2 - 1)
+    assert first["t"] == pytest.approx(4.303, abs=1e-3)  # not 2: two degrees of freedom
+    assert first["lo"] > 0
+    second = judged.iloc[1]  # 12.25 vs 11: positive, its interval holds 0
+    assert second["difference"] == pytest.approx(1.25) and second["lo"] < 0 < second["hi"]
 
 
-def test_one_seed_uses_the_bootstrap_std_as_its_noise():
+def test_one_seed_is_undecided_however_small_the_bootstrap_std():
     df = cells([(1, 1, 0, 10.0), (1, 4, 0, 12.0), (4, 4, 0, 10.5)])
     judged = judge_findings(
         df,
         [
-            finding({**S1, "sample.ar_steps": 1}, {**S1, "sample.ar_steps": 4}),  # 2 > 2 x 1.41
+            finding({**S1, "sample.ar_steps": 1}, {**S1, "sample.ar_steps": 4}),
             finding({"train.ar.steps": 4, "sample.ar_steps": 4}, {**S1, "sample.ar_steps": 4}),
         ],
     )
-    assert list(judged["verdict"]) == ["holds within noise", "holds within noise"]
-    assert judged["better_sd"].iloc[0] == 1.0 and judged["better_n"].iloc[0] == 1
-    assert judged["noise_2se"].iloc[0] == pytest.approx(2 * math.sqrt(2.0))
-    far = cells([(1, 1, 0, 10.0), (1, 4, 0, 20.0)])
+    assert list(judged["verdict"]) == ["undecided", "undecided"]
+    assert judged["better_n"].iloc[0] == 1
+    assert "seed variance" in judged["reason"].iloc[0]
+    far = cells([(1, 1, 0, 10.0), (1, 4, 0, 200.0)])
     judged = judge_findings(far, [finding({"sample.ar_steps": 1}, {"sample.ar_steps": 4})])
-    assert judged["verdict"].iloc[0] == "holds beyond noise"  # an open axis: S_train averaged
+    assert judged["verdict"].iloc[0] == "undecided"  # an open axis: S_train averaged
 
 
 def test_cells_match_the_symbol_L_and_the_own_order():
@@ -113,10 +113,13 @@ def test_the_report_prints_each_finding_with_its_verdict(tmp_path: Path):
     md = (tmp_path / "grids" / "smoke" / "report" / "report.md").read_text()
     section = md.split("## Findings the grid tests", 1)[1].split("## Tables", 1)[0]
     lines = {line.split("|")[1].strip(): line for line in section.splitlines() if "|" in line}
-    assert lines["S_train 1 collapses"].rstrip(" |").endswith("holds beyond noise")
-    assert lines["decay keeps S_eval 4 usable"].rstrip(" |").endswith("holds beyond noise")
-    assert lines["a wrong claim"].rstrip(" |").endswith("does not hold")
+    verdict = {k: [c.strip() for c in v.split("|")][-3] for k, v in lines.items()}
+    assert verdict["S_train 1 collapses"] == "holds"
+    assert verdict["decay keeps S_eval 4 usable"] == "holds"
+    assert verdict["a wrong claim"] == "contradicted"
     assert "(n=3)" in lines["S_train 1 collapses"]
-    assert "beyond noise: difference > 2 x sqrt(sd_b²/n_b + sd_w²/n_w)" in section
+    assert "Student t at the pooled seed variance's df" in section  # the method, in one line
+    assert "plots/findings_forest.png" in section  # the forest plot
+    assert (tmp_path / "grids" / "smoke" / "report" / "plots" / "findings_forest.png").is_file()
     html = (tmp_path / "grids" / "smoke" / "report" / "report.html").read_text()
-    assert "Findings the grid tests" in html and "does not hold" in html
+    assert "Findings the grid tests" in html and "contradicted" in html
