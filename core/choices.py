@@ -41,3 +41,4 @@ EDIT_ORDERS = ("nearest", *ORDERS)  # edit.order
 # harness.bench
 BENCH_MEASURES = ("train", "sample", "extract")  # bench.measures
 BENCH_CLOCKS = ("wall", "cpu")  # bench.clock
+DECIDE_ON = ("fid", "fid_inf", "kid")  # a grid's decide_on: the metric its findings are judged on

@@ -105,6 +105,7 @@ class Grid:
     cli_eval_axes: dict[str, list] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # harmless surprises, printed by sweep
     findings: list[dict] = field(default_factory=list)  # the claims it tests (harness.findings)
+    decide_on: str = "fid"  # the metric the findings are judged on (fid | fid_inf | kid)
 
     def error(self, where: str, message: str) -> UserError:
         """A UserError that names the grid file and the key."""

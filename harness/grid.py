@@ -27,6 +27,8 @@ read as dotted keys too.
       <key>:     value         cluster.<key> overrides (gpus_per_node, timeout_min, ...)
     findings:    [{claim: text, better: {key: value}, worse: {key: value}}, ...]  the claims
                                the grid tests, judged by `cfh report` (harness.findings)
+    decide_on:   fid               the metric they are judged on: fid | fid_inf (needs
+                                   eval.fid_inf: true) | kid; `cfh sweep --until-decided`
 
 Values are typed YAML (`1e-4` is a float). The symbol `L` (tokens per image of the point's data)
 is accepted for train.ar.steps and sample.ar_steps, so S_train = L reads the same on every
@@ -60,6 +62,7 @@ from typing import Any
 
 import yaml
 
+from core.choices import DECIDE_ON
 from core.errors import UserError
 from core.names import check_name
 from harness.config import CONFIG_GROUPS, parse_override, parse_sweep, resolve_overrides, set_key
@@ -68,7 +71,7 @@ from harness.expansion import Grid, Space
 from harness.findings import parse_findings
 
 TOP_KEYS = ("description", "base", "axes", "zip", "include", "exclude", "seeds", "eval")
-TOP_KEYS += ("resources", "findings")
+TOP_KEYS += ("resources", "findings", "decide_on")
 EVAL_KEYS = ("base", "axes", "zip", "include", "exclude")
 EVAL_PREFIXES = ("sample.", "eval.")
 
@@ -208,7 +211,24 @@ def parse_grid(raw: Any, path: Path, overrides: Sequence[str] = ()) -> Grid:
     _check_keys(grid, err)
     _apply_cli(grid, overrides)
     grid.findings = parse_findings(raw.get("findings"), grid, err)  # after the command-line axes
+    grid.decide_on = _decide_on(raw.get("decide_on", "fid"), grid, err)
     return grid
+
+
+def _decide_on(value: Any, grid: Grid, err: Any) -> str:
+    """The metric the findings are judged on: fid (default), fid_inf (needs eval.fid_inf) or
+    kid."""
+    if value not in DECIDE_ON:
+        raise err("decide_on", f"{value!r} is not allowed; allowed: {', '.join(DECIDE_ON)}")
+    if value == "fid_inf":
+        bases = [grid.train.base, grid.eval.base if grid.eval else {}]
+        axes = [grid.eval.axes if grid.eval else {}, grid.cli_eval_axes]
+        on = any(b.get("eval.fid_inf") is True for b in bases) or any(
+            True in a.get("eval.fid_inf", []) for a in axes
+        )
+        if not on:
+            raise err("decide_on", "fid_inf needs eval.fid_inf: true in the grid's base or eval")
+    return str(value)
 
 
 def _err(path: Path, where: str, message: str) -> UserError:

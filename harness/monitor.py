@@ -18,6 +18,7 @@ from core.names import check_name
 from core.runfolder import never_swept, plan_path
 from harness import runs
 from harness.config import parse_override, resolve_overrides
+from harness.decide_rounds import status_lines
 from harness.grid import load_grid
 from harness.status import ACTIVE, FAILING, collect, render, summary
 from harness.submission import cancel_points, compress_ids, print_progress
@@ -44,6 +45,8 @@ def print_status(root: str, name: str) -> int:
     rows = collect(root, plan)
     print(render(rows, plan.get("axis_keys", [])))
     print(f"{plan.get('grid', name)}: {summary(rows)}")
+    for line in status_lines(root, plan.get("grid", name)):
+        print(line)
     if plan.get("removed"):
         print(
             f"{len(plan['removed'])} points removed from the grid "

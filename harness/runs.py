@@ -187,6 +187,7 @@ def write_plan(
         "axis_keys": grid.axis_keys(),
         "eval_axis_keys": grid.eval_axis_keys(),
         "findings": grid.findings,  # the claims `cfh report` judges (harness.findings)
+        "decide_on": grid.decide_on,  # the metric they are judged on
         "updated": now_iso(),
         "points": [p.to_json() for p in points],
         "removed": removed or [],

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import copy
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,14 @@ from typing import Any
 from core.errors import UserError, defer_missing_data
 from core.names import SIGNATURE_RE
 from harness import runs
+from harness.decide_rounds import (
+    Budget,
+    add_arguments,
+    augmented,
+    load_state,
+    parse_budget,
+    run_rounds,
+)
 from harness.expansion import Grid
 from harness.grid import load_grid
 from harness.monitor import cmd_cancel, cmd_status, print_status, wait
@@ -142,7 +151,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = parse_seeds(seeds) if seeds is not None else None
     extend = getattr(args, "extend", None)
     extend = parse_extend(extend) if extend is not None else None
+    budget = parse_budget(args) if getattr(args, "until_decided", False) else None
     grid = load_grid(args.grid, args.overrides)
+    if budget is not None and not grid.findings:
+        raise UserError(
+            f"--until-decided: grid {grid.name} ({grid.path}) names no findings: to decide"
+        )
     if seeds is not None:
         set_seeds(grid, seeds)
     # a dry run plans before the data exists (latents not encoded yet): what needs the data
@@ -152,6 +166,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     root = args.root
     if extend is not None:
         check_extends(grid, points, extend)
+    if budget is not None and extend is not None:
+        raise UserError("--until-decided and --extend: give one of them at a time")
+    points = augmented(grid, points, load_state(root, grid, budget or Budget()))
     runs.check_grid_file(root, grid)
     if args.dry_run:
         _plan(grid, points, args)
@@ -160,6 +177,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"warning: {note} (a dry run plans without the data; a sweep refuses)")
         print("dry run: nothing submitted")
         return 0
+    if budget is not None:
+        return until_decided(grid, points, args, budget)
     with runs.grid_lock(root, grid.name, "cfh sweep"):  # plan and submit as one step
         todo, submitted = _plan_and_submit(grid, points, args, extend)
     local = points[0].config["cluster"]["backend"] == "local"
@@ -190,6 +209,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return print_status(root, grid.name)
     print(f"watch with: cfh --root {root} status {grid.name} --watch")
     return 0
+
+
+def until_decided(
+    grid: Grid, points: list[TrainPoint], args: argparse.Namespace, budget: Budget
+) -> int:
+    """The rounds of harness.decide_rounds: each submits what is missing and waits for it
+    (locally or on SLURM), then judges the findings from the results."""
+    root = args.root
+    local = points[0].config["cluster"]["backend"] == "local"
+
+    def run(current: list[TrainPoint]) -> None:
+        with runs.grid_lock(root, grid.name, "cfh sweep"):
+            todo, submitted = _plan_and_submit(grid, current, args)
+        if todo and local:
+            wait_local(root, submitted, args.every)
+        elif todo or not local:
+            wait(root, grid.name, args.every)
+
+    def judge() -> tuple[Any, dict]:
+        # pandas and scipy load only here: `cfh sweep` plans and refuses input without them
+        from reports.findings import judge_findings, lever_costs, observations
+        from reports.results import ResultsWarning, scan
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResultsWarning)
+            results = scan(root, grid.name)
+        table, reps = results.table, results.replicates
+        judged = judge_findings(
+            table, grid.findings, grid.decide_on, reps, budget.max_seeds, budget.max_samples
+        )
+        return judged, lever_costs(observations(table, grid.decide_on, reps))
+
+    run_rounds(grid, points, root, budget, run, judge)
+    return print_status(root, grid.name)
 
 
 def cfg_job(args: argparse.Namespace) -> int:
@@ -422,6 +475,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="0,1,2",
         help="the seeds to cross with every train point, replacing the grid file's `seeds`",
     )
+    add_arguments(p)
     p.add_argument(
         "--every",
         type=float,

@@ -205,7 +205,9 @@ class Need:
     text: str = ""
 
 
-def what_decides(c: Comparison, max_seeds: int, max_samples: int, costs: dict | None = None) -> Need:
+def what_decides(
+    c: Comparison, max_seeds: int, max_samples: int, costs: dict | None = None
+) -> Need:
     """At the measured per-seed variances A (seed) and B (sampling) and the observed |D|: the
     seeds n' or samples N' that would put 0 outside the interval (same t: "about"); the cheaper
     of the two by `costs` ({"seed": hours per added seed, "samples": hours per added sample per

@@ -20,12 +20,17 @@ import numpy as np
 import pandas as pd
 
 from reports.columns import CONFIG_COLUMNS
-from reports.decide import LEVEL, Comparison, Pooled, Side, compare, pooled_seed_variance
-from reports.decide import what_decides
+from reports.decide import (
+    LEVEL,
+    Pooled,
+    Side,
+    compare,
+    pooled_seed_variance,
+    what_decides,
+)
 from reports.labels import fmt_value
 from reports.tables import final_evals
 
-DECIDE_ON = ("fid", "fid_inf", "kid")  # the metrics a grid's findings can be judged on
 METRIC_NAMES = {"fid": "FID", "fid_inf": "FID_inf", "kid": "KID"}
 DEFAULT_MAX_SEEDS = 10
 DEFAULT_MAX_SAMPLES = 2000
@@ -60,7 +65,9 @@ def observations(
     replicates = replicates or {}
     reps, var, designs = [], [], []
     nothing = pd.Series(np.nan, index=data.index)
-    boot_sds = data["fid_bootstrap_std"] if metric == "fid" and "fid_bootstrap_std" in data else nothing
+    boot_sds = (
+        data["fid_bootstrap_std"] if metric == "fid" and "fid_bootstrap_std" in data else nothing
+    )
     files = data["eval_file"] if "eval_file" in data else nothing
     for sig, file, boot_sd in zip(data["signature"], files, boot_sds, strict=True):
         boot = replicates.get((sig, file)) or {}

@@ -22,9 +22,9 @@ import pandas as pd
 import yaml
 
 from core.io import atomic_write_bytes, atomic_write_text, now_iso
+from core.runfolder import decide_path, read_json
 from reports import plots
 from reports.columns import EVAL_KEY_COLUMNS
-from core.runfolder import decide_path, read_json
 from reports.decide import Pooled, compare
 from reports.findings import (
     DEFAULT_MAX_SAMPLES,
@@ -369,7 +369,8 @@ def judge_grid(results: Results) -> pd.DataFrame | None:
     findings = plan.get("findings")
     if not findings:
         return None
-    decide = plan.get("until_decided") if isinstance(plan.get("until_decided"), dict) else {}
+    state, _ = read_json(decide_path(results.root, results.grid)) if results.grid else ({}, "")
+    decide = state if isinstance(state, dict) else {}
     judged = judge_findings(
         results.table,
         findings,
