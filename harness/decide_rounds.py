@@ -212,7 +212,8 @@ def next_round(
         cells = [f["better"], f["worse"]]
         settings = [p for p in points if _train_match(p, cells)]
         n_settings = len({_no_seed(p.axes) for p in settings}) or 1
-        share = f["var_sampling"] / (f["var_sampling"] + f["var_seed"])
+        total = f["var_sampling"] + f["var_seed"]
+        share = f["var_sampling"] / total if total > 0 else 0.0
         if f["lever"] == "seeds":
             more = int(f["need_seeds"]) - int(f["seeds"])
             new = [s for s in range(max(used | {-1}) + 1, 10**6)][:more]
@@ -221,7 +222,7 @@ def next_round(
             entry = {"lever": "seeds", "seeds": new}
             why = f"seed variance {1 - share:.0%} of the difference's"
         else:
-            num = int(math.ceil(int(f["need_samples"]) / 100) * 100)
+            num = min(int(math.ceil(int(f["need_samples"]) / 100) * 100), state["max_samples"])
             evals = sum(1 for p in settings for e in p.evals if _cell_eval(e, p, cells))
             hours = (num - float(f["num_samples"])) * evals * costs.get("samples", 0.0)
             what = f"{num} samples per eval on {evals} evaluations"

@@ -212,7 +212,14 @@ def what_decides(
     seeds n' or samples N' that would put 0 outside the interval (same t: "about"); the cheaper
     of the two by `costs` ({"seed": hours per added seed, "samples": hours per added sample per
     seed}; equal costs pick the one needing less compute by count), or None beyond the caps."""
-    if c.verdict != "undecided" or not np.isfinite(c.per_seed_a):
+    if c.verdict != "undecided":
+        return Need(None, text="")
+    if c.df <= 0:  # no seed variance yet: a second and third seed give one
+        seeds = max(3, c.seeds + 1)
+        if seeds > max_seeds:
+            return Need(None, text=f"needs more than the budget (max {max_seeds} seeds)")
+        return Need("seeds", seeds=seeds, text=f"{seeds} seeds a side: no seed variance yet")
+    if not np.isfinite(c.per_seed_a):
         return Need(None, text="")
     target = (c.difference / c.t) ** 2 if np.isfinite(c.t) and c.difference else 0.0
     a, b, n, big_n = c.per_seed_a, c.per_seed_b, c.seeds, c.num_samples
