@@ -89,7 +89,9 @@ def eval_record_problem(data: Any) -> str | None:
     if s_eval is not None and (isinstance(s_eval, bool) or not isinstance(s_eval, int)):
         return f"settings.s_eval={s_eval!r} is not an integer"
     for name, value in data["metrics"].items():
-        if value is not None and not _number(value) and not isinstance(value, str | dict):
+        plain = value is None or _number(value) or isinstance(value, str | dict)
+        numbers = isinstance(value, list) and all(_number(v) for v in value)  # fid_inf_sizes
+        if not plain and not numbers:
             return f"metrics.{name}={value!r} is not a number"
     fid = data["metrics"].get("fid")
     if fid is not None and not _number(fid):

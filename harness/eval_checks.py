@@ -24,6 +24,18 @@ def eval_base_key(cfg: dict) -> str:
     return json.dumps([cfg["data"], block, cfg["sample"], cfg["eval"]], sort_keys=True)
 
 
+# eval keys added after eval points were first keyed, and their defaults: left out of a point's
+# key at that value, so the points of grids swept before keep theirs (keys name what is on disk)
+LATER_EVAL_DEFAULTS = {"fid_inf": False, "fid_inf_sizes": None}
+
+
+def point_key(sub: dict) -> str:
+    """The eval key of resolved sample/eval settings (LATER_EVAL_DEFAULTS left out)."""
+    later = LATER_EVAL_DEFAULTS
+    kept = {k: v for k, v in sub["eval"].items() if k not in later or v != later[k]}
+    return eval_key({**sub, "eval": kept})
+
+
 @functools.lru_cache(maxsize=4096)
 def checked_eval_settings(
     base_key: str, items: tuple[tuple[str, str], ...]
@@ -45,4 +57,4 @@ def checked_eval_settings(
         check_eval_extractor(data, sub["eval"])
     except UserError as e:
         return None, str(e)
-    return sub, eval_key(sub)
+    return sub, point_key(sub)

@@ -221,6 +221,12 @@ SCHEMA: dict[str, Spec] = {
     "eval.ref_num": integer(2, null=True),
     "eval.reference": text(null=True),
     "eval.bootstrap": Spec("0 (none) or an integer >= 2", lambda v: _int(v) and (v == 0 or v >= 2)),
+    "eval.fid_inf": boolean(),
+    "eval.fid_inf_sizes": Spec(
+        "a list of at least two distinct integers >= 4",
+        lambda v: isinstance(v, list) and all(_int(x) and x >= 4 for x in v) and len(set(v)) >= 2,
+        null=True,
+    ),
     "eval.task": choice(*EVAL_TASKS),
     # bench (harness.bench)
     "bench.enabled": boolean(),
@@ -378,13 +384,30 @@ def check_train_batch(cfg: Any, world: int = 1) -> None:
 
 
 def check_kid_subset(cfg: Any) -> None:
-    """An evaluation's KID subsets are drawn from its samples: eval.kid_subset_size at most
-    sample.num (caption evaluations compute no KID)."""
-    kid, num = cfg["eval"]["kid_subset_size"], cfg["sample"]["num"]
-    if cfg["eval"]["task"] != "caption" and kid > num:
+    """An evaluation's KID and FID_inf subsets are drawn from its samples: eval.kid_subset_size
+    and (eval.fid_inf=true) every eval.fid_inf_sizes at most sample.num, and the default sizes
+    (n/4..n, at least 4) two distinct ones (caption evaluations compute neither)."""
+    ev, num = cfg["eval"], cfg["sample"]["num"]
+    if ev["task"] == "caption":
+        return
+    kid = ev["kid_subset_size"]
+    if kid > num:
         raise UserError(
             f"eval.kid_subset_size={kid} is above sample.num={num} (KID subsets are drawn from "
             f"the samples); allowed: 2..{num}, or raise sample.num"
+        )
+    if not ev["fid_inf"]:
+        return
+    sizes = None if ev["fid_inf_sizes"] is None else [int(s) for s in ev["fid_inf_sizes"]]
+    if sizes is not None and max(sizes) > num:
+        raise UserError(
+            f"eval.fid_inf_sizes={sizes} has sizes above sample.num={num} (FID_inf subsets are "
+            f"drawn from the samples); allowed: sizes 4..{num}, or raise sample.num"
+        )
+    if sizes is None and num < 5:
+        raise UserError(
+            f"eval.fid_inf=true needs sample.num >= 5 (subsets of two sizes in 4..sample.num), "
+            f"not {num}"
         )
 
 

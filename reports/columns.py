@@ -53,8 +53,8 @@ EVAL_COLUMNS = {
     "split": "split",
 }
 METRIC_COLUMNS = (
-    "fid", "fid_bootstrap_std", "kid", "kid_std", "precision", "recall", "class_acc",
-    "sample_img_per_s", "cider", "bleu4", "rouge_l", "caption_acc",
+    "fid", "fid_bootstrap_std", "fid_inf", "fid_inf_slope", "kid", "kid_std", "precision",
+    "recall", "class_acc", "sample_img_per_s", "cider", "bleu4", "rouge_l", "caption_acc",
 )  # fmt: skip
 # What identifies a training setting (seed excluded: seeds are what the tables average over).
 TRAIN_KEY_COLUMNS = (

@@ -32,6 +32,7 @@ from model.data.tokenizers import encode_batch
 from model.evaluation.extractors import classifier_recipe, extractor_weights
 from model.evaluation.metrics import file_sha256
 from model.evaluation.prompts import prompt_labels, read_prompts, split_prompts
+from model.evaluation.resampling import resolve_fid_inf_sizes
 from model.evaluation.run_io import (
     decode_to_pixels,
     default_device,
@@ -89,7 +90,8 @@ def sample_settings(cfg: DictConfig, ckpt_step: int, joint: bool = False) -> dic
 def eval_settings(cfg: DictConfig, ckpt_step: int, train_data: Any) -> dict:
     """Everything that decides an eval record's numbers: the samples' settings, the extractor
     and a hash of its actual weights (and the classifier's recipe), the reference (split and
-    ref_num, or the statistics file's sha256), the KID subset size and the bootstrap count."""
+    ref_num, or the statistics file's sha256), the KID subset size, the bootstrap (count and what
+    it resamples) and FID_inf (on or off, and its resolved subset sizes when on)."""
     extractor = str(cfg.eval.extractor)
     _, _, weights_hash = extractor_weights(extractor, train_data, cfg.eval.weights_path)
     reference = cfg.eval.reference
@@ -104,6 +106,13 @@ def eval_settings(cfg: DictConfig, ckpt_step: int, train_data: Any) -> dict:
         "bootstrap": int(cfg.eval.bootstrap),
         "prc_reference": "equal-size",  # P/R against as many reference images as samples
     }
+    if settings["bootstrap"]:  # samples-only records (before the reference was resampled) differ
+        settings["bootstrap_resample"] = "samples+reference"
+    if cfg.eval.fid_inf:  # off: no key, so records without FID_inf keep theirs
+        sizes = cfg.eval.fid_inf_sizes
+        sizes = None if sizes is None else [int(s) for s in sizes]
+        settings["fid_inf"] = True
+        settings["fid_inf_sizes"] = resolve_fid_inf_sizes(int(cfg.sample.num), sizes)
     if train_split(train_data) != "train":  # the reference images were trained on: say so
         settings["train_split"] = train_split(train_data)
     if extractor == "classifier":

@@ -1,4 +1,4 @@
-"""Samples -> features -> FID (with a bootstrap std), KID, precision/recall, class accuracy.
+"""Samples -> features -> FID (with a bootstrap and FID_inf), KID, precision/recall, class acc.
 
 Every metric is computed from features with torch-fidelity's own functions
 (`fid_features_to_statistics`, `fid_statistics_to_metric`, `kid_features_to_metric`,
@@ -6,9 +6,15 @@ Every metric is computed from features with torch-fidelity's own functions
 
 - FID: sample statistics against the reference's: the whole `eval.split` (or `eval.ref_num`
   images of it, a fixed seeded subset), or the `mu`/`sigma` of an `eval.reference` file.
-- `fid_bootstrap_std`: the standard deviation of FID over `eval.bootstrap` resamplings (with
-  replacement, seeded) of the sample features against the same reference: the sampling noise of
-  that one FID, not the spread over training seeds.
+- the bootstrap (model/evaluation/resampling.py): `eval.bootstrap` replicates, each resampling
+  with replacement the sample features and, where the reference statistics are those of
+  features at hand (a split, a file's arr_0 images that its statistics come from), the
+  reference features; indices seeded, so that two evaluations with the same seed, sample count
+  and reference resample the same rows (a paired bootstrap of their difference). The record
+  keeps every replicate's FID (and KID, FID_inf) under `bootstrap`, and `fid_bootstrap_std`:
+  the sampling noise of that one FID, not the spread over training seeds.
+- FID_inf (`eval.fid_inf`): FID extrapolated to infinitely many samples from FIDs of subsets
+  of several sizes (Chong & Forsyth 2020; resampling.py).
 - precision/recall: k-NN manifolds (k = 3) of two sets of equal size: the samples and a seeded
   subset of the reference of the same size (or `eval.ref_num` images), because both numbers
   move with the set sizes. A reference file contributes its `arr_0` images; without them P/R
@@ -45,12 +51,21 @@ from model.evaluation.extractors import (
     extractor_weights,
     single_thread,
 )
+from model.evaluation.resampling import (
+    bootstrap_replicates,
+    bootstrap_std,
+    fid,
+    fid_inf_rng,
+    fid_infinity,
+    kid,
+    resolve_fid_inf_sizes,
+    statistics,
+)
 
 log = logging.getLogger("cfh.extract")
 
 FEATURE_LAYER = {"classifier": "feat", "inception": "2048"}
 PRC_SEED = 0  # the reference subset that precision/recall compare with
-KID_SUBSETS = 100
 
 
 class Images(Dataset):
@@ -125,54 +140,12 @@ def extract_features(
     return torch.cat(parts).to(torch.float32)
 
 
-def statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
-    """mu and sigma (float64) of (N, D) features: torch-fidelity's FID statistics."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    stats = fid_features_to_statistics(features.to(torch.float64))
-    return {k: np.asarray(stats[k], np.float64) for k in ("mu", "sigma")}
-
-
-def fid(stats_a: dict, stats_b: dict) -> float:
-    """Frechet distance between two statistics (torch-fidelity's function)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
-    a = {k: np.asarray(stats_a[k], np.float64) for k in ("mu", "sigma")}
-    b = {k: np.asarray(stats_b[k], np.float64) for k in ("mu", "sigma")}
-    if a["mu"].shape != b["mu"].shape:
-        raise UserError(
-            f"the reference statistics have {b['mu'].shape[0]} features, the samples' extractor "
-            f"{a['mu'].shape[0]}: the reference was made with another eval.extractor"
-        )
-    return float(fid_statistics_to_metric(a, b, False)[KEY_METRIC_FID])
-
-
-def bootstrap_fid_std(features: torch.Tensor, ref_stats: dict, count: int, seed: int) -> float:
-    """Std (ddof 1) of FID over `count` resamplings with replacement of the sample features."""
-    if count < 2:
-        return float("nan")
-    rng = np.random.default_rng(seed)
-    n = len(features)
-    values = [fid(statistics(features[rng.integers(0, n, n)]), ref_stats) for _ in range(count)]
-    return float(np.std(values, ddof=1))
-
-
 def subset(features: torch.Tensor, size: int, seed: int = PRC_SEED) -> torch.Tensor:
     """A fixed seeded subset of `size` rows (all rows when there are not more)."""
     if size >= len(features):
         return features
     g = torch.Generator().manual_seed(seed)
     return features[torch.randperm(len(features), generator=g)[:size].sort().values]
-
-
-def _kid(sample: torch.Tensor, ref: torch.Tensor, subset_size: int) -> dict:
-    from torch_fidelity.metric_kid import kid_features_to_metric
-
-    out = kid_features_to_metric(
-        sample, ref, kid_subsets=KID_SUBSETS, kid_subset_size=subset_size, verbose=False
-    )
-    return {"kid": float(out["kernel_inception_distance_mean"]),
-            "kid_std": float(out["kernel_inception_distance_std"])}  # fmt: skip
 
 
 def _prc(sample: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -265,10 +238,14 @@ def compute_metrics(
     reference: str | os.PathLike | None = None,
     bootstrap: int = 0,
     bootstrap_seed: int = 0,
+    fid_inf: bool = False,
+    fid_inf_sizes: list[int] | None = None,
 ) -> dict:
-    """FID (+ bootstrap std), KID, precision/recall and class_acc of samples (module doc).
+    """FID (+ bootstrap, FID_inf), KID, precision/recall and class_acc of samples (module doc).
 
-    `images_uint8`: uint8 (N, H, W, C) samples; `labels`: their requested classes (or None).
+    `images_uint8`: uint8 (N, H, W, C) samples; `labels`: their requested classes (or None);
+    `bootstrap`: replicates (0: none); `fid_inf_sizes`: FID_inf's subset sizes (None: 8 between
+    n/4 and n, resampling.resolve_fid_inf_sizes).
     """
     if extractor not in EXTRACTORS:
         allowed = ", ".join(EXTRACTORS)
@@ -276,6 +253,7 @@ def compute_metrics(
     images = as_uint8_nhwc(images_uint8)
     if len(images) < 4:  # precision/recall use the 3rd nearest neighbour
         raise UserError(f"sample.num={len(images)} is too small for FID/KID/P/R; allowed: >= 4")
+    inf_sizes = resolve_fid_inf_sizes(len(images), fid_inf_sizes) if fid_inf else None
     ref = read_reference(reference) if reference is not None else None
     if ref is None:
         first = reference_dataset(data_cfg, split, ref_max_n)[0]  # (C, H, W)
@@ -302,9 +280,12 @@ def compute_metrics(
         if ref["mu"] is not None:
             ref_stats = {"mu": ref["mu"], "sigma": ref["sigma"]}
             out["num_reference"] = int(ref["meta"].get("num", 0)) or None
+            # the bootstrap resamples arr_0 only where the statistics are those of all of it
+            resample_ref = ref_feats is not None and out["num_reference"] == len(ref_feats)
         else:  # images only: their statistics with this extractor
             ref_stats = statistics(ref_feats)
             out["num_reference"] = len(ref_feats)
+            resample_ref = True
         out["reference_statistics"] = "file" if ref["mu"] is not None else "from arr_0 images"
     else:
         ref_feats = reference_features(
@@ -312,20 +293,31 @@ def compute_metrics(
         )
         ref_stats = statistics(ref_feats)
         out["num_reference"] = len(ref_feats)
+        resample_ref = True
     out["fid"] = fid(statistics(sample_feats), ref_stats)
-    out["fid_bootstrap_std"] = bootstrap_fid_std(sample_feats, ref_stats, bootstrap, bootstrap_seed)
-    out["fid_bootstrap_n"] = bootstrap
+    if inf_sizes is not None:
+        out.update(fid_infinity(sample_feats, ref_stats, inf_sizes, fid_inf_rng(bootstrap_seed)))
+    kid_size = None
     if ref_feats is None:
         out["skipped"] = "KID, precision and recall: the reference file has no arr_0 images"
     else:
-        kid = max(2, min(int(kid_subset_size), len(images), len(ref_feats)))
-        out.update(_kid(sample_feats, ref_feats, kid), kid_subset_size=kid)
+        kid_size = max(2, min(int(kid_subset_size), len(images), len(ref_feats)))
+        out.update(kid(sample_feats, ref_feats, kid_size), kid_subset_size=kid_size)
         prc_ref = subset(ref_feats, int(ref_max_n) if ref_max_n else len(sample_feats))
         out.update(_prc(sample_feats, prc_ref), prc_num_reference=len(prc_ref))
     if extractor == "classifier" and labels is not None:
         out["class_acc"] = class_accuracy(images, labels, weights)
     else:
         out["class_acc"] = None
+    replicates = {"fid": []}
+    if bootstrap >= 2:
+        replicates = bootstrap_replicates(
+            sample_feats, ref_stats, ref_feats, resample_ref, bootstrap, bootstrap_seed,
+            kid_size, inf_sizes,
+        )  # fmt: skip
+        out["bootstrap"] = replicates
+    out["fid_bootstrap_std"] = bootstrap_std(replicates["fid"])
+    out["fid_bootstrap_n"] = bootstrap
     return out
 
 

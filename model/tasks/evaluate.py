@@ -114,6 +114,7 @@ def _score(
     if drawn is None:  # not rank 0: this rank's share of the samples is written, rank 0 scores
         return {"path": None, "rank": dist_info().rank}
     images, labels = load_samples(drawn["dir"])
+    sizes = cfg.eval.fid_inf_sizes
     metrics = compute_metrics(
         images,
         labels,
@@ -126,6 +127,8 @@ def _score(
         reference=cfg.eval.reference,
         bootstrap=int(cfg.eval.bootstrap),
         bootstrap_seed=int(cfg.sample.seed),
+        fid_inf=bool(cfg.eval.fid_inf),
+        fid_inf_sizes=None if sizes is None else [int(s) for s in sizes],
     )
     record = {
         "settings": settings,

@@ -135,6 +135,9 @@ def test_every_input_that_changes_a_metric_changes_the_record_key(cache, tmp_pat
         [f"eval.reference={ref_a}"],
         ["eval.kid_subset_size=50"],
         ["eval.bootstrap=50"],
+        ["eval.bootstrap=0"],
+        ["eval.fid_inf=true"],
+        ["eval.fid_inf=true", "eval.fid_inf_sizes=[50,100,200]"],
         ["eval.task=inpaint"],
         ["sample.num=500"],
         ["sample.ar_steps=4"],
@@ -153,3 +156,9 @@ def test_every_input_that_changes_a_metric_changes_the_record_key(cache, tmp_pat
     assert key("eval.extractor=inception", f"eval.weights_path={inception}") != inception_default
     assert key(f"eval.reference={ref_a}") != key(f"eval.reference={ref_b}")
     assert key("sample.batch_size=7") == base_key  # samples do not depend on it
+    assert key("eval.fid_inf_sizes=[50,100]") == base_key  # FID_inf off: its sizes unused
+    settings = eval_settings(load_config(base), 10, data)  # samples-only records are rescored
+    assert settings["bootstrap_resample"] == "samples+reference" and "fid_inf" not in settings
+    # the default sizes resolved for sample.num=1000 are the same record as naming them
+    default_sizes = "eval.fid_inf_sizes=[250,280,318,368,437,538,700,1000]"
+    assert key("eval.fid_inf=true", default_sizes) == key("eval.fid_inf=true")
