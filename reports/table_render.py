@@ -37,6 +37,7 @@ LABELS = {
 # Metric -> which direction is better.
 BETTER = {
     "fid": "min",
+    "fid_inf": "min",
     "kid": "min",
     "precision": "max",
     "recall": "max",

@@ -96,7 +96,8 @@ def pivot(
     )  # fmt: skip
 
 
-METRIC_TITLES = {"fid": "FID", "class_acc": "Class accuracy"}  # the metrics of the paper tables
+# the metrics of the paper tables (FID_inf and KID where the records hold them)
+METRIC_TITLES = {"fid": "FID", "class_acc": "Class accuracy", "fid_inf": "FID_inf", "kid": "KID"}
 
 
 def metric_rows(df: pd.DataFrame, value: str = "fid") -> pd.DataFrame:
@@ -104,6 +105,8 @@ def metric_rows(df: pd.DataFrame, value: str = "fid") -> pd.DataFrame:
     data = final_evals(df)
     if value == "fid":
         return data
+    if value in ("fid_inf", "kid"):
+        return data[data[value].notna()] if value in data else data.iloc[0:0]
     classifier = data["extractor"].eq("classifier") if "extractor" in data else False
     return data[data[value].notna() & classifier] if value in data else data.iloc[0:0]
 
@@ -322,6 +325,13 @@ def class_acc_context(df: pd.DataFrame) -> str:
     )
 
 
+OTHER_CONTEXT = {
+    "fid_inf": "FID_inf: FID at several subset sizes of the same samples (eval.fid_inf_sizes), fitted in 1/N and "
+    "extrapolated to N = infinity (Chong and Forsyth 2020)",
+    "kid": "KID: kernel inception distance on the same features, unbiased at any N",
+}
+
+
 def all_tables(df: pd.DataFrame) -> list[Table]:
     """Every table the data supports, in report order; FID tables say what their FID is. Where
     the FID extractor is the classifier, each paper table is followed by its class accuracy."""
@@ -337,6 +347,11 @@ def all_tables(df: pd.DataFrame) -> list[Table]:
         if acc is not None and np.nansum(acc.count.to_numpy(dtype=float)) > 0:
             acc.context = acc_context
             made.append(acc)
+        for other in ("fid_inf", "kid"):  # the bias-corrected FID and KID, where measured
+            extra = make(df, other) if other in df and df[other].notna().any() else None
+            if extra is not None and np.nansum(extra.count.to_numpy(dtype=float)) > 0:
+                extra.context = f"{context}; {OTHER_CONTEXT[other]}" if context else ""
+                made.append(extra)
     for make in (table_model_size, table_joint):
         table = make(df)
         if table is not None:
