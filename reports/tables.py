@@ -326,8 +326,8 @@ def class_acc_context(df: pd.DataFrame) -> str:
 
 
 OTHER_CONTEXT = {
-    "fid_inf": "FID_inf: FID at several subset sizes of the same samples (eval.fid_inf_sizes), fitted in 1/N and "
-    "extrapolated to N = infinity (Chong and Forsyth 2020)",
+    "fid_inf": "FID_inf: FID at several subset sizes of the same samples (eval.fid_inf_sizes), "
+    "fitted in 1/N and extrapolated to N = infinity (Chong and Forsyth 2020)",
     "kid": "KID: kernel inception distance on the same features, unbiased at any N",
 }
 
