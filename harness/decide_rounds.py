@@ -124,7 +124,7 @@ def augmented(grid: Grid, points: list[TrainPoint], state: dict) -> list[TrainPo
     settings) and eval points with more samples (on the cells' runs)."""
     out = {p.signature: p for p in points}
     adds = additions(state)
-    seeds = set(grid.seeds or [])
+    seeds = {int(p.config.get("seed", 0)) for p in points}  # the grid's (or its default)
     for a in adds:
         if a.get("lever") == "seeds":
             seeds |= set(a["seeds"])
@@ -205,7 +205,7 @@ def next_round(
     """The additions for every undecided finding whose lever fits the caps and the budget."""
     added: list[dict] = []
     spent = float(state.get("spent_hours", 0.0))
-    used = {s for p in points for s in [p.axes.get("seed")] if isinstance(s, int)}
+    used = {int(p.config.get("seed", 0)) for p in points}  # a grid without seeds: its default
     for _, f in judged.iterrows():
         if f["verdict"] != "undecided" or f["lever"] not in ("seeds", "samples"):
             continue

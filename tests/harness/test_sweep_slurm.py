@@ -256,3 +256,47 @@ def test_two_task_point_trains_evaluates_and_requeue_resumes_exactly(root, slurm
     assert {k: e["fid"] for k, e in status["evals"].items()} == {
         k: e["fid"] for k, e in ref["evals"].items()
     }
+
+
+def test_until_decided_adds_seeds_through_slurm(root, slurm_cluster, four, tmp_path):
+    """The four grid's runs (one seed each) and a finding between two of its settings: with no
+    seed variance the finding is undecided, so round 1 adds seeds 1 and 2 for those two
+    settings only; they run as SLURM jobs, and the sweep waits for them and judges again."""
+    grid = write_grid(
+        tmp_path / "four_decide.yaml",
+        slurm_cluster,
+        """
+        axes:
+          train.ar.mode: [fixed]
+          train.ar.steps: [1, 2, 4, 8]
+        eval:
+          axes:
+            sample.ar_steps: [1, 4]
+        findings:
+          - claim: S_train 1 beats 8 at S_eval 1
+            better: {train.ar.steps: 1, sample.ar_steps: 1}
+            worse: {train.ar.steps: 8, sample.ar_steps: 1}
+        """,
+        train__steps=4,
+    )
+    code, out = cfh(
+        "--root", str(root), "sweep", str(grid), "--until-decided", "--max-seeds", "3",
+        "--budget-hours", "1", "--every", "30",
+    )  # fmt: skip
+    assert code in (0, 1), out
+    state = json.loads((root / "grids" / "four_decide" / "decide.json").read_text())
+    first = state["rounds"][0]
+    assert first["verdicts"][0]["verdict"] == "undecided"
+    (added,) = first["added"]
+    assert added["lever"] == "seeds" and added["seeds"] == [1, 2]
+    plan = json.loads((root / "grids" / "four_decide" / "plan.json").read_text())
+    seeded = [p for p in plan["points"] if p["axes"].get("seed") in (1, 2)]
+    assert sorted((p["axes"]["train.ar.steps"], p["axes"]["seed"]) for p in seeded) == [
+        (1, 1), (1, 2), (8, 1), (8, 2)
+    ]  # fmt: skip
+    for p in seeded:  # trained by SLURM jobs, not here
+        rdir = root / "runs" / p["signature"]
+        assert read_submission(rdir)["job_id"] and read_status(rdir)["state"] == "completed"
+    assert len(state["rounds"]) >= 2 and state["finished_because"]
+    code, out = cfh("--root", str(root), "status", "four_decide")
+    assert "until-decided: round" in out, out
