@@ -9,8 +9,9 @@ grid is judged again, until every finding is decided, no lever fits within --max
 from the grid's own measured training wall time and sampling speed).
 
 The rounds live in `<root>/grids/<GRID>/decide.json`, written before their points are
-submitted: a sweep killed at any moment and started again re-plans the same points (the ones
-done are skipped) and goes on with the next round. `cfh status` prints the round and what is
+submitted: a sweep killed at any moment and started again with --retry (the killed points are
+failed then, as after any killed sweep) re-plans the same points, skips the ones done, and goes
+on with the next round. `cfh status` prints the round and what is
 pending; `cfh report` lists every round.
 """
 
@@ -224,7 +225,7 @@ def next_round(
         else:
             num = min(int(math.ceil(int(f["need_samples"]) / 100) * 100), state["max_samples"])
             evals = sum(1 for p in settings for e in p.evals if _cell_eval(e, p, cells))
-            hours = (num - float(f["num_samples"])) * evals * costs.get("samples", 0.0)
+            hours = num * evals * costs.get("samples", 0.0)  # drawn anew: keyed by their count
             what = f"{num} samples per eval on {evals} evaluations"
             entry = {"lever": "samples", "num": num}
             why = f"sampling variance {share:.0%} of the difference's"
@@ -274,8 +275,12 @@ def run_rounds(
             {k: _plain(f[k]) for k in ("finding", "claim", "verdict", "difference", "lo", "hi")}
             for _, f in judged.iterrows()
         ]
-        if judged.empty or not (judged["verdict"] == "undecided").any():
+        if not judged.empty and judged["verdict"].isin(["holds", "contradicted"]).all():
             state["finished_because"] = "every finding decided"
+        elif judged.empty or not (judged["verdict"] == "undecided").any():
+            state["finished_because"] = (
+                "findings not measured (failed or missing points: --retry resubmits them)"
+            )
         elif len(state["rounds"]) >= MAX_ROUNDS:
             state["finished_because"] = f"{MAX_ROUNDS} rounds"
         added = [] if state["finished_because"] else next_round(grid, current, judged, costs, state)

@@ -224,7 +224,7 @@ def until_decided(
             todo, submitted = _plan_and_submit(grid, current, args)
         if todo and local:
             wait_local(root, submitted, args.every)
-        elif todo or not local:
+        else:  # also points another sweep is running: returns at once when none is active
             wait(root, grid.name, args.every)
 
     def judge() -> tuple[Any, dict]:

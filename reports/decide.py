@@ -15,8 +15,11 @@ cells, averaged) gives the difference D = worse - better and its variance in two
               i and reference image j are drawn alike in both arms, so it is a paired bootstrap)
               or, without replicates, the sum of the rows' bootstrap variances.
 
-The interval is D +- t(0.975, df) x sqrt(seed + sampling), df the pooled seed variance's (the
-smaller, so the multiplier errs wide). No pooled df (every cell one seed) leaves the finding
+The interval is D +- t(0.975, df) x sqrt(max(seed + sampling, plain)), df the pooled seed
+variance's (the smaller, so the multiplier errs wide), `plain` the variance of D that the pooled
+spread itself gives (the classic pooled t interval; its sampling part, at most the whole spread,
+scaled to the finding's sample count): a seed part estimated at 0 never leaves the bootstrap
+alone to decide. No pooled df (every cell one seed) leaves the finding
 `undecided`: the bootstrap alone never decides. Verdicts: holds (interval above 0),
 contradicted (below 0), undecided (contains 0), not measured (a side has no value).
 
@@ -47,6 +50,11 @@ class Pooled:
     within_df: int = 0
     block: float = math.nan  # seed variance of one per-seed difference of two cells (2 x resid)
     block_df: int = 0
+    within_total: float = math.nan  # the same spreads with their sampling part kept
+    block_total: float = math.nan
+    within_samp: float = 0.0  # the sampling part those spreads hold (bootstrap expectation)
+    block_samp: float = 0.0
+    base_n: float = math.nan  # the sample count the spreads were measured at
     cells: int = 0
     seeds: int = 0
 
@@ -55,6 +63,15 @@ class Pooled:
         if paired:
             return self.block, self.block_df
         return 2 * self.within, self.within_df
+
+    def total(self, paired: bool, num_samples: float) -> float:
+        """The variance of one per-seed difference as the pooled spread shows it, its sampling
+        part (at most the whole spread) scaled from base_n to `num_samples` samples."""
+        spread = self.block_total if paired else 2 * self.within_total
+        samp = self.block_samp if paired else 2 * self.within_samp
+        samp = min(samp, spread)
+        scale = self.base_n / num_samples if np.isfinite(self.base_n / num_samples) else 1.0
+        return spread - samp + samp * min(1.0, scale)
 
 
 @dataclass
@@ -92,6 +109,8 @@ def pooled_seed_variance(obs: pd.DataFrame) -> Pooled:
     cells = pd.factorize(obs["cell"])[0]
     seeds = pd.factorize(obs["seed"])[0]
     out = Pooled(cells=int(cells.max()) + 1, seeds=int(seeds.max()) + 1)
+    if "num_samples" in obs:
+        out.base_n = float(obs["num_samples"].median())
     # one-way: deviations from each cell's mean
     n_c = np.bincount(cells)
     mean_c = np.bincount(cells, weights=y) / n_c
@@ -100,6 +119,8 @@ def pooled_seed_variance(obs: pd.DataFrame) -> Pooled:
     out.within_df = int((n_c - 1).sum())
     if out.within_df > 0:
         out.within = max(0.0, (ss - samp) / out.within_df)
+        out.within_total = ss / out.within_df
+        out.within_samp = samp / out.within_df
     # two-way additive (cells + seeds): the residual projector R = I - X X^+
     x = np.concatenate([np.eye(out.cells)[cells], np.eye(out.seeds)[seeds][:, 1:]], axis=1)
     rank = np.linalg.matrix_rank(x)
@@ -109,6 +130,8 @@ def pooled_seed_variance(obs: pd.DataFrame) -> Pooled:
         resid = y - hat @ y
         r_ii = 1 - np.diag(hat)
         out.block = 2 * max(0.0, (float(resid @ resid) - float(r_ii @ v)) / out.block_df)
+        out.block_total = 2 * float(resid @ resid) / out.block_df
+        out.block_samp = 2 * float(r_ii @ v) / out.block_df
     return out
 
 
@@ -163,6 +186,11 @@ def compare(better: Side, worse: Side, pooled: Pooled) -> Comparison:
     # one seed's share: paired, Var(d_s); unpaired, half of it in each arm
     out.var_seed = seed_var / len(common) if paired else seed_var / 2 * (1 / n_b + 1 / n_w)
     out.t = t_multiplier(out.df)
+    # never narrower than the plain pooled t interval (spread with its sampling part kept): a
+    # seed part estimated at 0 must not leave the bootstrap alone to decide
+    scale = 1 / len(common) if paired else (1 / n_b + 1 / n_w) / 2
+    classic = pooled.total(paired, better.num_samples) * scale
+    out.var_seed = max(out.var_seed, classic - out.var_sampling)  # the rest is the seeds'
     half = out.t * math.sqrt(out.var_seed + out.var_sampling)
     out.lo, out.hi = out.difference - half, out.difference + half
     out.verdict = "holds" if out.lo > 0 else "contradicted" if out.hi < 0 else "undecided"
@@ -232,7 +260,7 @@ def what_decides(
     ok_samples = samples is not None and samples <= max_samples
     costs = costs or {}
     cost_seeds = (seeds - n) * costs.get("seed", 1.0) if ok_seeds else math.inf
-    cost_samples = (samples - big_n) * n * costs.get("samples", 0.0) if ok_samples else math.inf
+    cost_samples = samples * n * costs.get("samples", 0.0) if ok_samples else math.inf
     if ok_seeds and (not ok_samples or cost_seeds <= cost_samples):
         return Need("seeds", seeds=seeds, text=f"about {seeds - n} more seeds ({seeds} a side)")
     if ok_samples:

@@ -111,7 +111,16 @@ def matched(obs: pd.DataFrame, better: Any, worse: Any) -> tuple[pd.DataFrame, p
         return b, w
     if not both:  # never compare FIDs of two sample counts: their biases differ
         return b.iloc[0:0], w.iloc[0:0]
-    n = max(both)
+
+    def seeds(rows: pd.DataFrame, n: float) -> int:
+        return rows.loc[rows["num_samples"] == n, "seed"].nunique()
+
+    # the largest count at which both cells have all their seeds (a count still being scored
+    # on some seeds waits), else the largest
+    full = [
+        n for n in both if seeds(b, n) == b["seed"].nunique() and seeds(w, n) == w["seed"].nunique()
+    ]
+    n = max(full or both)
     return b[b["num_samples"] == n], w[w["num_samples"] == n]
 
 

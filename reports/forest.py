@@ -25,9 +25,9 @@ def forest_plot(judged: pd.DataFrame, out: Path, metric: str = "FID") -> Path | 
     if judged.empty or not judged["difference"].notna().any():
         return None
     rows = judged.iloc[::-1].reset_index(drop=True)  # the first finding on top
-    labels = [textwrap.shorten(str(c), 70, placeholder="...") for c in rows["claim"]]
+    labels = [textwrap.shorten(str(c), 56, placeholder="...") for c in rows["claim"]]
     with ps.seaborn_style():
-        fig = Figure(figsize=(8.5, 1.2 + 0.42 * len(rows)), layout="constrained")
+        fig = Figure(figsize=(9.5, 1.2 + 0.42 * len(rows)), layout="constrained")
         ax = fig.subplots()
         ax.axvline(0, color="black", lw=1)
         for i, r in rows.iterrows():
@@ -44,7 +44,7 @@ def forest_plot(judged: pd.DataFrame, out: Path, metric: str = "FID") -> Path | 
         ]
         ax.legend(handles=handles, loc="lower right", fontsize=8, frameon=True)
         ax.set(
-            title=f"Findings: difference worse - better in {metric}, 95% interval",
+            title=f"{metric}: worse - better, 95% interval",
             xlabel=f"{metric} difference (> 0: the finding holds)",
         )
         return ps.save(fig, out, "findings_forest")
