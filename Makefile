@@ -44,13 +44,18 @@ demo-joint: $(STAMP)
 	$(VENV)/bin/cfh sample run_dir=$(JOINT_RUN) sample.prompt="a handwritten seven" sample.num=20 \
 		sample.cfg=3
 
-# The paper's ablations at CPU scale (Tables 2, 3a, 3b, 3c and model size; three seeds each),
-# run here one after another (`cfh sweep` skips what is done, so a stopped run resumes), then
-# their reports as published in docs/results/ (wall times: docs/results/README.md).
-CPU_GRIDS := ar_steps_cpu ar_decay_cpu ar_weighting_cpu token_order_cpu model_size_cpu
+# The paper's ablations at CPU scale (Tables 2, 3a, 3b, 3c, model size and the joint model;
+# three seeds each to start), run here one after another with --until-decided (seeds or samples
+# are added until each finding is decided or DECIDE_HOURS of estimated compute are spent; a
+# stopped run resumes with --retry), then their reports as published in docs/results/.
+CPU_GRIDS := ar_steps_cpu ar_decay_cpu ar_weighting_cpu token_order_cpu model_size_cpu joint_t2i_cpu
 ABLATION_ROOT ?= outputs
+DECIDE_HOURS ?= 1
 ablations: $(STAMP)
-	for g in $(CPU_GRIDS); do $(VENV)/bin/cfh --root $(ABLATION_ROOT) sweep $$g || exit 1; done
+	for g in $(CPU_GRIDS); do \
+		$(VENV)/bin/cfh --root $(ABLATION_ROOT) sweep $$g --retry --until-decided \
+			--budget-hours $(DECIDE_HOURS) || exit 1; \
+	done
 results: $(STAMP)
 	for g in $(CPU_GRIDS); do \
 		$(VENV)/bin/cfh --root $(ABLATION_ROOT) report $$g --publish --out docs/results/$$g || exit 1; \
