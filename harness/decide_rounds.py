@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any
 from core.errors import UserError
 from core.io import atomic_write_json, now_iso
 from core.runfolder import decide_path, read_json
-from harness.expansion import Grid
+from harness.expansion import Grid, config_matches
 from harness.points import TrainPoint
 from harness.schema import ConfigView, num_tokens
-from harness.values import get_value
 
 if TYPE_CHECKING:  # pandas is not loaded by `cfh status`, which prints the rounds
     import pandas as pd
@@ -188,13 +187,7 @@ def _holds(where: dict, cfg: dict, key: str, value: Any) -> bool:
         value = num_tokens(ConfigView(cfg))
     if key == "sample.order" and value == "train":
         value = cfg["train"]["order"]
-    try:
-        got = get_value(where, key)
-    except (KeyError, TypeError):
-        return False
-    if isinstance(got, bool) or isinstance(value, bool):
-        return got is value
-    return got == value or (isinstance(got, int | float) and got == value)
+    return config_matches(where, key, value)
 
 
 # ---------------------------------------------------------------- choosing the next round

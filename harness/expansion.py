@@ -247,7 +247,7 @@ class Grid:
     def _excluded_by(self, cfg: dict, used: set[int]) -> bool:
         """True when an exclude entry matches the point; records which entries matched."""
         for i, entry in enumerate(self.train.exclude):
-            if all(_matches(cfg, k, v) for k, v in entry.items()):
+            if all(config_matches(cfg, k, v) for k, v in entry.items()):
                 used.add(i)
                 return True
         return False
@@ -278,7 +278,7 @@ class Grid:
             items = tuple((k, format_value(v)) for k, v in merged.items())
             settings, key = _checked_eval_settings(self, base_key, items, combo)
             if i < n_product and any(
-                all(_matches(settings, k, v) for k, v in entry.items())
+                all(config_matches(settings, k, v) for k, v in entry.items())
                 for entry in self.eval.exclude
             ):
                 continue
@@ -331,7 +331,7 @@ def _is_token_symbol(key: str, value: Any) -> bool:
     return key in TOKEN_KEYS and value == "L"
 
 
-def _matches(cfg: dict, key: str, value: Any) -> bool:
+def config_matches(cfg: dict, key: str, value: Any) -> bool:
     """The resolved config has `value` at `key` (True never equals 1 here)."""
     try:
         got = get_value(cfg, key)
