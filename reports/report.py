@@ -338,6 +338,8 @@ def winner_blocks(df: pd.DataFrame, replicates: dict | None = None) -> list[Bloc
     w = winners(df, replicates)
     if w.empty:
         return [Block("p", "No FID results yet.")]
+    if (w["verdict"] != "only one setting").any():  # e.g. a finding's cells scored again
+        w = w[w["verdict"] != "only one setting"].reset_index(drop=True)
     data = final_evals(df)
     others = [c for c in varying(data, EVAL_KEY_COLUMNS) if c not in ("s_eval", "ckpt_step")]
     interval = "[" + w["lo"].map(_num) + ", " + w["hi"].map(_num) + "]"
