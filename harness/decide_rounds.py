@@ -21,6 +21,7 @@ import argparse
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -290,6 +291,22 @@ def run_rounds(
             print(f"until-decided: {state['finished_because']} after {len(state['rounds'])} "
                   "rounds")  # fmt: skip
             return state
+
+
+def judge_results(root: str, grid: Grid, budget: Budget) -> tuple[pd.DataFrame, dict]:
+    """The grid's findings judged from its results, and the levers' measured costs."""
+    # pandas and scipy load only here: `cfh sweep` plans and refuses input without them
+    from reports.findings import judge_findings, lever_costs, observations
+    from reports.results import ResultsWarning, scan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResultsWarning)
+        results = scan(root, grid.name)
+    table, reps = results.table, results.replicates
+    judged = judge_findings(
+        table, grid.findings, grid.decide_on, reps, budget.max_seeds, budget.max_samples
+    )
+    return judged, lever_costs(observations(table, grid.decide_on, reps))
 
 
 def _plain(v: Any) -> Any:

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import copy
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from harness.decide_rounds import (
     Budget,
     add_arguments,
     augmented,
+    judge_results,
     load_state,
     parse_budget,
     run_rounds,
@@ -227,21 +227,7 @@ def until_decided(
         else:  # also points another sweep is running: returns at once when none is active
             wait(root, grid.name, args.every)
 
-    def judge() -> tuple[Any, dict]:
-        # pandas and scipy load only here: `cfh sweep` plans and refuses input without them
-        from reports.findings import judge_findings, lever_costs, observations
-        from reports.results import ResultsWarning, scan
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResultsWarning)
-            results = scan(root, grid.name)
-        table, reps = results.table, results.replicates
-        judged = judge_findings(
-            table, grid.findings, grid.decide_on, reps, budget.max_seeds, budget.max_samples
-        )
-        return judged, lever_costs(observations(table, grid.decide_on, reps))
-
-    run_rounds(grid, points, root, budget, run, judge)
+    run_rounds(grid, points, root, budget, run, lambda: judge_results(root, grid, budget))
     return print_status(root, grid.name)
 
 

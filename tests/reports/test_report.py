@@ -106,8 +106,9 @@ def test_report_out_that_is_a_file_exits_2(tmp_path: Path, capsys):
 def test_single_seed_winners_use_the_stored_seed_variance(tmp_path: Path):
     from conftest import write_smoke_grid
 
-    from reports.report import stored_noise, write_report
+    from reports.report import write_report
     from reports.results import ResultsWarning
+    from reports.winners import stored_noise
 
     write_smoke_grid(tmp_path, seeds=(0,))
     with warnings.catch_warnings():

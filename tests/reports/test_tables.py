@@ -9,7 +9,7 @@ import pytest
 from reports import tables
 from reports.columns import EVAL_KEY_COLUMNS
 from reports.labels import key_text, setting_labels
-from reports.report import winners
+from reports.winners import winners
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
