@@ -1,7 +1,8 @@
 """The wheel's packages, plus experiments/ (grids, hydra configs) shipped as harness/experiments.
 
 pyproject.toml holds everything else; only this mapping needs code: setuptools' package finder
-cannot place a top-level folder under another package's name, and harness/config.py reads the
+cannot place a top-level folder under another package's name, and harness/config/search.py
+reads the
 configs from harness/experiments/ when installed (experiments/ of the checkout otherwise).
 """
 

@@ -39,7 +39,7 @@ def main() -> int:
     """Print the median CPU seconds of each command."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--code", default=str(REPO), help="checkout whose harness.cli to run")
+    ap.add_argument("--code", default=str(REPO), help="checkout whose harness.cli.main to run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
         env = {**os.environ, "PYTHONPATH": args.code, "CFH_ROOT": root}

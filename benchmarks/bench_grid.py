@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.io import atomic_write_json  # noqa: E402
-from harness import runs  # noqa: E402
-from harness.grid import load_grid  # noqa: E402
-from harness.sweep import reconcile  # noqa: E402
+from harness.grid.files import load_grid  # noqa: E402
+from harness.launch import runs  # noqa: E402
+from harness.sweep.reconcile import reconcile  # noqa: E402
 
 GRID = """
 description: 1,000-point benchmark grid

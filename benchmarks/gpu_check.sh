@@ -26,7 +26,7 @@
 # Stages, each under its own time limit and all under a 6-minute deadline (DEADLINE_S):
 #   1. synthetic `data=latents` (16x16x16 float16, 1,000 classes: the system models' input)
 #   2. `cfh bench` training step at L, sdpa and flex, bf16, with the release-style reference
-#      (harness/reference.py) in the same run where the GPU holds it (>= 120 GB: the reference
+#      (harness/bench/reference.py) in the same run where the GPU holds it (>= 120 GB: the reference
 #      took 98 GB at L on an H200), for the ">= 2.5x the release" target; then XL, sdpa and
 #      flex, no reference, at batch 64 (90 GB on an H200), or 32 on a smaller GPU (an H100)
 #   3. `cfh bench` training step at L with train.compile=true
@@ -76,7 +76,7 @@ fi
 # `cfh` and a torchrun entry without console scripts: two lines of Python
 cat >"$OUT/cfh_main.py" <<'PYEOF'
 import sys
-from harness.cli import main
+from harness.cli.main import main
 sys.exit(main())
 PYEOF
 CFH=("$PY" "$OUT/cfh_main.py")

@@ -26,7 +26,7 @@ def flatten(d: Any, prefix: str = "", *, keep: Collection[str] = ()) -> dict[str
 
 
 # key -> (key, values) under which the trainer uses it; elsewhere it is ignored (uniform S_train
-# does not read train.ar.steps). Run signatures leave such a key out (harness.signatures), and
+# does not read train.ar.steps). Run signatures leave such a key out (harness.grid.signatures), and
 # reports blank it (reports.rows), so that a run is never shown with a setting it did not use.
 CONDITIONAL_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "train.ar.steps": ("train.ar.mode", ("fixed",)),

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 # interrupted: stopped by SIGINT, or by a signal where nothing requeues the run; requeued: a
-# scheduler will start it again (harness.point_job decides that, model/ never does)
+# scheduler will start it again (harness.launch.point_job decides that, model/ never does)
 STATUS_STATES = (
     "pending", "running", "completed", "failed", "interrupted", "requeued", "cancelled",
 )  # fmt: skip

@@ -1,4 +1,4 @@
-"""`cfh report` and `cfh check`: registered into harness.cli's subcommands."""
+"""`cfh report` and `cfh check`: registered into harness.cli.main's subcommands."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A finding says that one cell should have a lower value of the grid's metric (`decide_on`: fid,
 fid_inf or kid; lower is better for all three) than another; a cell is a set of grid axis values
-as dotted config keys (harness.findings checks them before a sweep), matched here against the
+as dotted config keys (harness.grid.findings checks them before a sweep), matched here against the
 results table at each run's final checkpoint. Per cell and training seed the value is the mean
 over the cell's rows (a cell that leaves an axis open averages over it), at the largest sample
 count that both cells were evaluated with (FID's bias moves with the count: never compare two).

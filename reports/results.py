@@ -8,7 +8,7 @@ emits one `ResultsWarning` that counts such runs. A run folder is read by core.r
 reader `cfh status` uses too) and turned into rows by reports.rows; the column names are in
 reports.columns, derived labels in reports.labels, model sizes in reports.sizes.
 
-Bench rows (issue 6) come from JSON files written by `cfh bench` (harness/bench.py), at
+Bench rows (issue 6) come from JSON files written by `cfh bench` (harness/bench/command.py), at
 `<root>/bench/*.json` (a standalone bench; `cfh report GRID` shows it when its "grid" names
 GRID, `cfh report` without a grid always) or `<run_dir>/bench/*.json` (a bench point of a sweep):
 

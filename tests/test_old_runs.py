@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 from reports.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]

@@ -89,9 +89,9 @@ def installed(tmp_path_factory) -> dict:
 def test_the_wheel_ships_configs_and_reference(installed):
     py = str(installed["venv"] / "bin" / "python")
     code = (
-        "import harness, harness.reference; "
-        "from harness.config_search import SHIPPED_CONFIG_DIR as d; "
-        "from harness.grid import list_grids; print(harness.__file__); print(list_grids()); "
+        "import harness, harness.bench.reference; "
+        "from harness.config.search import SHIPPED_CONFIG_DIR as d; "
+        "from harness.grid.files import list_grids; print(harness.__file__); print(list_grids()); "
         "print(sorted(p.name for p in (d / 'cluster').glob('*.yaml')))"
     )
     out = run([py, "-c", code], installed["work"], installed["env"]).splitlines()

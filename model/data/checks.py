@@ -1,6 +1,6 @@
 """Config checks that need no torch, numpy or data: datasets, splits, sizes, extractors.
 
-harness.schema runs them for every grid point, `cfh status` and `cfh sweep --dry-run`, which
+harness.config.schema runs them for every grid point, `cfh status` and `cfh sweep --dry-run`, which
 must not pay for importing torch; the datasets (model/data/sources.py, captions.py) run them
 again when they load. Caption datasets' checks are here too (`check_caption_config`).
 """
@@ -110,7 +110,7 @@ def expect_choice(data_cfg: Any, key: str, allowed: tuple) -> Any:
 def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
     """The dataset checks that need no data: geometry, classes, folder layout, splits.
 
-    Run before anything is written or submitted (harness.schema.validate_config) and again by
+    Run before anything is written or submitted (harness.config.schema.validate_config) and again by
     build_dataset; UserError names the key, the value and what the dataset allows.
     """
     name = dataset_name(data_cfg)

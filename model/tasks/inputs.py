@@ -23,7 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def input_list(value: Any) -> list[Any]:
-    """edit.input / caption.input (checked by harness.schema) as a list of indices and paths."""
+    """edit.input / caption.input (checked by the config schema) as a list of indices and paths."""
     return list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
 
 

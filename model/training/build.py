@@ -1,6 +1,6 @@
 """What a training run is built from: its device, network, optimizer and EMA copy.
 
-One home for these factories: the trainer and `cfh bench` (harness/bench_train.py) both call
+One home for these factories: the trainer and `cfh bench` (harness/bench/train.py) both call
 them, so the bench times the optimizer the trainer runs (same eps, betas, weight decay).
 """
 

@@ -2,7 +2,7 @@
 
 Ranks come from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT). A
 job launched another way (SLURM tasks, submitit's local tasks) has those variables exported by
-the harness before the trainer starts (harness.executors.export_distributed_env), so nothing
+the harness before the trainer starts (harness.launch.executors.export_distributed_env), so nothing
 here knows about schedulers. Every collective here is called by every rank, in the same order.
 """
 

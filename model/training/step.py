@@ -3,7 +3,7 @@
 `draw_split` draws a step's AR split (group sizes, token order, AR weights) from the seeded
 per-(step, rank) generator; `train_step` runs the loss forward (bf16 autocast where the run uses
 it), backward, gradient clip, AdamW and EMA update on a `Learner` that `make_learner` builds from
-the factories in model/training/build.py. The trainer and harness/bench_train.py call these same
+the factories in model/training/build.py. The trainer and harness/bench/train.py call these same
 functions, so the bench times what the trainer runs.
 
 A step never waits for the device: its finiteness check stays there (a non-finite loss or

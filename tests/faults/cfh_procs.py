@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cli import main
+from harness.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 CFH = [sys.executable, "-m", "harness.cli"]  # a `cfh` child process

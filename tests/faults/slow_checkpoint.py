@@ -26,7 +26,7 @@ def main() -> int:
             time.sleep(3600)
 
     os.fsync = stalling_fsync
-    from harness.cli import main as cfh
+    from harness.cli.main import main as cfh
 
     return cfh(args)
 

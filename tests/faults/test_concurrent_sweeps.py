@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from core.io import read_jsonl, read_status
-from harness.runs import read_submission
+from harness.launch.runs import read_submission
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -21,11 +21,11 @@ import yaml
 from cfh_procs import CFH, REPO, TINY, cfh, child_env, wait_for
 
 from core.io import read_jsonl, read_status, update_status
-from harness import executors as ex
-from harness import point_job as pj
-from harness.config_search import SHIPPED_CONFIG_DIR
-from harness.runs import run_dir
-from harness.status import row_for
+from harness.config.search import SHIPPED_CONFIG_DIR
+from harness.launch import executors as ex
+from harness.launch import point_job as pj
+from harness.launch.runs import run_dir
+from harness.launch.status import row_for
 from model.training.checkpoint import checkpoint_path, checkpoint_paths
 from reports.rows import read_run
 

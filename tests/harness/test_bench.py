@@ -9,11 +9,11 @@ import yaml
 
 from core.errors import UserError
 from core.io import read_status
-from harness import bench as hb
-from harness.cli import main as cfh
-from harness.config import load_config
-from harness.grid import load_grid
-from harness.jobs import run_point
+from harness.bench import command as hb
+from harness.cli.main import main as cfh
+from harness.config.compose import load_config
+from harness.grid.files import load_grid
+from harness.launch.jobs import run_point
 from model import Diffusion, build_model, equal_group_sizes, generate, make_sampler
 from model.method.masks import generalized_causal_mask
 from reports.results import read_bench
@@ -176,7 +176,7 @@ def test_bench_times_the_trainers_own_step_optimizer_and_ema(tmp_path, monkeypat
     """One home: `cfh bench` builds its optimizer, EMA and step from the trainer's factories."""
     import model.training.step as step_mod
     import model.training.trainer as trainer
-    from harness import bench_train
+    from harness.bench import train as bench_train
 
     overrides = [
         "model=T",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import COMMANDS, build_parser, command_in, main, version
+from harness.cli.main import COMMANDS, build_parser, command_in, main, version
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def fresh_python(code: str) -> str:
 def test_help_imports_neither_torch_nor_pandas():
     code = (
         "import sys\n"
-        "from harness.cli import build_parser, main\n"
+        "from harness.cli.main import build_parser, main\n"
         "build_parser()\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'pandas', 'numpy', 'submitit') if m in sys.modules]\n"
@@ -54,7 +54,7 @@ def test_help_imports_neither_torch_nor_pandas():
 def test_status_and_dry_run_import_neither_torch_nor_pandas(tmp_path):
     code = (
         "import sys\n"
-        "from harness.cli import main\n"
+        "from harness.cli.main import main\n"
         f"assert main(['--root', {str(tmp_path)!r}, 'status', 'smoke']) == 2\n"  # never swept
         f"assert main(['sweep', 'smoke', '--dry-run', '--root', {str(tmp_path)!r}]) == 0\n"
         "print('HEAVY', [m for m in ('torch', 'pandas') if m in sys.modules])\n"
@@ -67,7 +67,7 @@ def test_status_and_dry_run_import_neither_torch_nor_pandas(tmp_path):
 def test_a_bad_key_is_refused_before_torch_is_imported(command):
     code = (
         "import sys\n"
-        "from harness.cli import main\n"
+        "from harness.cli.main import main\n"
         f"argv = [{command!r}, 'train.stpes=10']\n"
         "argv += ['--out', 'x.npz'] if argv[0] == 'stats' else []\n"
         "assert main(argv) == 2\n"
@@ -255,7 +255,7 @@ def test_local_dry_run_resources(tmp_path, capsys):
 )
 def test_slurm_additional_parameters_validation(value, message):
     from core.errors import UserError
-    from harness.profiles import validate_profile
+    from harness.config.profiles import validate_profile
 
     profile = {"name": "slurm", "backend": "slurm", "slurm_additional_parameters": value}
     with pytest.raises(UserError, match=message):
@@ -264,8 +264,8 @@ def test_slurm_additional_parameters_validation(value, message):
 
 def test_slurm_additional_parameters_reach_submitit(tmp_path):
     from core.errors import UserError
-    from harness.executors import slurm_parameters
-    from harness.profiles import validate_profile
+    from harness.config.profiles import validate_profile
+    from harness.launch.executors import slurm_parameters
 
     extra = {"gres": "gpu:a100:1", "nodelist": "n1", "mail_type": "END"}
     p = validate_profile(
@@ -339,7 +339,7 @@ def test_an_empty_or_flat_grid_and_a_path_name_submit_nothing(tmp_path, capsys, 
 
 
 def test_dry_run_counts_read_as_english(tmp_path, capsys):
-    from harness.points import TrainPoint, evals_per_point_text, points_text
+    from harness.grid.points import TrainPoint, evals_per_point_text, points_text
 
     code, out, _ = run(capsys, "sweep", "smoke", "--dry-run", "--root", str(tmp_path))
     assert code == 0

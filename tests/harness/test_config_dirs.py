@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from harness import config, config_search
-from harness.cli import main
-from harness.grid import grid_path, list_grids, load_grid
+from harness.cli.main import main
+from harness.config import compose as config
+from harness.config import search as config_search
+from harness.grid.files import grid_path, list_grids, load_grid
 
 GRID = """
 base: {model: T, data: digits, train.steps: 2}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.cli import main
-from harness.config import load_config
+from harness.cli.main import main
+from harness.config.compose import load_config
 
 # digits with 2x2 patches (a 4x4 token grid); the edit checks need a checkpoint, not quality
 RUN = ["model=T", "data=digits", "data.patch_size=2", "train.batch_size=8", "train.log_every=1"]

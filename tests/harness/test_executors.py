@@ -1,4 +1,4 @@
-"""harness.executors on a real local SLURM cluster (scripts/slurm-local.sh) and locally.
+"""harness.launch.executors on a real local SLURM cluster (scripts/slurm-local.sh) and locally.
 
 The job functions below are pickled by value (cloudpickle) so that the job processes, which
 cannot import this test module, can run them. Every slurm test submits real sbatch jobs.
@@ -20,9 +20,9 @@ import yaml
 
 from core.errors import UserError
 from core.records import STATUS_STATES
-from harness import executors as ex
-from harness import point_job as pj
-from harness.config_search import SHIPPED_CONFIG_DIR
+from harness.config.search import SHIPPED_CONFIG_DIR
+from harness.launch import executors as ex
+from harness.launch import point_job as pj
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.config import default_config
-from harness.eval_checks import checked_eval_settings, eval_base_key
-from harness.points import eval_key
-from harness.values import plain_copy
+from harness.config.compose import default_config
+from harness.config.values import plain_copy
+from harness.grid.eval_checks import checked_eval_settings, eval_base_key
+from harness.grid.points import eval_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ REFUSED = [  # (argv, what the one-line error says)
 def test_bad_values_are_refused_in_one_line_before_torch(tmp_path):
     code = (
         "import contextlib, io, json, sys\n"
-        "from harness.cli import main\n"
+        "from harness.cli.main import main\n"
         "out = []\n"
         f"for argv in {[a for a, _ in REFUSED]!r}:\n"
         "    err = io.StringIO()\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from harness import runs
-from harness.grid import load_grid
+from harness.grid.files import load_grid
+from harness.launch import runs
 
 PAPER_GRIDS = ("smoke", "ar_steps", "ar_decay", "token_order", "ar_weighting", "model_size")
 BODY = """

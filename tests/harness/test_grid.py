@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
-from harness.grid import list_grids, load_grid
+from harness.grid.files import list_grids, load_grid
 
 BASE = {"model": "T", "data": "digits", "train.steps": 10}
 

@@ -11,10 +11,11 @@ import pytest
 
 from core.errors import UserError
 from core.names import SIGNATURE_RE
-from harness import runs, signatures
-from harness.config import resolve_overrides
-from harness.grid import load_grid
-from harness.status import derive_state
+from harness.config.compose import resolve_overrides
+from harness.grid import signatures
+from harness.grid.files import load_grid
+from harness.launch import runs
+from harness.launch.status import derive_state
 
 
 def sig(*overrides: str) -> str:
@@ -25,7 +26,8 @@ def test_signature_is_short_hex_and_stable_across_processes():
     s = sig("model=S", "train.ar.steps=4", "train.ar.mode=fixed")
     assert SIGNATURE_RE.match(s)
     code = (
-        "from harness.signatures import signature; from harness.config import resolve_overrides; "
+        "from harness.grid.signatures import signature; "
+        "from harness.config.compose import resolve_overrides; "
         "print(signature(resolve_overrides(['train.ar.mode=fixed', 'model=S', "
         "'train.ar.steps=4'])))"
     )

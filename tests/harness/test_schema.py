@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from core.keys import flatten
-from harness.cli import main
-from harness.config import parse_override, resolve_overrides
-from harness.schema import SCHEMA, SCHEMA_SECTIONS
+from harness.cli.main import main
+from harness.config.compose import parse_override, resolve_overrides
+from harness.config.schema import SCHEMA, SCHEMA_SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,7 +92,7 @@ def refused(*argv: str) -> tuple[int, str]:
 def bad_inputs() -> list[tuple[str, str, str]]:
     """(key, override text, 'type' | 'range') for every refused candidate of every key."""
     from core.errors import UserError
-    from harness.schema import validate_config
+    from harness.config.schema import validate_config
 
     cases = []
     for key, default in all_keys().items():
@@ -230,7 +230,7 @@ def test_plans_that_cannot_run_are_refused_before_torch_and_write_nothing(tmp_pa
     """Each plan: exit 2, one line naming the value and what is allowed, no torch, no files."""
     code = (
         "import contextlib, io, json, os, sys\n"
-        "from harness.cli import main\n"
+        "from harness.cli.main import main\n"
         "out = []\n"
         f"for env, argv in {[(e, a) for e, a, _ in PLANS]!r}:\n"
         "    os.environ.pop('WORLD_SIZE', None)\n"
@@ -255,7 +255,7 @@ def test_plans_that_cannot_run_are_refused_before_torch_and_write_nothing(tmp_pa
 
 
 def test_the_same_value_twice_and_a_caption_evaluation_pass():
-    from harness.schema import check_kid_subset
+    from harness.config.schema import check_kid_subset
 
     assert refused("train", "train.steps=3", "train.steps=3", "--cfg", "job")[0] == 0
     assert refused("train", "train.lr=1e-4", "train.lr=0.0001", "--cfg", "job")[0] == 0
@@ -265,7 +265,7 @@ def test_the_same_value_twice_and_a_caption_evaluation_pass():
 
 def test_an_image_folder_and_latents_are_counted_up_to_the_batch(tmp_path):
     from core.errors import UserError
-    from harness.schema import check_train_batch
+    from harness.config.schema import check_train_batch
 
     folder = tmp_path / "images"
     for i in range(5):
@@ -295,7 +295,7 @@ def test_an_image_folder_and_latents_are_counted_up_to_the_batch(tmp_path):
 
 def test_the_whole_set_is_the_limit_when_training_on_all_of_it():
     from core.errors import UserError
-    from harness.schema import check_train_batch
+    from harness.config.schema import check_train_batch
 
     cfg = resolve_overrides(["data.train_split=all", "train.batch_size=1797"])
     check_train_batch(cfg)  # 1,797 digits in all, 1,437 in the train split

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from core.io import run_lock, update_status
-from harness.runs import run_dir
-from harness.status import Row, eval_label, progress_lines, render, row_for, train_rate
+from harness.launch.runs import run_dir
+from harness.launch.status import Row, eval_label, progress_lines, render, row_for, train_rate
 
 SIG = "a" * 10
 
@@ -91,7 +91,7 @@ def test_wait_lines_show_state_phase_step_and_eta() -> None:
 
 
 def test_status_and_report_agree_on_a_grid_never_swept(tmp_path: Path, capsys) -> None:
-    from harness.cli import main
+    from harness.cli.main import main
 
     (tmp_path / "grids" / "smoke").mkdir(parents=True)  # a lock folder, but no plan.json
     said = {}

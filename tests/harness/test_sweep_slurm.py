@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from core.io import read_status
-from harness.cli import main
-from harness.runs import read_submission
+from harness.cli.main import main
+from harness.launch.runs import read_submission
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""`cfh sweep GRID --until-decided` (harness.decide_rounds): the additions a round plans, and
+"""`cfh sweep GRID --until-decided` (harness.sweep.rounds): the additions a round plans, and
 real local sweeps of a tiny grid (4 digits runs of 8 steps, 16 samples) run to the end, run
 twice, and killed (SIGKILL to the sweep's process group) and started again.
 
@@ -26,10 +26,10 @@ import pandas as pd
 import pytest
 
 from core.io import read_status
-from harness import decide_rounds as dr
-from harness.cli import main
-from harness.grid import load_grid
-from harness.sweep import parse_seeds, set_seeds
+from harness.cli.main import main
+from harness.grid.files import load_grid
+from harness.sweep import rounds as dr
+from harness.sweep.reconcile import parse_seeds, set_seeds
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import time
 def main() -> int:
     kind, rank, at_step, args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
     import model.training.step as trainer_step
-    from harness.cli import main as cfh
+    from harness.cli.main import main as cfh
 
     real = trainer_step.causalfusion_loss
     calls = {"n": 0}

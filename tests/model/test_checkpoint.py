@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from core.io import read_jsonl
-from harness.cli import main
-from harness.config import load_config
+from harness.cli.main import main
+from harness.config.compose import load_config
 from model.evaluation.run_io import resolve_checkpoint
 from model.training.checkpoint import (
     DamagedCheckpoints,

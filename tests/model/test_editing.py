@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from tiny_models import tiny_model, tiny_vae
 
 from core.errors import UserError
-from harness.config import load_config
+from harness.config.compose import load_config
 from model import Diffusion, make_sampler
 from model.data.sources import build_dataset
 from model.evaluation.run_io import load_trained

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.cli import main
-from harness.config import load_config
+from harness.cli.main import main
+from harness.config.compose import load_config
 from model.training.checkpoint import checkpoint_paths, read_checkpoint
 from model.training.trainer import train
 

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from core.errors import UserError
-from harness.config import load_config
+from harness.config.compose import load_config
 from model.data.reference import reference_images
 from model.evaluation.inference import eval_settings
 from model.evaluation.metrics import (

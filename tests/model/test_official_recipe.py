@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from harness.config import load_config
+from harness.config.compose import load_config
 from model.data.arrays import digits_split_indices
 from model.data.checks import SPLIT_SIZES, train_size
 from model.data.sources import build_dataset

@@ -10,7 +10,7 @@ import torch
 from test_data import DIGITS, folder_cfg, write_image_folder, write_latents
 
 from core.errors import UserError
-from harness.config import load_config
+from harness.config.compose import load_config
 from model.data.sources import build_dataset, on_device
 from model.data.stream import BatchStream
 

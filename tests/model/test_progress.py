@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.progress import Progress, interval_s, run_log
-from harness.config import load_config
+from harness.config.compose import load_config
 from model.training.trainer import train
 
 

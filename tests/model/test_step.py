@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from harness.config import load_config
+from harness.config.compose import load_config
 from model.method.diffusion import Diffusion, causalfusion_loss
 from model.method.masks import generalized_causal_mask
 from model.training.build import model_from_config

@@ -18,7 +18,7 @@ import torch
 from core.errors import UserError
 from core.io import read_jsonl, read_status
 from core.records import metrics_row_problem
-from harness.config import load_config
+from harness.config.compose import load_config
 from model.training.checkpoint import checkpoint_paths
 from model.training.trainer import TrainingFailed, train
 from reports.results import train_stats

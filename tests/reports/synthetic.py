@@ -176,7 +176,7 @@ def write_run(
                 fid *= 1.0 + 0.5 * (train_steps - step) / train_steps  # earlier ckpt: worse
                 h = _write_eval(run, s, step, fid, samples)
                 evals[f"k{h}"] = {"file": f"eval/{h}.json", "fid": fid, "s_eval": s}
-        # like harness/jobs.py: eval-point key -> eval file, and the points in point.json
+        # like harness/launch/jobs.py: eval-point key -> eval file, and the points in point.json
         atomic_write_json(run / "status.json", {**status, "evals": evals})
         point = {"signature": sig, "axes": axes, "evals": [{"key": k} for k in evals]}
         atomic_write_json(run / "point.json", point)

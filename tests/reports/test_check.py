@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 from reports.check import compare, current_summary, default_baseline
 
 
@@ -158,7 +158,7 @@ def test_check_finds_the_shipped_baseline_from_any_working_directory(smoke_root:
     repo = Path(__file__).resolve().parents[2]
     elsewhere = smoke_root / "elsewhere"
     elsewhere.mkdir()  # no reports/baselines/ here: the package's own is read
-    code = "import sys\nfrom harness.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    code = "import sys\nfrom harness.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
     env = {**os.environ, "PYTHONPATH": str(repo)}
 
     def cfh(*argv: str) -> subprocess.CompletedProcess:

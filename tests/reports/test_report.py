@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.cli import main
+from harness.cli.main import main
 
 
 def test_report_folder_contents(report_root: Path):

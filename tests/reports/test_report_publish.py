@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import write_smoke_grid
 
-from harness.cli import main
+from harness.cli.main import main
 from reports.publish import PublishLeak, Scrubber, check_published, portable_tail
 from reports.results import ResultsWarning
 

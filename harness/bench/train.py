@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig
 
-from harness.bench_timing import PeakMemory, median, rotations, state_bytes, timed
-from harness.reference import ReferenceCausalFusion
+from harness.bench.reference import ReferenceCausalFusion
+from harness.bench.timing import PeakMemory, median, rotations, state_bytes, timed
 from model.method.network import count_params, train_flops_per_image
 from model.training.build import model_from_config, use_bf16
 from model.training.perf import matmul_peak_flops

@@ -1,6 +1,6 @@
 """A parsed grid and its expansion: train points x eval points, each validated.
 
-harness.grid reads a grid file into a `Grid` (its spaces of values, seeds, resources and
+harness.grid.files reads a grid file into a `Grid` (its spaces of values, seeds, resources and
 command-line axes); `Grid.expand()` resolves every point's config, validates it (the schema and
 the cluster checks), computes its signature and its eval points, and merges points that train
 the same run.
@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from harness.config import set_key
-from harness.eval_checks import checked_eval_settings, eval_base_key
-from harness.points import EvalPoint, TrainPoint
-from harness.profiles import check_cluster, world_size
-from harness.schema import ConfigView, check_train_batch, num_tokens, validate_config
-from harness.signatures import signature
-from harness.values import dedupe, format_value, get_value, override, resolve_values, show
+from harness.config.compose import set_key
+from harness.config.profiles import check_cluster, world_size
+from harness.config.schema import ConfigView, check_train_batch, num_tokens, validate_config
+from harness.config.values import dedupe, format_value, get_value, override, resolve_values, show
+from harness.grid.eval_checks import checked_eval_settings, eval_base_key
+from harness.grid.points import EvalPoint, TrainPoint
+from harness.grid.signatures import signature
 
 TOKEN_KEYS = ("train.ar.steps", "sample.ar_steps")  # accept the symbol L
 ORDER_SYMBOL = "train"  # sample.order: train = each point's train.order
@@ -104,7 +104,7 @@ class Grid:
     cli_axes: dict[str, list] = field(default_factory=dict)
     cli_eval_axes: dict[str, list] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # harmless surprises, printed by sweep
-    findings: list[dict] = field(default_factory=list)  # the claims it tests (harness.findings)
+    findings: list[dict] = field(default_factory=list)  # the claims it tests (grid.findings)
     decide_on: str = "fid"  # the metric the findings are judged on (fid | fid_inf | kid)
 
     def error(self, where: str, message: str) -> UserError:

@@ -12,7 +12,7 @@ key of the train or eval section, or a command-line sweep), and a value must be 
 gives that key (`L` and `sample.order: train` as the grid writes them; for a key that only
 include entries set, also its value in the other points: the base's, else the config default).
 `cfh sweep` stores the findings in the grid's plan.json; `cfh report` prints each with its
-verdict against the noise (reports.findings). Torch-free, like harness.grid.
+verdict against the noise (reports.findings). Torch-free, like harness.grid.files.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from core.errors import UserError
 from core.keys import flatten
-from harness.config import resolve_overrides
-from harness.expansion import Grid, Space
+from harness.config.compose import resolve_overrides
+from harness.grid.expansion import Grid, Space
 
 FINDING_KEYS = ("claim", "better", "worse")
 

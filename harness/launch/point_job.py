@@ -1,6 +1,6 @@
 """The job wrapper every point runs in: `PointJob(fn)(run_dir)`, requeued on preemption.
 
-`fn` (default `harness.jobs.run_point`) is called as `fn(run_dir)` in the job's process.
+`fn` (default `harness.launch.jobs.run_point`) is called as `fn(run_dir)` in the job's process.
 
 Preemption and time limits (SLURM sends USR2 `signal_delay_s` before the time limit, and on
 preemption; `job._interrupt()` sends SIGTERM then USR2):
@@ -39,7 +39,7 @@ import submitit
 from submitit.core.utils import DelayedSubmission, UncompletedJobError, temporary_save_path
 
 from core.io import update_status
-from harness.profiles import validate_profile
+from harness.config.profiles import validate_profile
 
 _PREEMPTION = threading.Event()
 _SEEN: list[int] = []  # warning signals received by this process, in order
@@ -61,7 +61,7 @@ class _GraceExpired(BaseException):
 class PointJob(submitit.helpers.Checkpointable):
     """Runs `fn(run_dir, *args)` in a job; requeued on preemption/time-out (see module doc).
 
-    fn: a callable or its dotted name ("harness.jobs.run_point"), imported in the job.
+    fn: a callable or its dotted name ("harness.launch.jobs.run_point"), imported in the job.
     grace_s: seconds the function gets, after USR2, to save and leave before the requeue.
     signal_delay_s: the profile's warning delay, to tell time-outs from preemptions
     (None: submitit's rule, a signal after 80% of the time limit is a time-out).
@@ -69,7 +69,7 @@ class PointJob(submitit.helpers.Checkpointable):
 
     def __init__(
         self,
-        fn: Callable[..., Any] | str = "harness.jobs.run_point",
+        fn: Callable[..., Any] | str = "harness.launch.jobs.run_point",
         grace_s: float = 30.0,
         signal_delay_s: int | None = None,
     ) -> None:
@@ -80,7 +80,7 @@ class PointJob(submitit.helpers.Checkpointable):
 
     @classmethod
     def for_profile(
-        cls, cluster_cfg: Any, fn: Callable[..., Any] | str = "harness.jobs.run_point"
+        cls, cluster_cfg: Any, fn: Callable[..., Any] | str = "harness.launch.jobs.run_point"
     ) -> PointJob:
         """A PointJob whose grace period fits the profile: half the warning delay, 5 to 120 s."""
         p = validate_profile(cluster_cfg)

@@ -10,10 +10,10 @@ import functools
 import json
 
 from core.errors import UserError
-from harness.config import default_config, parse_override, set_key
-from harness.points import eval_key
-from harness.schema import check_kid_subset, validate_config
-from harness.values import plain_copy
+from harness.config.compose import default_config, parse_override, set_key
+from harness.config.schema import check_kid_subset, validate_config
+from harness.config.values import plain_copy
+from harness.grid.points import eval_key
 from model.data.checks import check_eval_extractor  # torch-free (model.evaluation is not)
 
 

@@ -1,7 +1,7 @@
 """`cfh status GRID` and `cfh cancel GRID`, and the wait of `cfh sweep --wait`.
 
 A grid's points come from its plan.json (as last swept); a grid never swept shows its expanded
-points, all missing. Rows and their rendering are harness.status'.
+points, all missing. Rows and their rendering are harness.launch.status'.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any
 from core.errors import UserError
 from core.names import check_name
 from core.runfolder import never_swept, plan_path
-from harness import runs
-from harness.config import parse_override, resolve_overrides
-from harness.decide_rounds import status_lines
-from harness.grid import load_grid
-from harness.status import ACTIVE, FAILING, collect, render, summary
-from harness.submission import cancel_points, compress_ids, print_progress
-from harness.values import get_value
+from harness.config.compose import parse_override, resolve_overrides
+from harness.config.values import get_value
+from harness.grid.files import load_grid
+from harness.launch import runs
+from harness.launch.status import ACTIVE, FAILING, collect, render, summary
+from harness.launch.submission import cancel_points, compress_ids, print_progress
+from harness.sweep.rounds import status_lines
 
 
 def plan_or_grid(root: str, name: str) -> dict:

@@ -4,7 +4,8 @@ The shipped configs are experiments/ of the checkout (config.yaml, model/, data/
 grids/; package data of the wheel). User dirs (`cfh --config-dir DIR` or $CFH_CONFIG_DIR,
 os.pathsep-separated) have the same layout and come first: a user file wins over a shipped one
 with the same name, and their grids and profiles are listed beside the shipped ones. Both
-harness.config (composition) and harness.schema (cluster profile names) read this module.
+harness.config.compose (composition) and harness.config.schema (cluster profile names) read
+this module.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 
 from core.errors import UserError
 
-_HERE = Path(__file__).resolve().parent
+_HARNESS = Path(__file__).resolve().parent.parent  # harness/
 # The configs a user edits live in experiments/ at the top of the checkout; a wheel ships the same
 # files as package data in harness/experiments/ (setup.py maps that package onto experiments/).
-_SHIPPED = (_HERE / "experiments", _HERE.parent / "experiments")
+_SHIPPED = (_HARNESS / "experiments", _HARNESS.parent / "experiments")
 SHIPPED_CONFIG_DIR = next((d for d in _SHIPPED if (d / "config.yaml").is_file()), _SHIPPED[1])
 CONFIG_DIR_ENV = "CFH_CONFIG_DIR"
 

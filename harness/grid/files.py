@@ -26,7 +26,7 @@ read as dotted keys too.
       cluster:   local         a profile in cluster/ of a config dir (default: local)
       <key>:     value         cluster.<key> overrides (gpus_per_node, timeout_min, ...)
     findings:    [{claim: text, better: {key: value}, worse: {key: value}}, ...]  the claims
-                               the grid tests, judged by `cfh report` (harness.findings)
+                               the grid tests, judged by `cfh report` (harness.grid.findings)
     decide_on:   fid               the metric they are judged on: fid | fid_inf (needs
                                    eval.fid_inf: true) | kid; `cfh sweep --until-decided`
 
@@ -42,11 +42,11 @@ Checkpoint-step eval points (`sample.ckpt: [500, 1000]`) must be multiples of tr
 
 A grid must list runs: an empty file is refused, and so is a grid without any axis, zip,
 include, seeds or eval axis (a single run: `seeds: [0]`). It may have at most 10,000 train
-points and 100,000 eval points in all (harness.expansion.MAX_TRAIN_POINTS, MAX_EVAL_POINTS),
+points and 100,000 eval points in all (harness.grid.expansion.MAX_TRAIN_POINTS, MAX_EVAL_POINTS),
 counted before expanding. A command-line override may be given once (or twice with the same
 value).
 
-This module reads and checks the file (keys and shapes) into a harness.expansion.Grid; every
+This module reads and checks the file (keys and shapes) into a harness.grid.expansion.Grid; every
 point is validated (schema.validate_config plus cluster checks) while expanding. Any problem is
 a UserError naming the grid file, the key and what is allowed.
 """
@@ -65,10 +65,16 @@ import yaml
 from core.choices import DECIDE_ON
 from core.errors import UserError
 from core.names import check_name
-from harness.config import CONFIG_GROUPS, parse_override, parse_sweep, resolve_overrides, set_key
-from harness.config_search import config_dirs, find_config, group_options
-from harness.expansion import Grid, Space
-from harness.findings import parse_findings
+from harness.config.compose import (
+    CONFIG_GROUPS,
+    parse_override,
+    parse_sweep,
+    resolve_overrides,
+    set_key,
+)
+from harness.config.search import config_dirs, find_config, group_options
+from harness.grid.expansion import Grid, Space
+from harness.grid.findings import parse_findings
 
 TOP_KEYS = ("description", "base", "axes", "zip", "include", "exclude", "seeds", "eval")
 TOP_KEYS += ("resources", "findings", "decide_on")

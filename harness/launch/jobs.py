@@ -31,9 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.io import now_iso, read_status, record_failure, run_lock, update_status
 from core.progress import run_log
-from harness.config import parse_override, set_key, stored_config
-from harness.runs import read_point
-from harness.schema import validate_config
+from harness.config.compose import parse_override, set_key, stored_config
+from harness.config.schema import validate_config
+from harness.launch.runs import read_point
 from model.training.distributed import barrier, dist_info, init_distributed
 
 log = logging.getLogger("cfh.jobs")
@@ -101,7 +101,7 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
     marks the run interrupted and passes through so that submitit can requeue (PointJob then
     says requeued); any other exception marks the run failed.
     """
-    from harness.executors import export_distributed_env
+    from harness.launch.executors import export_distributed_env
 
     export_distributed_env()
     job_id, _ = job_env()
@@ -138,7 +138,7 @@ def _run_point(rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None) -> 
         init_distributed(float(cfg["train"]["dist_timeout_s"]))
         barrier(info)  # no rank starts (or fails) before rank 0 has reset the status
         if cfg.get("bench", {}).get("enabled"):  # a bench point measures instead of training
-            from harness.bench import run_bench_point
+            from harness.bench.command import run_bench_point
 
             phase = "bench"
             return run_bench_point(rdir, cfg, main, threads=slurm_cpus())
@@ -202,7 +202,7 @@ def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -
 
 def _leave_if_preempted() -> None:
     """Between eval points: on a preemption warning, leave so that PointJob requeues the job."""
-    from harness.point_job import preemption_requested
+    from harness.launch.point_job import preemption_requested
 
     if preemption_requested():
         raise SystemExit(124)  # not an Exception: the run is not marked failed
@@ -224,7 +224,7 @@ def trainer_hooks() -> dict[str, Any]:
     """What the harness tells the trainer (model/ knows nothing of SLURM or requeues): one CPU
     thread per allotted CPU (SLURM packs array tasks side by side). A signal leaves the run
     interrupted (the trainer says so); `requeued` is written by PointJob when it requeues the
-    job (harness.point_job), the one place that knows a requeue will happen."""
+    job (harness.launch.point_job), the one place that knows a requeue will happen."""
     return {"num_threads": slurm_cpus()}
 
 
@@ -235,10 +235,10 @@ def _default_eval(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.jobs RUN_DIR`: run one point in this process (local runs, debugging)."""
+    """`python -m harness.launch.jobs RUN_DIR`: run one point in this process (debugging)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m harness.jobs RUN_DIR", file=sys.stderr)
+        print("usage: python -m harness.launch.jobs RUN_DIR", file=sys.stderr)
         return 2
     run_point(args[0])
     return 0

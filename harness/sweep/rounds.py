@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from core.errors import UserError
 from core.io import atomic_write_json, now_iso
 from core.runfolder import decide_path, read_json
-from harness.expansion import Grid, config_matches
-from harness.points import TrainPoint
-from harness.schema import ConfigView, num_tokens
+from harness.config.schema import ConfigView, num_tokens
+from harness.grid.expansion import Grid, config_matches
+from harness.grid.points import TrainPoint
 
 if TYPE_CHECKING:  # pandas is not loaded by `cfh status`, which prints the rounds
     import pandas as pd

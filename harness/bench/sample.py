@@ -16,9 +16,9 @@ import torch
 from omegaconf import DictConfig
 
 from core.errors import UserError
-from harness import reference as refmod
-from harness.bench_timing import median, rotations, timed
-from harness.bench_train import build_net, common_columns
+from harness.bench import reference as refmod
+from harness.bench.timing import median, rotations, timed
+from harness.bench.train import build_net, common_columns
 
 EXTRACT_FEATURE = {"classifier": "feat", "inception": "2048"}  # the FID features
 # At these sizes the sampling measure runs at most this many repeats and denoising steps per

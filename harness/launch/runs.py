@@ -1,6 +1,6 @@
 """Run folders and grid folders: where every point's state lives on disk.
 
-A run is trained once in `<root>/runs/<signature>/` (harness.signatures), whichever grids use
+A run is trained once in `<root>/runs/<signature>/` (harness.grid.signatures), whichever grids use
 it. A grid keeps `<root>/grids/<name>/plan.json` (its expanded points as last swept) and
 `runs/<signature>` symlinks to its run folders.
 
@@ -186,7 +186,7 @@ def write_plan(
         "overrides": grid.cli_overrides,
         "axis_keys": grid.axis_keys(),
         "eval_axis_keys": grid.eval_axis_keys(),
-        "findings": grid.findings,  # the claims `cfh report` judges (harness.findings)
+        "findings": grid.findings,  # the claims `cfh report` judges (harness.grid.findings)
         "decide_on": grid.decide_on,  # the metric they are judged on
         "updated": now_iso(),
         "points": [p.to_json() for p in points],

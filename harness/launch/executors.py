@@ -8,11 +8,11 @@ The sweep builds one executor per cluster profile and resource shape and submits
     job_states([j.job_id for j in jobs], profile.backend, folder=root / "submitit")
     cancel(job_ids, profile.backend, folder=root / "submitit")
 
-What a job runs is `PointJob(fn)(run_dir)`: `fn` (default `harness.jobs.run_point`) called as
+What a job runs is `PointJob(fn)(run_dir)`: `fn` (default `harness.launch.jobs.run_point`) called as
 `fn(run_dir)` in the job's process.
 
-The job wrapper that requeues on preemption: harness.point_job; the local executor with its
-parallelism slots: harness.local_pool.
+The job wrapper that requeues on preemption: harness.launch.point_job; the local executor with its
+parallelism slots: harness.launch.local_pool.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 import submitit
 
 from core.errors import UserError
-from harness.local_pool import PooledLocalExecutor
-from harness.profiles import BACKENDS, MAX_ARRAY_SIZE, ClusterProfile, validate_profile
+from harness.config.profiles import BACKENDS, MAX_ARRAY_SIZE, ClusterProfile, validate_profile
+from harness.launch.local_pool import PooledLocalExecutor
 
 # SLURM job states (squeue %T / sacct State, first word) -> cfh states (core.records.STATUS_STATES).
 SLURM_STATES = {

@@ -16,9 +16,9 @@ from typing import Any
 from core.hashing import json_hash
 from core.keys import CONDITIONAL_KEYS, flatten
 from core.names import SIGNATURE_LEN
-from harness.config import default_config
-from harness.config_search import config_dirs
-from harness.profiles import world_size
+from harness.config.compose import default_config
+from harness.config.profiles import world_size
+from harness.config.search import config_dirs
 
 # Keys (and key prefixes) that decide how or where a run executes, not what it learns.
 NON_RESULT_KEYS = (

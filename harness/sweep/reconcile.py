@@ -1,4 +1,4 @@
-"""`cfh sweep GRID`: reconcile a grid with what exists (status and cancel: harness.monitor).
+"""`cfh sweep GRID`: reconcile a grid with what exists (status and cancel: harness.sweep.monitor).
 
 `cfh sweep` expands and validates the grid, then compares every point with its run folder and
 the scheduler: a point with no result is submitted, a running one left alone, a completed one
@@ -7,8 +7,9 @@ left the grid since the last sweep are reported (their jobs cancelled with --pru
 that plan before submitting (--dry-run stops there), so running it twice submits nothing the
 second time.
 
-Execution goes through harness.submission and harness.executors (submitit): every point is one
-job running `harness.jobs.run_point(run_dir)` (train, then its eval points), wrapped in the
+Execution goes through harness.launch.submission and harness.launch.executors (submitit):
+every point is one
+job running `harness.launch.jobs.run_point(run_dir)` (train, then its eval points), wrapped in the
 checkpointable PointJob that requeues on preemption or time-out. cluster=local runs the points
 on this machine, at most `cluster.parallelism` at once, and blocks until they end, then prints
 the status table; cluster=slurm submits one job array per resource shape and returns (--wait
@@ -28,8 +29,21 @@ from typing import Any
 
 from core.errors import UserError, defer_missing_data
 from core.names import SIGNATURE_RE
-from harness import runs
-from harness.decide_rounds import (
+from harness.config.values import format_value
+from harness.grid.expansion import Grid
+from harness.grid.files import load_grid
+from harness.grid.points import TrainPoint, evals_per_point_text, points_text
+from harness.launch import runs
+from harness.launch.status import ACTIVE, RETRYABLE, collect, short_key
+from harness.launch.submission import (
+    cancel_points,
+    compress_ids,
+    resources_text,
+    submit,
+    wait_local,
+)
+from harness.sweep.monitor import cmd_cancel, cmd_status, print_status, wait
+from harness.sweep.rounds import (
     Budget,
     add_arguments,
     augmented,
@@ -38,13 +52,6 @@ from harness.decide_rounds import (
     parse_budget,
     run_rounds,
 )
-from harness.expansion import Grid
-from harness.grid import load_grid
-from harness.monitor import cmd_cancel, cmd_status, print_status, wait
-from harness.points import TrainPoint, evals_per_point_text, points_text
-from harness.status import ACTIVE, RETRYABLE, collect, short_key
-from harness.submission import cancel_points, compress_ids, resources_text, submit, wait_local
-from harness.values import format_value
 
 # What reconcile does with a point, by state (the RETRYABLE ones depend on --retry).
 ACTION_BY_STATE = {
@@ -214,7 +221,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def until_decided(
     grid: Grid, points: list[TrainPoint], args: argparse.Namespace, budget: Budget
 ) -> int:
-    """The rounds of harness.decide_rounds: each submits what is missing and waits for it
+    """The rounds of harness.sweep.rounds: each submits what is missing and waits for it
     (locally or on SLURM), then judges the findings from the results."""
     root = args.root
     local = points[0].config["cluster"]["backend"] == "local"

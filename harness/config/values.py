@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from harness.config import (
+from harness.config.compose import (
     CONFIG_GROUPS,
     default_config,
     parse_override,
     resolve_overrides,
     set_key,
 )
-from harness.config_search import config_dirs
+from harness.config.search import config_dirs
 
 
 @functools.cache

@@ -24,23 +24,26 @@ DISTRIBUTION = "causalfusion-harness"
 
 # subcommand -> (module that registers it, help line), in the order `cfh --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("harness.commands", "train (or resume) one run into run_dir"),
-    "sample": ("harness.commands", "draw samples from a trained run at any S_eval"),
-    "evaluate": ("harness.commands", "sample (or reuse samples) and compute FID/KID/P/R"),
-    "caption": ("harness.commands", "caption images with a joint image-text run (caption.*)"),
-    "encode": ("harness.commands", "encode an image dataset to VAE latents for data=latents"),
-    "stats": ("harness.commands", "write a split's FID reference statistics (+ images) to an .npz"),
-    "sweep": ("harness.sweep", "submit a grid's missing points (reconcile)"),
-    "status": ("harness.sweep", "one row per point of a grid: state, progress, FID"),
-    "cancel": ("harness.sweep", "cancel a grid's active points (key=value filters)"),
+    "train": ("harness.cli.commands", "train (or resume) one run into run_dir"),
+    "sample": ("harness.cli.commands", "draw samples from a trained run at any S_eval"),
+    "evaluate": ("harness.cli.commands", "sample (or reuse samples) and compute FID/KID/P/R"),
+    "caption": ("harness.cli.commands", "caption images with a joint image-text run (caption.*)"),
+    "encode": ("harness.cli.commands", "encode an image dataset to VAE latents for data=latents"),
+    "stats": (
+        "harness.cli.commands",
+        "write a split's FID reference statistics (+ images) to an .npz",
+    ),
+    "sweep": ("harness.sweep.reconcile", "submit a grid's missing points (reconcile)"),
+    "status": ("harness.sweep.reconcile", "one row per point of a grid: state, progress, FID"),
+    "cancel": ("harness.sweep.reconcile", "cancel a grid's active points (key=value filters)"),
     "report": ("reports.cli", "tables, plots and report.html for a grid"),
     "check": ("reports.cli", "fail when FID regressed against a baseline"),
     "bench": (
-        "harness.bench",
+        "harness.bench.command",
         "training/sampling throughput of cfh vs the release-style reference",
     ),
     "edit": (
-        "harness.edit",
+        "harness.cli.edit",
         "edit real images in context: inpaint, outpaint, or regenerate a region as another class",
     ),
 }
@@ -63,7 +66,7 @@ def version() -> str:
     except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
         import tomllib
 
-        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
         return str(tomllib.loads(pyproject.read_text())["project"]["version"])
 
 
@@ -157,11 +160,11 @@ def set_config_dirs(dirs: Sequence[str]) -> None:
 
 
 def check_repeated_keys(overrides: Sequence[str]) -> None:
-    """Refuse a key given twice with different values (harness.config.check_repeated); hydra's
+    """Refuse a key given twice with different values (config.compose.check_repeated); hydra's
     parser, which compares the values, is imported only when a key is given twice."""
     keys = [text.partition("=")[0].lstrip("+~") for text in overrides]
     if len(set(keys)) < len(keys):
-        from harness.config import check_repeated  # hydra: not for every `cfh status`
+        from harness.config.compose import check_repeated  # hydra: not for every `cfh status`
 
         check_repeated(overrides)
 

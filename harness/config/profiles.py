@@ -1,8 +1,8 @@
-"""Cluster profiles (cluster/<name>.yaml of a config dir, see harness.config_search): validation,
+"""Cluster profiles (cluster/<name>.yaml of a config dir, see harness.config.search): validation,
 resources, and a point's cluster settings checked against its profile, without submitit.
 
 Grid expansion, `cfh status` and `cfh sweep --dry-run` validate profiles; they import this
-module, not harness.executors, so submitit is imported only when something is submitted.
+module, not harness.launch.executors, so submitit is imported only when something is submitted.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from core.errors import UserError
-from harness.config_search import config_dirs, find_config, group_options
+from harness.config.search import config_dirs, find_config, group_options
 
 BACKENDS = ("local", "slurm")
 MAX_ARRAY_SIZE = 1000  # SLURM's default MaxArraySize is 1001: longer lists go in several arrays
@@ -25,7 +25,7 @@ MAX_ARRAY_SIZE = 1000  # SLURM's default MaxArraySize is 1001: longer lists go i
 
 @dataclass(frozen=True)
 class ClusterProfile:
-    """A validated cluster profile (cluster/<name>.yaml of a config dir, see harness.config)."""
+    """A validated cluster profile (cluster/<name>.yaml of a config dir)."""
 
     name: str
     backend: str

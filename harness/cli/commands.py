@@ -12,8 +12,8 @@ import logging
 import os
 import sys
 
-from harness.config import load_config, load_train_config, print_config_job, to_yaml
-from harness.schema import check_kid_subset, check_train_batch
+from harness.config.compose import load_config, load_train_config, print_config_job, to_yaml
+from harness.config.schema import check_kid_subset, check_train_batch
 
 KEYS = "Config keys and their meaning: experiments/config.yaml (README.md: Config)."
 EPILOGS = {
@@ -104,7 +104,7 @@ def _launched_world_size() -> int:
 
 def _join_job() -> bool:
     """Export torchrun's variables for a multi-task job; True on rank 0 (the one that prints)."""
-    from harness.executors import export_distributed_env
+    from harness.launch.executors import export_distributed_env
     from model.training.distributed import dist_info
 
     export_distributed_env()
@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with these overrides (a resume; an override that changes the run is refused)."""
     cfg = load_train_config(args.overrides)  # a bad key or value fails here, before torch loads
     check_train_batch(cfg, _launched_world_size())
-    from harness.jobs import trainer_hooks
+    from harness.launch.jobs import trainer_hooks
     from model.training.trainer import TrainingFailed, train
 
     _setup_logging()

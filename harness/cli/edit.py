@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from harness.config import load_config, print_config_job
+from harness.config.compose import load_config, print_config_job
 
 HELP = "edit real images in context: inpaint, outpaint, or regenerate a region as another class"
 EPILOG = """examples:

@@ -3,7 +3,7 @@
 `validate_config` is what `cfh train|sample|evaluate|edit|bench`, `cfh sweep` (and --dry-run)
 and grid expansion all call before anything is written or submitted. Every key of
 experiments/config.yaml and of its groups has an entry in SCHEMA (a test walks them all);
-`cluster.*` is checked by the cluster profile's own table (harness.profiles.validate_profile),
+`cluster.*` is checked by the cluster profile's own table (config.profiles.validate_profile),
 and the dataset-specific rules by model.data.checks.check_data_config. The lists of choices come
 from core.choices. A bad value raises one UserError line: `key=value is not allowed; expected ...`.
 """
@@ -46,8 +46,8 @@ from core.choices import (
 )
 from core.errors import DataMissing, UserError, data_check
 from core.keys import flatten
-from harness.config_search import group_options
-from harness.profiles import validate_profile
+from harness.config.profiles import validate_profile
+from harness.config.search import group_options
 from model.data.checks import check_data_config, train_size  # torch-free, as this module must stay
 
 
@@ -228,7 +228,7 @@ SCHEMA: dict[str, Spec] = {
         null=True,
     ),
     "eval.task": choice(*EVAL_TASKS),
-    # bench (harness.bench)
+    # bench (harness.bench.command)
     "bench.enabled": boolean(),
     "bench.backends": subset(ATTENTIONS),
     "bench.reference": boolean(),

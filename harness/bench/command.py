@@ -4,7 +4,7 @@ Per model size and attention backend it times, in one process and interleaved wh
 matters (the CPU):
 
 - train: the trainer's step (loss forward, backward, grad clip, AdamW, EMA; autocast bf16 where
-  the trainer uses it) for cfh and for `harness/reference.py` on the same AR splits: those the
+  the trainer uses it) for cfh and for `harness/bench/reference.py` on the same AR splits: those the
   trainer draws at steps 0..bench.splits-1 (model.ar with the run's seed and rank 0). Reports
   img/s, tokens/s (mean sequence length over those splits), MFU against a matmul peak measured
   in the training precision between repeats, and peak memory.
@@ -12,8 +12,8 @@ matters (the CPU):
   every denoising step, and of the reference recomputing, at each bench.s_eval.
 - extract: milliseconds per image of each FID feature extractor (as `cfh evaluate` runs them).
 
-The measures live in harness/bench_train.py (the trainer's own step, optimizer and EMA, from
-model/training/step.py), harness/bench_sample.py and harness/bench_timing.py. Rows are printed
+The measures live in harness/bench/train.py (the trainer's own step, optimizer and EMA, from
+model/training/step.py), harness/bench/sample.py and harness/bench/timing.py. Rows are printed
 and the JSON rewritten as each measure finishes (a bench cut short keeps what it measured);
 progress lines go to stderr.
 
@@ -48,8 +48,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.errors import UserError
 from core.names import check_name
-from harness.config import load_config, print_config_job
-from harness.schema import ATTENTIONS, BENCH_MEASURES
+from harness.config.compose import load_config, print_config_job
+from harness.config.schema import ATTENTIONS, BENCH_MEASURES
 
 MEASURES = BENCH_MEASURES
 BACKENDS = ATTENTIONS
@@ -159,7 +159,7 @@ def run_bench_point(
 ) -> dict:
     """A sweep point with bench.enabled: bench its model size into `<run_dir>/bench/bench.json`.
 
-    Called by harness/jobs.py instead of train + eval; only rank 0 measures. `threads`: the
+    Called by harness/launch/jobs.py instead of train + eval; only rank 0 measures. `threads`: the
     CPUs the scheduler allotted, used when bench.threads is 0 (as the trainer does).
     """
     from core.io import update_status
@@ -183,8 +183,8 @@ def run_bench_point(
 
 
 def reference_module() -> ModuleType:
-    """harness/reference.py, the release-style implementation (imported on first use only)."""
-    return importlib.import_module("harness.reference")
+    """harness/bench/reference.py, the release-style implementation (imported on first use only)."""
+    return importlib.import_module("harness.bench.reference")
 
 
 # ---------------------------------------------------------------- the bench
@@ -205,14 +205,14 @@ def run_bench(
     import torch
 
     from core.io import now_iso
-    from harness.bench_sample import bench_extract, bench_sample
-    from harness.bench_timing import threads
-    from harness.bench_train import bench_train
+    from harness.bench.sample import bench_extract, bench_sample
+    from harness.bench.timing import threads
+    from harness.bench.train import bench_train
     from model.training.build import pick_device, use_bf16
     from model.training.distributed import DistInfo
     from model.training.perf import machine_info, matmul_peak_flops
 
-    device = pick_device(cfg, DistInfo())  # cfg passed harness.schema.validate_config
+    device = pick_device(cfg, DistInfo())  # cfg passed harness.config.schema.validate_config
     if device.type == "cuda" and cfg.bench.clock == "cpu":
         raise UserError("bench.clock=cpu is for CPU runs; GPU work is timed on the wall clock")
     bench = cfg.bench

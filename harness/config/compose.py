@@ -1,4 +1,4 @@
-"""Compose cfh's hydra config from the config dirs (harness.config_search); validate it.
+"""Compose cfh's hydra config from the config dirs (harness.config.search); validate it.
 
 Hydra composes config.yaml once per choice of config groups (model, data, cluster) over a search
 path with the user dirs before the shipped one; `key=value` overrides are then applied to a plain
@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.errors import UserError
 from core.keys import flatten
-from harness.config_search import config_dirs, find_config, group_options
-from harness.schema import validate_config
+from harness.config.schema import validate_config
+from harness.config.search import config_dirs, find_config, group_options
 
 CONFIG_GROUPS = ("model", "data", "cluster")
 # Mappings whose keys are open (sbatch option names): set_key may add a key there.

@@ -1,6 +1,7 @@
 """Submitting a grid's points and following them: job arrays, their resources, waiting, cancel.
 
-One job array per resource shape (at most MAX_ARRAY_SIZE points each) through harness.executors
+One job array per resource shape (at most MAX_ARRAY_SIZE points each) through
+harness.launch.executors
 (submitit); each run's submission.json records its job. Job pickles and logs live in
 `<root>/submitit/`.
 """
@@ -13,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from core.io import now_iso
-from harness import runs
-from harness.expansion import Grid
-from harness.points import TrainPoint, points_text
-from harness.profiles import MAX_ARRAY_SIZE, validate_profile
-from harness.status import Row, progress_lines, row_for, train_rate
+from harness.config.profiles import MAX_ARRAY_SIZE, validate_profile
+from harness.grid.expansion import Grid
+from harness.grid.points import TrainPoint, points_text
+from harness.launch import runs
+from harness.launch.status import Row, progress_lines, row_for, train_rate
 
 
 def submitit_folder(root: str) -> Path:
@@ -27,8 +28,11 @@ def submitit_folder(root: str) -> Path:
 
 def submit(points: Sequence[TrainPoint], grid: Grid, root: str) -> list[tuple[TrainPoint, Any]]:
     """Submit the points, one job array per resource shape; record each job in submission.json."""
-    from harness.executors import make_executor, submit_array  # here: submitit is slow to import
-    from harness.point_job import PointJob
+    from harness.launch.executors import (  # here: submitit is slow to import
+        make_executor,
+        submit_array,
+    )
+    from harness.launch.point_job import PointJob
 
     by_shape: dict[str, list[TrainPoint]] = {}
     for p in points:
@@ -87,7 +91,7 @@ def wait_local(root: str, submitted: Sequence[tuple[TrainPoint, Any]], every: fl
 
 def cancel_points(root: str, sigs: Sequence[str]) -> list[str]:
     """Cancel the points' jobs and mark them cancelled; returns the job ids cancelled."""
-    from harness.executors import cancel
+    from harness.launch.executors import cancel
 
     groups: dict[tuple[str, str | None], list[str]] = {}
     for sig in sigs:
@@ -132,7 +136,7 @@ def resources_text(grid: Grid, points: Sequence[TrainPoint], root: str) -> str:
             lines.append(f"{head}, {p.parallelism} at a time")
             continue
         lines.append(f"{head}, partition {p.partition or 'default'}")
-        from harness.executors import sbatch_options  # submitit's own sbatch script builder
+        from harness.launch.executors import sbatch_options  # submitit's own sbatch script builder
 
         opts = sbatch_options(p, submitit_folder(root), f"cfh-{grid.name}", len(group))
         lines += [f"  #SBATCH {o}" for o in opts]

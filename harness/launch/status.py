@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from core.runfolder import ROW_STATES, last_log_line, read_run_folder
-from harness.runs import read_submission, run_dir
+from harness.launch.runs import read_submission, run_dir
 
 STATES = ROW_STATES  # a row's states, in the order the summary line counts them
 FAILING = ("failed", "damaged")
 ACTIVE = ("pending", "running", "requeued")
-WAITING = ("pending", "requeued")  # job states (harness.executors.job_states) of a queued job
+WAITING = ("pending", "requeued")  # job states (launch.executors.job_states) of a queued job
 RETRYABLE = ("failed", "interrupted", "cancelled", "damaged")  # what `cfh sweep --retry` resubmits
 
 
@@ -62,10 +62,10 @@ class Row:
 def scheduler_states(jobs: Sequence[tuple[str, str, str | None]]) -> dict[str, str]:
     """{job id: job state} for (job id, backend, submitit folder) triples, one query per kind.
 
-    Job states are harness.executors.job_states' words: pending, running, completed, failed,
+    Job states are harness.launch.executors.job_states' words: pending, running, completed, failed,
     cancelled, requeued, unknown.
     """
-    from harness.executors import job_states
+    from harness.launch.executors import job_states
 
     groups: dict[tuple[str, str | None], list[str]] = {}
     for job_id, backend, folder in jobs:

@@ -1,0 +1,1 @@
+"""Running points: submitit executors, job arrays, the point job, run folders, states."""

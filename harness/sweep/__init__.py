@@ -1,0 +1,1 @@
+"""`cfh sweep`, `cfh status`, `cfh cancel`: a grid reconciled with what exists, and watched."""
