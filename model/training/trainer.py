@@ -74,7 +74,7 @@ from model.training.distributed import (
     reduce_max_,
 )
 from model.training.identity import check_run_dir
-from model.training.loggers import TrainLoggers
+from model.training.loggers import TrainLoggers, check_loggers
 from model.training.perf import machine_info, matmul_peak_flops
 from model.training.signals import SIGNAL_EVERY, SignalCatcher
 from model.training.step import Learner, compile_forward, draw_split, make_learner, train_step
@@ -104,6 +104,7 @@ def train(
     """
     if not cfg.run_dir:
         raise UserError("run_dir is required: cfh train run_dir=PATH ...")
+    check_loggers(cfg.train.loggers)  # a missing optional package, before the run folder is touched
     run_dir = Path(str(cfg.run_dir))
     info = init_distributed(float(cfg.train.dist_timeout_s))
     if cfg.train.batch_size % info.world:
@@ -241,10 +242,13 @@ def _train(
 
     window = Window()
     bar = Progress(int(t_cfg.steps), "train", log, unit="step", initial=step, enabled=info.is_main)
-    sinks = TrainLoggers(run_dir, t_cfg.loggers, resume_step=step, enabled=info.is_main)
+    config = OmegaConf.to_container(cfg, resolve=True)  # what config.yaml holds, for wandb
+    sinks = TrainLoggers(
+        run_dir, t_cfg.loggers, resume_step=step, enabled=info.is_main, config=config
+    )
     t_start = time.perf_counter()
     with (
-        contextlib.closing(sinks),
+        sinks,  # closes them; on an exception the wandb run is marked failed
         contextlib.closing(bar),
         contextlib.closing(stream),
     ):

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from core.errors import UserError
 from core.io import read_jsonl
-from harness.config import load_config
+from harness.config.compose import load_config
 from model.training.checkpoint import checkpoint_path, remove_checkpoint
 from model.training.loggers import eval_tag, log_eval_record, tensorboard_dir
 from model.training.trainer import train
@@ -74,7 +74,7 @@ def test_loggers_without_jsonl_are_refused() -> None:
     with pytest.raises(UserError, match="train.loggers.*must hold jsonl"):
         load_config(["train.loggers=[tensorboard]"])
     with pytest.raises(UserError, match="train.loggers"):
-        load_config(["train.loggers=[jsonl,wandb]"])
+        load_config(["train.loggers=[jsonl,mlflow]"])
 
 
 def test_eval_record_metrics_go_to_tensorboard(tmp_path: Path) -> None:
