@@ -1,8 +1,8 @@
-"""Config checks that need no torch, numpy or data: datasets, splits, sizes, extractors.
+"""The datasets' torch-free facts (splits, sizes, geometry) and the data config's checks.
 
-harness.config.schema runs them for every grid point, `cfh status` and `cfh sweep --dry-run`, which
-must not pay for importing torch; the datasets (model/data/sources.py, captions.py) run them
-again when they load. Caption datasets' checks are here too (`check_caption_config`).
+core.config.validate runs them for every config (grid points, `cfh status`, `cfh sweep
+--dry-run`: no torch import); the data loaders (model/data/sources.py, captions.py) read the
+facts and the folders from here. Caption datasets' checks are here too (`check_caption_config`).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import functools
 import json
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from core.choices import CAPTION_DATASETS, DATASETS, TOKENIZERS
+from core.config.sections import DataConfig, EvalConfig, data_config
 from core.errors import DataMissing, UserError
-from model.data.caption_templates import PLAIN_TEMPLATES
 
 SPLITS = {  # "all": every image of the dataset (data.train_split=all; an eval split too)
     "digits": ("train", "test", "all"),
@@ -39,41 +38,32 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 MNIST_RESOLUTIONS = (28, 32)
 ON_DEVICE_DATASETS = ("digits", "mnist", "latents")  # data.on_device=true: held on the device
 REFERENCE_SUBSET_SEED = 0
+MISSING = "???"  # OmegaConf's mark of a required value
+# The plain caption templates of model/data/caption_templates.py (a test checks the count).
+NUM_PLAIN_TEMPLATES = 6
 STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")  # the tuxpaint-stamps-default package
 
 
-# --------------------------------------------------------------------------------------------
-# config access
+def given_root(data_cfg: DataConfig | Any) -> str | None:
+    """data.root, or None where it is not set (null, or `???`: required, not given yet)."""
+    root = data_config(data_cfg).root
+    return None if root is None or root == MISSING else root
 
 
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """`cfg[key]` for a dict or an OmegaConf DictConfig; `default` when absent, null or `???`."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            if key not in cfg or OmegaConf.is_missing(cfg, key):
-                return default
-            value = cfg[key]
-            return default if value is None else value
-    except ImportError:  # omegaconf comes with hydra-core; plain dicts work without it
-        pass
-    value = cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
-    return default if value is None or value == "???" else value
-
-
-def dataset_name(data_cfg: Any) -> str:
+def dataset_name(data_cfg: DataConfig | Any) -> str:
     """The dataset name, validated."""
-    name = cfg_get(data_cfg, "name")
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
+    name = data_cfg.name
     if name not in DATASETS:
         raise UserError(f"unknown data={name!r}; allowed: {', '.join(DATASETS)}")
     return name
 
 
-def data_root(data_cfg: Any) -> Path:
+def data_root(data_cfg: DataConfig | Any) -> Path:
     """data.root as an existing folder (imagefolder, latents)."""
-    name = cfg_get(data_cfg, "name")
-    root = cfg_get(data_cfg, "root")
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
+    name = data_cfg.name
+    root = given_root(data_cfg)
     if root is None:
         raise DataMissing(f"data={name} needs data.root (a folder), e.g. data.root=/path/to/{name}")
     path = Path(str(root)).expanduser()
@@ -84,9 +74,10 @@ def data_root(data_cfg: Any) -> Path:
     return path
 
 
-def train_split(data_cfg: Any) -> str:
+def train_split(data_cfg: DataConfig | Any) -> str:
     """The split a run trains on: data.train_split (train, or all: every image, as the release)."""
-    return str(cfg_get(data_cfg, "train_split", "train"))
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
+    return str(data_cfg.train_split)
 
 
 def check_split(name: str, split: str) -> None:
@@ -96,27 +87,29 @@ def check_split(name: str, split: str) -> None:
         raise UserError(f"eval.split={split!r} does not exist for data={name}; allowed: {allowed}")
 
 
-def expect_choice(data_cfg: Any, key: str, allowed: tuple) -> Any:
+def expect_choice(data_cfg: DataConfig | Any, key: str, allowed: tuple) -> Any:
     """Check data.<key> against the values the dataset supports."""
-    value = cfg_get(data_cfg, key)
+    data_cfg = data_config(data_cfg)
+    value = getattr(data_cfg, key)  # the config room: keys by name are its own business
     if value not in allowed:
         raise UserError(
-            f"data.{key}={value!r} is not supported for data={cfg_get(data_cfg, 'name')}; "
+            f"data.{key}={value!r} is not supported for data={data_cfg.name}; "
             f"allowed: {', '.join(map(str, allowed))}"
         )
     return value
 
 
-def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
+def check_data_config(data_cfg: DataConfig | Any, splits: tuple[str, ...] = ()) -> None:
     """The dataset checks that need no data: geometry, classes, folder layout, splits.
 
-    Run before anything is written or submitted (harness.config.schema.validate_config) and again by
+    Run before anything is written or submitted (core.config.validate) and again by
     build_dataset; UserError names the key, the value and what the dataset allows.
     """
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     name = dataset_name(data_cfg)
     for split in splits:
         check_split(name, split)
-    if cfg_get(data_cfg, "on_device", False) and name not in ON_DEVICE_DATASETS:
+    if data_cfg.on_device and name not in ON_DEVICE_DATASETS:
         raise UserError(
             f"data.on_device=true is not allowed for data={name}; allowed for "
             f"{', '.join(ON_DEVICE_DATASETS)} (one array, gathered per batch)"
@@ -139,7 +132,7 @@ def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
                 f"data.root={str(root)!r} is not an image folder (root/<class>/<img>): "
                 "it has no class folders"
             )
-        num_classes = cfg_get(data_cfg, "num_classes")
+        num_classes = data_cfg.num_classes
         if classes != num_classes:
             raise UserError(
                 f"data.num_classes={num_classes!r} but data.root={str(root)!r} has {classes} "
@@ -149,16 +142,17 @@ def check_data_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
         check_latents(data_cfg)
 
 
-def train_size(data_cfg: Any, enough: int) -> int | None:
+def train_size(data_cfg: DataConfig | Any, enough: int) -> int | None:
     """Items in one epoch of the train split (images; image-caption pairs for the captioned
     twins), or None where only reading the data would tell (stamps, a captions folder, a
     latents folder whose meta.json has no count). An image folder is counted only up to
     `enough` files: a result of `enough` means "at least that many"."""
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     name = dataset_name(data_cfg)
     if name in SPLIT_SIZES:
         return SPLIT_SIZES[name][train_split(data_cfg)]
     if name in CAPTIONED_IMAGES:
-        per_image = cfg_get(data_cfg, "captions_per_image", 2)
+        per_image = data_cfg.captions_per_image
         return SPLIT_SIZES[CAPTIONED_IMAGES[name]]["train"] * int(per_image)
     if name == "imagefolder":
         return _count_images(str(data_root(data_cfg)), int(enough))
@@ -190,23 +184,24 @@ def _class_folders(root: str) -> int:
         return sum(1 for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
-def check_latents(data_cfg: Any) -> dict:
+def check_latents(data_cfg: DataConfig | Any) -> dict:
     """A latents folder against the config: meta.json's geometry, scale, flipped latents."""
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     root = data_root(data_cfg)
     meta = read_latent_meta(root)
-    if cfg_get(data_cfg, "flip", False) and not meta.get("flips"):
+    if data_cfg.flip and not meta.get("flips"):
         raise UserError(
             f"data.flip=true needs the latents of the mirrored images too, and {root} has none "
             "(encoded before cfh encode wrote both flips): re-run cfh encode, or set "
             "data.flip=false"
         )
     for key in ("channels", "resolution", "num_classes"):
-        if cfg_get(data_cfg, key) != meta[key]:
+        if getattr(data_cfg, key) != meta[key]:
             raise UserError(
-                f"data.{key}={cfg_get(data_cfg, key)!r} does not match {root / 'meta.json'} "
+                f"data.{key}={getattr(data_cfg, key)!r} does not match {root / 'meta.json'} "
                 f"({key}={meta[key]}); set data.{key}={meta[key]}"
             )
-    scale = cfg_get(data_cfg, "latent_scale")
+    scale = data_cfg.latent_scale
     if scale is None or not math.isclose(float(scale), meta["scale_factor"], rel_tol=1e-6):
         raise UserError(
             f"data.latent_scale={scale!r} does not match meta.json's scale_factor="
@@ -231,15 +226,16 @@ def read_latent_meta(root: Path) -> dict:
 CLASSLESS_DATASETS = ("stamps", "captions")  # images with captions, no class labels
 
 
-def check_eval_extractor(data: Any, evaluation: Any) -> None:
+def check_eval_extractor(data: DataConfig | Any, evaluation: EvalConfig | Any) -> None:
     """An image evaluation of classless data (stamps, captions folders) needs Inception: the
     classifier extractor is trained on the classes. Checked where an evaluation is planned
     (grid eval points, `cfh evaluate`), not for training alone."""
-    task, extractor = evaluation["task"], evaluation["extractor"]
-    classless = data["name"] in CLASSLESS_DATASETS  # an image folder with 1 class still has one
+    data = data_config(data)
+    task, extractor = evaluation.task, evaluation.extractor
+    classless = data.name in CLASSLESS_DATASETS  # an image folder with 1 class still has one
     if task != "caption" and extractor == "classifier" and classless:
         raise UserError(
-            f"eval.extractor=classifier needs classes and data={data['name']} has none; "
+            f"eval.extractor=classifier needs classes and data={data.name} has none; "
             "use eval.extractor=inception"
         )
 
@@ -248,17 +244,18 @@ def check_eval_extractor(data: Any, evaluation: Any) -> None:
 # caption datasets (model/data/captions.py)
 
 
-def _positive_int(data_cfg: Any, key: str, default: Any = None) -> int:
+def _positive_int(data_cfg: DataConfig | Any, key: str) -> int:
     """data.<key> as a positive integer (UserError naming the value otherwise)."""
-    value = cfg_get(data_cfg, key, default)
+    value = getattr(data_cfg, key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UserError(f"data.{key}={value!r} must be a positive integer")
     return value
 
 
-def check_caption_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
+def check_caption_config(data_cfg: DataConfig | Any, splits: tuple[str, ...] = ()) -> None:
     """The caption-dataset checks that need no images; UserError names the key and the value."""
-    name = cfg_get(data_cfg, "name")
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
+    name = data_cfg.name
     if name not in CAPTION_DATASETS:
         raise UserError(f"unknown data={name!r}; allowed: {', '.join(CAPTION_DATASETS)}")
     if name == "digits_captions":
@@ -272,17 +269,17 @@ def check_caption_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
         _positive_int(data_cfg, "resolution")
         expect_choice(data_cfg, "channels", (3,) if name == "stamps" else (1, 3))
         expect_choice(data_cfg, "num_classes", (1,))
-    res = cfg_get(data_cfg, "resolution")
-    patch = _positive_int(data_cfg, "patch_size", 1)
+    res = data_cfg.resolution
+    patch = _positive_int(data_cfg, "patch_size")
     if res % patch:
         raise UserError(f"data.patch_size={patch} does not divide data.resolution={res}")
-    per_image = _positive_int(data_cfg, "captions_per_image", 2)
-    if name in ("digits_captions", "mnist_captions") and per_image > len(PLAIN_TEMPLATES):
+    per_image = _positive_int(data_cfg, "captions_per_image")
+    if name in ("digits_captions", "mnist_captions") and per_image > NUM_PLAIN_TEMPLATES:
         raise UserError(
-            f"data.captions_per_image={per_image} is more than the {len(PLAIN_TEMPLATES)} "
-            f"templates every image can have for data={name}; allowed: 1..{len(PLAIN_TEMPLATES)}"
+            f"data.captions_per_image={per_image} is more than the {NUM_PLAIN_TEMPLATES} "
+            f"templates every image can have for data={name}; allowed: 1..{NUM_PLAIN_TEMPLATES}"
         )
-    if name != "captions" and cfg_get(data_cfg, "flip", False):
+    if name != "captions" and data_cfg.flip:
         raise UserError(
             f"data.flip=true is not allowed for data={name}: the captions describe the image as "
             "drawn (slant direction, letters, signs), so a mirrored image would not match them"
@@ -297,12 +294,12 @@ def check_caption_config(data_cfg: Any, splits: tuple[str, ...] = ()) -> None:
             check_split(name, split)
 
 
-def _check_text_keys(data_cfg: Any) -> None:
+def _check_text_keys(data_cfg: DataConfig | Any) -> None:
     """data.tokenizer and data.max_text_len, where set."""
-    kind = cfg_get(data_cfg, "tokenizer", "word")
+    kind = data_cfg.tokenizer
     if kind not in TOKENIZERS:
         raise UserError(f"data.tokenizer={kind!r} is not a tokenizer; allowed: {TOKENIZERS}")
-    max_len = cfg_get(data_cfg, "max_text_len", 16)
+    max_len = data_cfg.max_text_len
     if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
         raise UserError(f"data.max_text_len={max_len!r} must be an integer >= 2 (BOS and EOS)")
 
@@ -317,9 +314,10 @@ def stamps_root() -> Path:
     return STAMPS_ROOT
 
 
-def stamps_folder(data_cfg: Any) -> Path:
+def stamps_folder(data_cfg: DataConfig | Any) -> Path:
     """data.root when set (a folder of the package's layout), else the package's folder."""
-    root = cfg_get(data_cfg, "root")
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
+    root = given_root(data_cfg)
     if root is None:
         return stamps_root()
     path = Path(str(root)).expanduser()
@@ -328,9 +326,10 @@ def stamps_folder(data_cfg: Any) -> Path:
     return path
 
 
-def captions_root(data_cfg: Any) -> Path:
+def captions_root(data_cfg: DataConfig | Any) -> Path:
     """data.root of data=captions as an existing folder."""
-    root = cfg_get(data_cfg, "root")
+    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
+    root = given_root(data_cfg)
     if root is None:
         raise UserError(
             "data=captions needs data.root: a folder with captions.jsonl "

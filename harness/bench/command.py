@@ -46,10 +46,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.choices import ATTENTIONS, BENCH_MEASURES
 from core.errors import UserError
 from core.names import check_name
 from harness.config.compose import load_config, print_config_job
-from harness.config.schema import ATTENTIONS, BENCH_MEASURES
 
 MEASURES = BENCH_MEASURES
 BACKENDS = ATTENTIONS

@@ -12,8 +12,8 @@ import logging
 import os
 import sys
 
+from core.config import check_kid_subset, check_train_batch
 from harness.config.compose import load_config, load_train_config, print_config_job, to_yaml
-from harness.config.schema import check_kid_subset, check_train_batch
 
 KEYS = "Config keys and their meaning: experiments/config.yaml (README.md: Config)."
 EPILOGS = {

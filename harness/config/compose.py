@@ -24,9 +24,10 @@ from hydra.errors import HydraException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
+from core.config import validate_config
+from core.config.spec import did_you_mean
 from core.errors import UserError
 from core.keys import flatten
-from harness.config.schema import validate_config
 from harness.config.search import config_dirs, find_config, group_options
 
 CONFIG_GROUPS = ("model", "data", "cluster")
@@ -61,7 +62,8 @@ def _compose_groups(dirs: tuple[Path, ...], choices: tuple[tuple[str, str], ...]
     for group, name in choices:
         options = group_options(group, dirs)
         if name not in options:
-            raise UserError(f"unknown {group}={name!r}; allowed: {', '.join(options)}")
+            hint = did_you_mean(str(name), options)
+            raise UserError(f"unknown {group}={name!r}{hint}; allowed: {', '.join(options)}")
     try:
         cfg = _compose(dirs, overrides)
     except HydraException as e:
@@ -166,7 +168,7 @@ def load_config(overrides: Sequence[str] = (), validate: bool = True) -> DictCon
     """Compose config.yaml with `key=value` overrides; raise UserError if invalid."""
     cfg = resolve_overrides(overrides)
     if validate:
-        validate_config(cfg)
+        validate_config(cfg, group_options("cluster"))
     out = OmegaConf.create(cfg)
     OmegaConf.set_struct(out, True)
     return out
@@ -222,7 +224,7 @@ def load_train_config(overrides: Sequence[str] = ()) -> DictConfig:
     if not run_dir or not (Path(str(run_dir)) / "config.yaml").is_file():
         return load_config(overrides)
     cfg = apply_overrides(stored_config(Path(str(run_dir))), overrides)
-    validate_config(cfg)
+    validate_config(cfg, group_options("cluster"))
     out = OmegaConf.create(cfg)
     OmegaConf.set_struct(out, True)
     return out

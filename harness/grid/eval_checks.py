@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import json
 
+from core.config import check_kid_subset, validate_config
+from core.config.datasets import check_eval_extractor  # torch-free (model.evaluation is not)
 from core.errors import UserError
 from harness.config.compose import default_config, parse_override, set_key
-from harness.config.schema import check_kid_subset, validate_config
+from harness.config.search import group_options
 from harness.config.values import plain_copy
 from harness.grid.points import eval_key
-from model.data.checks import check_eval_extractor  # torch-free (model.evaluation is not)
 
 
 def eval_base_key(cfg: dict) -> str:
@@ -52,9 +53,9 @@ def checked_eval_settings(
     probe["data"], probe["sample"], probe["eval"] = data, sub["sample"], sub["eval"]
     probe["train"]["order_block"] = block
     try:
-        validate_config(probe)
-        check_kid_subset(sub)
-        check_eval_extractor(data, sub["eval"])
+        cfg = validate_config(probe, group_options("cluster"))
+        check_kid_subset(cfg)
+        check_eval_extractor(cfg.data, cfg.eval)
     except UserError as e:
         return None, str(e)
     return sub, point_key(sub)

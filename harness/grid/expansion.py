@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import check_train_batch, num_tokens, validate_config
+from core.config.cluster import world_size
 from core.errors import UserError
 from harness.config.compose import set_key
-from harness.config.profiles import check_cluster, world_size
-from harness.config.schema import ConfigView, check_train_batch, num_tokens, validate_config
+from harness.config.profiles import check_cluster
+from harness.config.search import group_options
 from harness.config.values import dedupe, format_value, get_value, override, resolve_values, show
 from harness.grid.eval_checks import checked_eval_settings, eval_base_key
 from harness.grid.points import EvalPoint, TrainPoint
@@ -224,7 +226,7 @@ class Grid:
         except UserError as e:
             raise self.error(f"point {show(axes)}", str(e)) from None
         if symbols:
-            L = num_tokens(ConfigView(cfg))
+            L = num_tokens(cfg)
             for key in symbols:
                 set_key(cfg, key, L)
             pairs += [(key, L) for key in symbols]
@@ -235,7 +237,7 @@ class Grid:
         """validate_config plus the cluster checks, with the grid file and point in the message."""
         where = f"point {show(axes)}" if axes else "base/resources"
         try:
-            validate_config(cfg)
+            validate_config(cfg, group_options("cluster"))
         except UserError as e:
             raise self.error(where, str(e)) from None
         check_cluster(cfg, lambda msg: self.error(where, msg))
@@ -265,7 +267,7 @@ class Grid:
         """The eval points of one train point (the symbol L resolved for its data)."""
         if self.eval is None:
             return []
-        L = num_tokens(ConfigView(cfg))
+        L = num_tokens(cfg)
         n_include = len(self.eval.include) * math.prod(map(len, self.cli_eval_axes.values()))
         n_product = len(combos) - n_include
         base_key = eval_base_key(cfg)

@@ -63,6 +63,7 @@ from typing import Any
 import yaml
 
 from core.choices import DECIDE_ON
+from core.config.spec import did_you_mean
 from core.errors import UserError
 from core.names import check_name
 from harness.config.compose import (
@@ -126,7 +127,8 @@ def grid_path(name_or_path: str) -> Path:
         known = ", ".join(list_grids()) or "(none)"
         where = ", ".join(str(d / "grids") for d in config_dirs())
         raise UserError(
-            f"unknown grid {text!r}; searched {where}, which hold: {known}. To add one, write "
+            f"unknown grid {text!r}{did_you_mean(text, list_grids())}; searched {where}, which "
+            f"hold: {known}. To add one, write "
             f"grids/{text}.yaml in a folder of your own and pass it with `cfh --config-dir DIR` "
             "(or list it in $CFH_CONFIG_DIR)"
         )

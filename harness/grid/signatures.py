@@ -13,11 +13,11 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from core.config.cluster import world_size
 from core.hashing import json_hash
 from core.keys import CONDITIONAL_KEYS, flatten
 from core.names import SIGNATURE_LEN
 from harness.config.compose import default_config
-from harness.config.profiles import world_size
 from harness.config.search import config_dirs
 
 # Keys (and key prefixes) that decide how or where a run executes, not what it learns.

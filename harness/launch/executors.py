@@ -27,8 +27,8 @@ from typing import Any
 
 import submitit
 
+from core.config.cluster import BACKENDS, MAX_ARRAY_SIZE, ClusterProfile, validate_profile
 from core.errors import UserError
-from harness.config.profiles import BACKENDS, MAX_ARRAY_SIZE, ClusterProfile, validate_profile
 from harness.launch.local_pool import PooledLocalExecutor
 
 # SLURM job states (squeue %T / sacct State, first word) -> cfh states (core.records.STATUS_STATES).

@@ -29,10 +29,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.config import validate_config
 from core.io import now_iso, read_status, record_failure, run_lock, update_status
 from core.progress import run_log
 from harness.config.compose import parse_override, set_key, stored_config
-from harness.config.schema import validate_config
+from harness.config.search import group_options
 from harness.launch.runs import read_point
 from model.training.distributed import barrier, dist_info, init_distributed
 
@@ -64,7 +65,7 @@ def load_run_config(rdir: Path) -> dict:
     """
     cfg = stored_config(rdir)
     cfg["run_dir"] = str(rdir)
-    validate_config(cfg)
+    validate_config(cfg, group_options("cluster"))
     return cfg
 
 

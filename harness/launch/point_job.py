@@ -38,8 +38,8 @@ from typing import Any
 import submitit
 from submitit.core.utils import DelayedSubmission, UncompletedJobError, temporary_save_path
 
+from core.config.cluster import validate_profile
 from core.io import update_status
-from harness.config.profiles import validate_profile
 
 _PREEMPTION = threading.Event()
 _SEEN: list[int] = []  # warning signals received by this process, in order

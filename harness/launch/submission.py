@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.config.cluster import MAX_ARRAY_SIZE, validate_profile
 from core.io import now_iso
-from harness.config.profiles import MAX_ARRAY_SIZE, validate_profile
 from harness.grid.expansion import Grid
 from harness.grid.points import TrainPoint, points_text
 from harness.launch import runs

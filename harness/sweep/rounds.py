@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.config import num_tokens
 from core.errors import UserError
 from core.io import atomic_write_json, now_iso
 from core.runfolder import decide_path, read_json
-from harness.config.schema import ConfigView, num_tokens
 from harness.grid.expansion import Grid, config_matches
 from harness.grid.points import TrainPoint
 
@@ -185,7 +185,7 @@ def _holds(where: dict, cfg: dict, key: str, value: Any) -> bool:
     if key in ("model", "data"):
         key = f"{key}.name"
     if key in TOKEN_KEYS and value == "L":
-        value = num_tokens(ConfigView(cfg))
+        value = num_tokens(cfg)
     if key == "sample.order" and value == "train":
         value = cfg["train"]["order"]
     return config_matches(where, key, value)

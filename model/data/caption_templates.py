@@ -1,6 +1,6 @@
 """The caption templates of digits_captions and mnist_captions, and the digit words.
 
-Plain text, no torch or numpy: the torch-free config checks (model/data/checks.py) count the
+Plain text, no torch or numpy: the torch-free config checks (core/config/datasets.py) count the
 templates, the captions (model/data/digit_captions.py) fill them in, and the caption metrics
 (model/evaluation/caption_metrics.py) read the digit words back.
 """

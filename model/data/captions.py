@@ -52,10 +52,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.config.datasets import SPLITS, captions_root, check_caption_config, stamps_folder
+from core.config.sections import data_config
 from core.errors import UserError
 from core.io import atomic_write_text
 from model.data.arrays import center_crop_arr, digits_arrays, digits_split_indices, mnist_arrays
-from model.data.checks import SPLITS, captions_root, cfg_get, check_caption_config, stamps_folder
 from model.data.digit_captions import (
     digit_captions,
     digits_thresholds,
@@ -97,14 +98,14 @@ class CaptionData:
 def load_caption_data(data_cfg: Any, split: str = "train") -> CaptionData:
     """The images and captions of one split of the caption dataset `data_cfg` names."""
     check_caption_config(data_cfg, (split,))
-    name = cfg_get(data_cfg, "name")
-    per_image = cfg_get(data_cfg, "captions_per_image", 2)
+    name = data_config(data_cfg).name
+    per_image = data_config(data_cfg).captions_per_image
     if name == "digits_captions":
         return _digits_captions(split, per_image)
     if name == "mnist_captions":
-        return _mnist_captions(split, cfg_get(data_cfg, "resolution"), per_image)
+        return _mnist_captions(split, data_config(data_cfg).resolution, per_image)
     if name == "stamps":
-        cached = _stamps(stamps_folder(data_cfg), cfg_get(data_cfg, "resolution"))[split]
+        cached = _stamps(stamps_folder(data_cfg), data_config(data_cfg).resolution)[split]
         return CaptionData(  # a copy: callers may change what they get
             cached.images.clone(), cached.labels.clone(), [list(c) for c in cached.captions],
             list(cached.names),
@@ -112,8 +113,8 @@ def load_caption_data(data_cfg: Any, split: str = "train") -> CaptionData:
     return _jsonl_split(
         captions_root(data_cfg),
         split,
-        cfg_get(data_cfg, "resolution"),
-        cfg_get(data_cfg, "channels"),
+        data_config(data_cfg).resolution,
+        data_config(data_cfg).channels,
     )
 
 

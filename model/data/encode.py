@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from core.config.datasets import read_latent_meta
+from core.config.sections import data_config
 from core.errors import UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso
 from core.progress import Progress
-from model.data.checks import cfg_get, read_latent_meta
 from model.data.sources import build_dataset
 from model.method.noise import SampleNoise
 
@@ -129,7 +130,7 @@ def encode_dataset(
     """
     if posterior not in POSTERIORS:
         raise UserError(f"--posterior {posterior!r} is not allowed; choose one of {POSTERIORS}")
-    name = cfg_get(data_cfg, "name")
+    name = data_config(data_cfg).name
     if name not in IMAGE_SOURCES:
         raise UserError(f"cfh encode reads images: data={name!r}; allowed: {IMAGE_SOURCES}")
     if dtype not in DTYPES:
@@ -199,7 +200,7 @@ def encode_dataset(
         "scale_factor": scale,
         "channels": int(shape[1]),
         "resolution": int(shape[2]),
-        "num_classes": int(cfg_get(data_cfg, "num_classes")),
+        "num_classes": int(data_config(data_cfg).num_classes),
         "count": int(shape[0]),
         "dtype": dtype,
         "posterior": posterior,
@@ -240,7 +241,7 @@ def decode_latents(
 
     The VAE is `vae` when given, else the one meta.json names.
     """
-    root = Path(str(cfg_get(data_cfg, "root"))).expanduser()
+    root = Path(str(data_config(data_cfg).root)).expanduser()
     meta = read_latent_meta(root)
     if vae is None:
         path = Path(meta["vae"]["path"])

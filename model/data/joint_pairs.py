@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from core.config.datasets import CAPTION_DATASETS, CAPTIONED_IMAGES
+from core.config.sections import data_config
 from core.errors import UserError
 from model.data.captions import CaptionData, load_caption_data
-from model.data.checks import CAPTION_DATASETS, CAPTIONED_IMAGES, cfg_get
 from model.data.sources import to_float
 from model.data.tokenizers import (
     Tokenizer,
@@ -31,12 +32,12 @@ DIGIT_CAPTION_DATASETS = tuple(CAPTIONED_IMAGES)  # digits_captions, mnist_capti
 
 def is_caption_data(data_cfg: Any) -> bool:
     """Whether `data_cfg` names a dataset of images with captions (a joint run)."""
-    return cfg_get(data_cfg, "name") in CAPTION_DATASETS
+    return data_config(data_cfg).name in CAPTION_DATASETS
 
 
 def max_text_len(data_cfg: Any) -> int:
     """Text positions of the model (BOS and EOS included): data.max_text_len."""
-    return int(cfg_get(data_cfg, "max_text_len", 16))
+    return int(data_config(data_cfg).max_text_len)
 
 
 def run_tokenizer(data_cfg: Any, run_dir: Path, write: bool) -> Tokenizer:
@@ -45,7 +46,7 @@ def run_tokenizer(data_cfg: Any, run_dir: Path, write: bool) -> Tokenizer:
     if path.exists():
         return load_tokenizer(path)
     captions = [c for caps in load_caption_data(data_cfg, "train").captions for c in caps]
-    tok = build_tokenizer(str(cfg_get(data_cfg, "tokenizer", "word")), captions)
+    tok = build_tokenizer(str(data_config(data_cfg).tokenizer), captions)
     if write:
         save_tokenizer(tok, path)
     return tok

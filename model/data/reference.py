@@ -14,16 +14,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import UserError
-from model.data.checks import (
+from core.config.datasets import (
     CAPTIONED_IMAGES,
     REFERENCE_SUBSET_SEED,
-    cfg_get,
     check_split,
     data_root,
     dataset_name,
     read_latent_meta,
 )
+from core.config.sections import data_config
+from core.errors import UserError
 from model.data.sources import ImageTensorDataset, build_dataset
 
 
@@ -52,9 +52,8 @@ def image_source_cfg(data_cfg: Any) -> Any:
     captions: the digits or MNIST images they describe)."""
     name = dataset_name(data_cfg)
     if name in CAPTIONED_IMAGES:
-        keep = ("resolution", "channels", "num_classes", "patch_size")
         return {"name": CAPTIONED_IMAGES[name], "root": None, "flip": False, "latent_scale": 1.0,
-                **{k: cfg_get(data_cfg, k) for k in keep}}  # fmt: skip
+                **_geometry(data_cfg)}  # fmt: skip
     if name != "latents":
         return data_cfg
     meta = read_latent_meta(data_root(data_cfg))
@@ -104,11 +103,18 @@ def reference_images(
     return images, labels
 
 
+def _geometry(data_cfg: Any) -> dict:
+    """The image geometry keys of a data config, as a plain dict."""
+    d = data_config(data_cfg)
+    return {"resolution": d.resolution, "channels": d.channels, "num_classes": d.num_classes,
+            "patch_size": d.patch_size}  # fmt: skip
+
+
 def dataset_key(data_cfg: Any) -> str:
     """A short name for the image data behind `data_cfg`, usable in file names (cache keys)."""
     source = image_source_cfg(data_cfg)
     name = dataset_name(source)
-    key = f"{name}{cfg_get(source, 'resolution')}c{cfg_get(source, 'channels')}"
+    key = f"{name}{data_config(source).resolution}c{data_config(source).channels}"
     if name == "imagefolder":
         root = str(data_root(source).resolve())
         key += "-" + hashlib.sha256(root.encode()).hexdigest()[:10]

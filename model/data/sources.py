@@ -15,7 +15,7 @@ Flips: a dataset mirrors the rows the batch stream asks for (model/data/stream.p
 `data.on_device=true` (digits, mnist, latents): `on_device` holds the whole dataset on the
 training device and gathers batches there (ImageNet-256 KL-16 latents: about 10.5 GB in float16,
 21 GB with flips); the batches are bitwise those of the host copy.
-FID reference images: model/data/reference.py. Config checks without torch: model/data/checks.py.
+FID reference images: model/data/reference.py. Config checks without torch: core/config/datasets.py.
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from core.errors import UserError
-from model.data.arrays import center_crop_arr, digits_arrays, digits_split_indices, mnist_arrays
-from model.data.captions import load_caption_data
-from model.data.checks import (
+from core.config.datasets import (
     CAPTION_DATASETS,
     MNIST_RESOLUTIONS,
-    cfg_get,
     check_latents,
     check_split,
     data_root,
     dataset_name,
     expect_choice,
 )
+from core.config.sections import data_config
+from core.errors import UserError
+from model.data.arrays import center_crop_arr, digits_arrays, digits_split_indices, mnist_arrays
+from model.data.captions import load_caption_data
 
 # --------------------------------------------------------------------------------------------
 # datasets
@@ -256,7 +256,7 @@ def _imagefolder(data_cfg: Any, flip: bool) -> ImageFolderDataset:
     """An ImageNet-style folder, center-cropped."""
     root = data_root(data_cfg)
     channels = expect_choice(data_cfg, "channels", (1, 3))
-    res = cfg_get(data_cfg, "resolution")
+    res = data_config(data_cfg).resolution
     if not isinstance(res, int) or res < 1:
         raise UserError(f"data.resolution={res!r} must be a positive integer")
     try:
@@ -265,7 +265,7 @@ def _imagefolder(data_cfg: Any, flip: bool) -> ImageFolderDataset:
         raise UserError(
             f"data.root={str(root)!r} is not an image folder (root/<class>/<img>): {e}"
         ) from None
-    num_classes = cfg_get(data_cfg, "num_classes")
+    num_classes = data_config(data_cfg).num_classes
     if len(ds.classes) != num_classes:
         raise UserError(
             f"data.num_classes={num_classes!r} but data.root={str(root)!r} has "
@@ -294,7 +294,7 @@ def build_dataset(data_cfg: Any, split: str = "train") -> Dataset:
     """
     name = dataset_name(data_cfg)
     check_split(name, split)
-    flip = bool(cfg_get(data_cfg, "flip", False)) and split == "train"
+    flip = bool(data_config(data_cfg).flip) and split == "train"
     if name == "digits":
         return _digits(data_cfg, split, flip)
     if name == "mnist":

@@ -39,10 +39,10 @@ from torch.utils.data import Dataset
 
 from core.cache import cache_root
 from core.choices import EXTRACTORS
+from core.config.sections import data_config
 from core.errors import UserError
 from core.io import atomic_torch_save
 from core.keys import flatten
-from model.data.checks import cfg_get
 from model.data.reference import dataset_key, image_source_cfg
 from model.data.sources import build_dataset
 
@@ -189,14 +189,14 @@ class SmallConvNet(nn.Module):
 
 def classifier_recipe(data_cfg: Any) -> dict:
     """How the classifier for this dataset is trained (part of its cache key)."""
-    res = int(cfg_get(data_cfg, "resolution"))
+    res = int(data_config(data_cfg).resolution)
     big = res > 16
     return {
         "version": 1,
         "arch": {
-            "in_channels": int(cfg_get(data_cfg, "channels")),
+            "in_channels": int(data_config(data_cfg).channels),
             "resolution": res,
-            "num_classes": int(cfg_get(data_cfg, "num_classes")),
+            "num_classes": int(data_config(data_cfg).num_classes),
             "width": 16 if big else 32,
         },
         "epochs": 2 if big else 30,
@@ -210,7 +210,7 @@ def classifier_recipe(data_cfg: Any) -> dict:
 
 def _classifier_data(data_cfg: Any) -> tuple[Dataset, Dataset | None, torch.Tensor, torch.Tensor]:
     """(train dataset, test dataset, train indices, test indices) for the classifier."""
-    name = cfg_get(data_cfg, "name")
+    name = data_config(data_cfg).name
     if name not in CLASSIFIER_DATASETS:
         raise UserError(
             f"eval.extractor=classifier cannot be trained on data={name}; allowed: "

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from core.config.datasets import train_split
 from core.errors import UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso, owner_lock, read_status
-from model.data.checks import train_split
 from model.data.joint_pairs import is_caption_data, saved_tokenizer
 from model.data.tokenizers import encode_batch
 from model.evaluation.extractors import classifier_recipe, extractor_weights

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
+from core.config.sections import data_config
 from core.errors import UserError
 from model.data.captions import load_caption_data
-from model.data.checks import cfg_get
 from model.data.joint_pairs import DIGIT_CAPTION_DATASETS
 from model.evaluation.caption_metrics import caption_digit
 
@@ -28,7 +28,7 @@ def split_prompts(data_cfg: Any, split: str, num: int) -> tuple[list[str], torch
 
 def prompt_labels(prompts: list[str], data_cfg: Any) -> torch.Tensor:
     """The digit a prompt names (digit datasets; -1 where none or another dataset)."""
-    if cfg_get(data_cfg, "name") not in DIGIT_CAPTION_DATASETS:
+    if data_config(data_cfg).name not in DIGIT_CAPTION_DATASETS:
         return torch.full((len(prompts),), -1, dtype=torch.long)
     digits = [caption_digit(p) for p in prompts]
     return torch.tensor([-1 if d is None else d for d in digits], dtype=torch.long)
@@ -36,7 +36,7 @@ def prompt_labels(prompts: list[str], data_cfg: Any) -> torch.Tensor:
 
 def read_prompts(sample_cfg: Any, num: int) -> list[str] | None:
     """sample.prompt (one for all) or sample.prompts (a file, one per line, cycled); else None."""
-    prompt, path = cfg_get(sample_cfg, "prompt"), cfg_get(sample_cfg, "prompts")
+    prompt, path = sample_cfg.prompt, sample_cfg.prompts
     if prompt is not None and path is not None:
         raise UserError("set sample.prompt or sample.prompts, not both")
     if prompt is not None:

@@ -16,9 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.choices import EDIT_TASKS
+from core.config.datasets import check_eval_extractor
 from core.io import atomic_write_json, now_iso, owner_lock
 from core.progress import run_log
-from model.data.checks import check_eval_extractor
 from model.evaluation.inference import DRAWS, Draw, draw_samples, eval_settings
 from model.evaluation.metrics import compute_metrics
 from model.evaluation.run_io import (

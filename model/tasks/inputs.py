@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from core.config.datasets import read_latent_meta
 from core.errors import UserError
 from model.data.arrays import center_crop_arr
-from model.data.checks import read_latent_meta
 from model.data.encode import load_vae
 from model.data.reference import image_source_cfg
 from model.data.sources import build_dataset

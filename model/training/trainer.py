@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from core.config.datasets import train_split
 from core.errors import UserError
 from core.io import (
     RUN_LOCK,
@@ -47,7 +48,6 @@ from core.io import (
 from core.progress import Progress, run_log
 from core.provenance import code_version
 from model.data.captions import load_caption_data
-from model.data.checks import train_split
 from model.data.joint_pairs import CaptionPairs, is_caption_data, max_text_len, run_tokenizer
 from model.data.sources import build_dataset, on_device
 from model.data.stream import BatchStream

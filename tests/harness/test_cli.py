@@ -254,8 +254,8 @@ def test_local_dry_run_resources(tmp_path, capsys):
     ],
 )
 def test_slurm_additional_parameters_validation(value, message):
+    from core.config.cluster import validate_profile
     from core.errors import UserError
-    from harness.config.profiles import validate_profile
 
     profile = {"name": "slurm", "backend": "slurm", "slurm_additional_parameters": value}
     with pytest.raises(UserError, match=message):
@@ -263,8 +263,8 @@ def test_slurm_additional_parameters_validation(value, message):
 
 
 def test_slurm_additional_parameters_reach_submitit(tmp_path):
+    from core.config.cluster import validate_profile
     from core.errors import UserError
-    from harness.config.profiles import validate_profile
     from harness.launch.executors import slurm_parameters
 
     extra = {"gres": "gpu:a100:1", "nodelist": "n1", "mail_type": "END"}

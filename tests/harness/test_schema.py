@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from core.config.sections import OPEN_SECTIONS as SCHEMA_SECTIONS
+from core.config.sections import SCHEMA
 from core.keys import flatten
 from harness.cli.main import main
 from harness.config.compose import parse_override, resolve_overrides
-from harness.config.schema import SCHEMA, SCHEMA_SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,8 +92,9 @@ def refused(*argv: str) -> tuple[int, str]:
 
 def bad_inputs() -> list[tuple[str, str, str]]:
     """(key, override text, 'type' | 'range') for every refused candidate of every key."""
+    from core.config import validate_config
     from core.errors import UserError
-    from harness.config.schema import validate_config
+    from harness.config.search import group_options
 
     cases = []
     for key, default in all_keys().items():
@@ -108,7 +110,7 @@ def bad_inputs() -> list[tuple[str, str, str]]:
                 node = node[part]
             node[leaf] = value
             try:
-                validate_config(cfg)
+                validate_config(cfg, group_options("cluster"))
             except UserError:
                 if default is None:  # a nullable key: its type is the schema's, not the default's
                     kind = "null-default"
@@ -194,8 +196,8 @@ def test_split_sizes_are_the_arrays_sizes():
     import gzip
     import pickle
 
+    from core.config.datasets import SPLIT_SIZES
     from model.data.arrays import digits_split_indices, mnist_path
-    from model.data.checks import SPLIT_SIZES
 
     digits = {split: len(idx) for split, idx in digits_split_indices().items()}
     assert SPLIT_SIZES["digits"] == digits
@@ -255,7 +257,7 @@ def test_plans_that_cannot_run_are_refused_before_torch_and_write_nothing(tmp_pa
 
 
 def test_the_same_value_twice_and_a_caption_evaluation_pass():
-    from harness.config.schema import check_kid_subset
+    from core.config import check_kid_subset
 
     assert refused("train", "train.steps=3", "train.steps=3", "--cfg", "job")[0] == 0
     assert refused("train", "train.lr=1e-4", "train.lr=0.0001", "--cfg", "job")[0] == 0
@@ -264,8 +266,8 @@ def test_the_same_value_twice_and_a_caption_evaluation_pass():
 
 
 def test_an_image_folder_and_latents_are_counted_up_to_the_batch(tmp_path):
+    from core.config import check_train_batch
     from core.errors import UserError
-    from harness.config.schema import check_train_batch
 
     folder = tmp_path / "images"
     for i in range(5):
@@ -294,8 +296,8 @@ def test_an_image_folder_and_latents_are_counted_up_to_the_batch(tmp_path):
 
 
 def test_the_whole_set_is_the_limit_when_training_on_all_of_it():
+    from core.config import check_train_batch
     from core.errors import UserError
-    from harness.config.schema import check_train_batch
 
     cfg = resolve_overrides(["data.train_split=all", "train.batch_size=1797"])
     check_train_batch(cfg)  # 1,797 digits in all, 1,437 in the train split

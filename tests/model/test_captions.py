@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import datasets as mchecks
+from core.config.datasets import CAPTION_DATASETS, check_caption_config, stamps_root
 from core.errors import UserError
-from model.data import checks as mchecks
 from model.data import digit_captions as mdc
 from model.data.arrays import digits_arrays
 from model.data.captions import CaptionData, load_caption_data, write_captions_jsonl
-from model.data.checks import CAPTION_DATASETS, check_caption_config, stamps_root
 from model.data.sources import build_dataset
 from model.data.tokenizers import split_words
 

@@ -6,9 +6,9 @@ import copy
 import pytest
 import torch
 
+from core.config.datasets import SPLIT_SIZES, train_size
 from harness.config.compose import load_config
 from model.data.arrays import digits_split_indices
-from model.data.checks import SPLIT_SIZES, train_size
 from model.data.sources import build_dataset
 from model.evaluation.inference import eval_settings
 from model.training.build import ema_decay, model_from_config

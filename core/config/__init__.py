@@ -1,0 +1,22 @@
+"""A run's config, typed: the dataclass tree (sections), its schema, its one validation."""
+
+from core.config.sections import SCHEMA, RunConfig, data_config, from_dict
+from core.config.validate import (
+    check_kid_subset,
+    check_train_batch,
+    num_tokens,
+    typed,
+    validate_config,
+)
+
+__all__ = [
+    "SCHEMA",
+    "RunConfig",
+    "check_kid_subset",
+    "check_train_batch",
+    "data_config",
+    "from_dict",
+    "num_tokens",
+    "typed",
+    "validate_config",
+]
