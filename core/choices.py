@@ -1,6 +1,6 @@
 """The vocabulary of config choices: the values each choice key accepts, one home per list.
 
-Torch-free, so that harness.config.schema validates a config (and `cfh status`, `cfh sweep
+Torch-free, so that core.config validates a config (and `cfh status`, `cfh sweep
 --dry-run`
 run) without importing torch. The model/ modules that give each value its meaning import their
 list from here; the comment on each line names that module and the config key.

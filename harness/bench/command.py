@@ -212,7 +212,7 @@ def run_bench(
     from model.training.distributed import DistInfo
     from model.training.perf import machine_info, matmul_peak_flops
 
-    device = pick_device(cfg, DistInfo())  # cfg passed harness.config.schema.validate_config
+    device = pick_device(cfg, DistInfo())  # cfg passed core.config.validate_config
     if device.type == "cuda" and cfg.bench.clock == "cpu":
         raise UserError("bench.clock=cpu is for CPU runs; GPU work is timed on the wall clock")
     bench = cfg.bench

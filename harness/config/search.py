@@ -4,7 +4,7 @@ The shipped configs are experiments/ of the checkout (config.yaml, model/, data/
 grids/; package data of the wheel). User dirs (`cfh --config-dir DIR` or $CFH_CONFIG_DIR,
 os.pathsep-separated) have the same layout and come first: a user file wins over a shipped one
 with the same name, and their grids and profiles are listed beside the shipped ones. Both
-harness.config.compose (composition) and harness.config.schema (cluster profile names) read
+harness.config.compose (composition, and the cluster profile names validation checks) read
 this module.
 """
 

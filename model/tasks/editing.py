@@ -161,7 +161,7 @@ def _run_config(cfg: DictConfig) -> DictConfig:
 def check_edit_config(cfg: DictConfig) -> EditSpec:
     """The edit.* keys against the run (read from run_dir/config.yaml); UserError.
 
-    Types and ranges were checked with the rest of the config (harness.config.schema); what depends
+    Types and ranges were checked with the rest of the config (core.config.validate); what depends
     on the run (its classes, its token grid) is checked here.
     """
     e = cfg.edit
