@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from core.config import RunConfig, typed
 from core.config.cluster import BACKENDS, validate_profile, world_size
 from core.errors import UserError
 from harness.config.search import config_dirs, find_config, group_options
@@ -31,14 +32,15 @@ def _load_profile(path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
 
 
-def check_cluster(cfg: dict, error: Any) -> None:
+def check_cluster(cfg: RunConfig | dict, error: Any) -> None:
     """Resource sanity: known backend, a valid profile, no GPUs on a CPU profile, and a global
     batch that splits evenly over the point's ranks."""
-    cluster_json = json.dumps(cfg["cluster"], sort_keys=True)
-    problem = _cluster_problem(cluster_json, cfg["train"]["device"], config_dirs())
+    run = typed(cfg)
+    cluster_json = json.dumps(run.cluster, sort_keys=True)
+    problem = _cluster_problem(cluster_json, run.train.device, config_dirs())
     if problem:
         raise error(problem)
-    ranks, batch = world_size(cfg["cluster"]), cfg["train"]["batch_size"]
+    ranks, batch = world_size(run.cluster), run.train.batch_size
     if batch % ranks:
         raise error(
             f"train.batch_size={batch} does not split over the point's {ranks} ranks "

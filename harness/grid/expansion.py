@@ -237,12 +237,12 @@ class Grid:
         """validate_config plus the cluster checks, with the grid file and point in the message."""
         where = f"point {show(axes)}" if axes else "base/resources"
         try:
-            validate_config(cfg, group_options("cluster"))
+            run = validate_config(cfg, group_options("cluster"))
         except UserError as e:
             raise self.error(where, str(e)) from None
-        check_cluster(cfg, lambda msg: self.error(where, msg))
+        check_cluster(run, lambda msg: self.error(where, msg))
         try:
-            check_train_batch(cfg, world_size(cfg["cluster"]))
+            check_train_batch(run, world_size(run.cluster))
         except UserError as e:
             raise self.error(where, str(e)) from None
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.config import validate_config
+from core.config import typed, validate_config
 from core.io import now_iso, read_status, record_failure, run_lock, update_status
 from core.progress import run_log
 from harness.config.compose import parse_override, set_key, stored_config
@@ -136,14 +136,15 @@ def _run_point(rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None) -> 
     phase = "train"
     try:
         cfg = load_run_config(rdir)
-        init_distributed(float(cfg["train"]["dist_timeout_s"]))
+        run = typed(cfg)
+        init_distributed(float(run.train.dist_timeout_s))
         barrier(info)  # no rank starts (or fails) before rank 0 has reset the status
-        if cfg.get("bench", {}).get("enabled"):  # a bench point measures instead of training
+        if run.bench.enabled:  # a bench point measures instead of training
             from harness.bench.command import run_bench_point
 
             phase = "bench"
             return run_bench_point(rdir, cfg, main, threads=slurm_cpus())
-        steps = int(cfg["train"]["steps"])
+        steps = int(run.train.steps)
         # Every rank sees the same checkpoint folder, so all ranks skip (or train) together.
         if not _final_checkpoint_exists(rdir, steps):
             (train_fn or _default_train)(to_dictconfig(cfg))
@@ -177,7 +178,7 @@ def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -
     point = read_point(rdir)  # re-read: a sweep may have added eval points while we trained
     evals = read_status(rdir).get("evals")
     evals = dict(evals) if isinstance(evals, dict) else {}
-    steps = int(cfg["train"]["steps"])
+    steps = int(typed(cfg).train.steps)
     for e in point.get("evals", []):
         key = e.get("key")
         rec = evals.get(key)
