@@ -297,10 +297,6 @@ class RunConfig:
         """The plain nested dict this config was built from (config.yaml, signatures)."""
         return _to_dict(self)
 
-    def replace(self, **sections: Any) -> RunConfig:
-        """A copy with whole sections or top-level keys replaced."""
-        return dataclasses.replace(self, **sections)
-
 
 # ---------------------------------------------------------------- the schema, read from above
 

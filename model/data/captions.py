@@ -98,23 +98,23 @@ class CaptionData:
 def load_caption_data(data_cfg: Any, split: str = "train") -> CaptionData:
     """The images and captions of one split of the caption dataset `data_cfg` names."""
     check_caption_config(data_cfg, (split,))
-    name = data_config(data_cfg).name
-    per_image = data_config(data_cfg).captions_per_image
+    d = data_config(data_cfg)
+    name, per_image = d.name, d.captions_per_image
     if name == "digits_captions":
         return _digits_captions(split, per_image)
     if name == "mnist_captions":
-        return _mnist_captions(split, data_config(data_cfg).resolution, per_image)
+        return _mnist_captions(split, d.resolution, per_image)
     if name == "stamps":
-        cached = _stamps(stamps_folder(data_cfg), data_config(data_cfg).resolution)[split]
+        cached = _stamps(stamps_folder(d), d.resolution)[split]
         return CaptionData(  # a copy: callers may change what they get
             cached.images.clone(), cached.labels.clone(), [list(c) for c in cached.captions],
             list(cached.names),
         )  # fmt: skip
     return _jsonl_split(
-        captions_root(data_cfg),
+        captions_root(d),
         split,
-        data_config(data_cfg).resolution,
-        data_config(data_cfg).channels,
+        d.resolution,
+        d.channels,
     )
 
 

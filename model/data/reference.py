@@ -112,9 +112,9 @@ def _geometry(data_cfg: Any) -> dict:
 
 def dataset_key(data_cfg: Any) -> str:
     """A short name for the image data behind `data_cfg`, usable in file names (cache keys)."""
-    source = image_source_cfg(data_cfg)
+    source = data_config(image_source_cfg(data_cfg))
     name = dataset_name(source)
-    key = f"{name}{data_config(source).resolution}c{data_config(source).channels}"
+    key = f"{name}{source.resolution}c{source.channels}"
     if name == "imagefolder":
         root = str(data_root(source).resolve())
         key += "-" + hashlib.sha256(root.encode()).hexdigest()[:10]

@@ -256,7 +256,8 @@ def _imagefolder(data_cfg: Any, flip: bool) -> ImageFolderDataset:
     """An ImageNet-style folder, center-cropped."""
     root = data_root(data_cfg)
     channels = expect_choice(data_cfg, "channels", (1, 3))
-    res = data_config(data_cfg).resolution
+    d = data_config(data_cfg)
+    res = d.resolution
     if not isinstance(res, int) or res < 1:
         raise UserError(f"data.resolution={res!r} must be a positive integer")
     try:
@@ -265,7 +266,7 @@ def _imagefolder(data_cfg: Any, flip: bool) -> ImageFolderDataset:
         raise UserError(
             f"data.root={str(root)!r} is not an image folder (root/<class>/<img>): {e}"
         ) from None
-    num_classes = data_config(data_cfg).num_classes
+    num_classes = d.num_classes
     if len(ds.classes) != num_classes:
         raise UserError(
             f"data.num_classes={num_classes!r} but data.root={str(root)!r} has "

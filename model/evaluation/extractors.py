@@ -189,14 +189,15 @@ class SmallConvNet(nn.Module):
 
 def classifier_recipe(data_cfg: Any) -> dict:
     """How the classifier for this dataset is trained (part of its cache key)."""
-    res = int(data_config(data_cfg).resolution)
+    d = data_config(data_cfg)
+    res = int(d.resolution)
     big = res > 16
     return {
         "version": 1,
         "arch": {
-            "in_channels": int(data_config(data_cfg).channels),
+            "in_channels": int(d.channels),
             "resolution": res,
-            "num_classes": int(data_config(data_cfg).num_classes),
+            "num_classes": int(d.num_classes),
             "width": 16 if big else 32,
         },
         "epochs": 2 if big else 30,
