@@ -125,9 +125,9 @@ def _slurmctld_pid() -> str:
     return pids[-1] if pids else ""
 
 
-def _run_script(action: str) -> _subprocess.CompletedProcess:
+def _run_script(action: str, *args: str) -> _subprocess.CompletedProcess:
     return _subprocess.run(
-        ["bash", str(SLURM_SCRIPT), action], capture_output=True, text=True, timeout=600
+        ["bash", str(SLURM_SCRIPT), action, *args], capture_output=True, text=True, timeout=600
     )
 
 
@@ -175,6 +175,7 @@ def slurm_cluster():
 SLURM_MODULES = (
     "tests/faults/test_concurrent_sweeps.py",
     "tests/harness/test_executors.py",
+    "tests/harness/test_slurm_multinode.py",
     "tests/harness/test_sweep_slurm.py",
 )
 if _os.environ.get("PYTEST_XDIST_WORKER"):
@@ -191,6 +192,118 @@ def pytest_xdist_make_scheduler(config, log):
             return "slurm" if module in SLURM_MODULES else module
 
     return ByModule(config, log)
+
+
+# ---------------------------------------------------------------- two nodes (slurm_two_nodes)
+# The same local cluster reconfigured to two nodes (`scripts/slurm-local.sh start --nodes 2`):
+# slurmd cfh-node1 and cfh-node2, each in its own network namespace with its own hostname and
+# address on a bridge. Tests that use it carry @pytest.mark.multinode. Module-scoped: at the end
+# of the module the cluster goes back to what it was (a cluster that was up is started again with
+# its node count, and still counts as this session's when it was; one that was not up is
+# stopped), so the `slurm` modules after it find the one-node cluster. The module holds the lease
+# lock throughout, so no other test session starts, stops or reconfigures the cluster meanwhile;
+# where another session holds a lease, or namespaces cannot be made (script exit 3: not root,
+# `ip netns add` fails), the tests skip with the reason; other start failures are _unavailable.
+# Node names and addresses: SlurmNodes below, read from $CFH_SLURM_STATE/cluster.env.
+
+
+@_dataclass
+class SlurmNodes:
+    """The multi-node cluster: node names and addresses in node order (first = rendezvous)."""
+
+    names: list[str]
+    addrs: list[str]
+    ctld_addr: str
+    subnet: str
+    partition: str = "debug"
+    start_s: float = 0.0
+    start_log: str = ""
+    state: _Path = SLURM_STATE
+
+    def script(self, action: str, *args: str) -> _subprocess.CompletedProcess:
+        """Run scripts/slurm-local.sh ACTION ARGS... (captured, at most 600 s)."""
+        return _run_script(action, *args)
+
+    @property
+    def master_addr(self) -> str:
+        """The first node's address (MASTER_ADDR for a torch.distributed rendezvous)."""
+        return self.addrs[0]
+
+    @classmethod
+    def read(cls, **kw) -> SlurmNodes:
+        """From $CFH_SLURM_STATE/cluster.env, which `slurm-local.sh start` writes."""
+        env = _cluster_env()
+        return cls(
+            names=env["CFH_SLURM_NODE_NAMES"].split(","),
+            addrs=env["CFH_SLURM_NODE_ADDRS"].split(","),
+            ctld_addr=env["CFH_SLURM_CTLD_ADDR"],
+            subnet=env.get("CFH_SLURM_SUBNET", ""),
+            **kw,
+        )
+
+
+def _cluster_env() -> dict[str, str]:
+    """$CFH_SLURM_STATE/cluster.env as a dict ({} when no cluster is recorded)."""
+    try:
+        text = (SLURM_STATE / "cluster.env").read_text()
+    except OSError:
+        return {}
+    return dict(ln.split("=", 1) for ln in text.splitlines() if "=" in ln)
+
+
+def _slurmctld_up() -> bool:
+    """The slurmctld the script started last is alive."""
+    pid = _slurmctld_pid()
+    if not pid or not _pid_alive(int(pid)):
+        return False
+    try:
+        return _Path(f"/proc/{pid}/comm").read_text().strip() == "slurmctld"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def slurm_two_nodes():
+    """Reconfigure the local SLURM cluster to two nodes for one module; yields SlurmNodes."""
+    if _os.geteuid() != 0:
+        pytest.skip("two-node SLURM cluster: network namespaces need root")
+    if not _shutil.which("sinfo") and not _shutil.which("apt-get"):
+        _unavailable("SLURM is not installed and there is no apt-get to install it")
+    lock = _LeaseLock().__enter__()
+    try:
+        others = [p for p in _live_leases() if p != _os.getpid()]
+        if others:
+            pytest.skip(f"two-node SLURM cluster: other test sessions use the cluster ({others})")
+        was_up = _slurmctld_up()
+        before_nodes = _cluster_env().get("CFH_SLURM_NODES", "1") if was_up else ""
+        marker = SLURM_STATE / "pytest-started"
+        was_ours = was_up and marker.exists() and marker.read_text() == _slurmctld_pid()
+        t0 = _time.monotonic()
+        proc = _run_script("start", "--nodes", "2")
+        elapsed = _time.monotonic() - t0
+        if proc.returncode == 3:
+            pytest.skip(f"two-node SLURM cluster unavailable: {proc.stderr.strip()[-400:]}")
+        if proc.returncode != 0:
+            _unavailable(
+                f"scripts/slurm-local.sh start --nodes 2 exited {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+            )
+        nodes = SlurmNodes.read(start_s=elapsed, start_log=proc.stdout)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    try:
+        yield nodes
+    finally:
+        try:
+            if was_up:
+                _run_script("start", "--nodes", before_nodes)
+                if was_ours:  # the session that started it still stops it at its end
+                    marker.write_text(_slurmctld_pid())
+            else:
+                _run_script("stop")
+        finally:
+            lock.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------- (next section below)
