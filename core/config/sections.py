@@ -100,6 +100,14 @@ class DataConfig:
         """The keys the config gave, as a plain dict."""
         return _to_dict(self)
 
+    def replaced(self, **changes: Any) -> DataConfig:
+        """A copy with `changes` (unchecked: for the loaders' own variants, e.g. flip off)."""
+        out = copy.deepcopy(self)
+        for name, value in changes.items():
+            setattr(out, name, value)
+        out.given = (*out.given, *(k for k in changes if k not in out.given))
+        return out
+
 
 @dataclass
 class ARConfig:
@@ -342,7 +350,9 @@ def data_config(d: Any, check: bool = False) -> DataConfig:
         return _build(DataConfig, dict(d), "data.")
     names = {f.name for f in dataclasses.fields(DataConfig)} - {"given"}
     given = {k: v for k, v in dict(d).items() if k in names}
-    return DataConfig(**given, given=tuple(given))
+    out = DataConfig(**given, given=tuple(given))
+    out._order = tuple(given)  # type: ignore[attr-defined]
+    return out
 
 
 def _build(cls: type, d: Any, prefix: str) -> Any:
@@ -363,13 +373,18 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
         kwargs[f.name] = value
     if cls is DataConfig:
         kwargs["given"] = tuple(d)
-    return cls(**kwargs)
+    out = cls(**kwargs)
+    # the given key order, which to_dict keeps: config.yaml reads as it was written
+    out._order = tuple(d)  # type: ignore[attr-defined]
+    return out
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     given = getattr(obj, "given", None)
-    for f in dataclasses.fields(obj):
+    rank = {name: i for i, name in enumerate(getattr(obj, "_order", ()))}
+    fields = sorted(dataclasses.fields(obj), key=lambda f: rank.get(_key_name(f), len(rank)))
+    for f in fields:
         if f.name == "given" or (given is not None and _key_name(f) not in given):
             continue
         value = getattr(obj, f.name)

@@ -44,9 +44,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from core.choices import ATTENTIONS, BENCH_MEASURES
+from core.config import RunConfig
 from core.errors import UserError
 from core.names import check_name
 from harness.config.compose import load_config, print_config_job
@@ -155,7 +154,7 @@ def write_bench(doc: dict, path: Path) -> None:
 
 
 def run_bench_point(
-    run_dir: str | os.PathLike, cfg: dict, main: bool = True, threads: int | None = None
+    run_dir: str | os.PathLike, cfg: RunConfig, main: bool = True, threads: int | None = None
 ) -> dict:
     """A sweep point with bench.enabled: bench its model size into `<run_dir>/bench/bench.json`.
 
@@ -169,12 +168,10 @@ def run_bench_point(
         return {"run_dir": str(rdir), "bench": None}
     update_status(rdir, state="running", phase="bench")
     cfg = copy.deepcopy(cfg)
-    if not cfg["bench"]["threads"] and threads:
-        cfg["bench"]["threads"] = int(threads)
-    dcfg = OmegaConf.create(cfg)
-    OmegaConf.set_struct(dcfg, True)
+    if not cfg.bench.threads and threads:
+        cfg.bench.threads = int(threads)
     path = rdir / "bench" / "bench.json"
-    doc = run_bench(dcfg, [dcfg.model.name], [], command=f"bench point {rdir.name}",
+    doc = run_bench(cfg, [cfg.model.name], [], command=f"bench point {rdir.name}",
                     emit=reporter(path))  # fmt: skip
     write_bench(doc, path)
     print(format_table(doc))
@@ -191,7 +188,7 @@ def reference_module() -> ModuleType:
 
 
 def run_bench(
-    cfg: DictConfig,
+    cfg: RunConfig,
     sizes: list[str],
     overrides: list[str],
     command: str = "cfh bench",
@@ -229,7 +226,7 @@ def run_bench(
             "grid": grid,
             "command": command,
             "machine": machine,
-            "settings": OmegaConf.to_container(cfg.bench, resolve=True),
+            "settings": cfg.to_dict()["bench"],
             "rows": [],
         }
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
+from core.config import RunConfig
 from core.errors import UserError
 from harness.bench import reference as refmod
 from harness.bench.timing import median, rotations, timed
@@ -27,7 +27,7 @@ EXTRACT_FEATURE = {"classifier": "feat", "inception": "2048"}  # the FID feature
 LARGE_SAMPLE = {"L": (1, 2), "XL": (1, 2), "H": (1, 2)}
 
 
-def sample_budget(cfg: DictConfig) -> tuple[int, int, str | None]:
+def sample_budget(cfg: RunConfig) -> tuple[int, int, str | None]:
     """(repeats, sampler steps, note) of the sampling measure at cfg's model size."""
     repeats, steps = int(cfg.bench.repeats), int(cfg.bench.sample_steps)
     cap = LARGE_SAMPLE.get(str(cfg.model.name))
@@ -39,7 +39,7 @@ def sample_budget(cfg: DictConfig) -> tuple[int, int, str | None]:
 
 
 def bench_sample(
-    cfg: DictConfig,
+    cfg: RunConfig,
     device: torch.device,
     progress: Callable[[str], None] | None = None,
     emit: Callable[[list[dict]], None] | None = None,
@@ -121,7 +121,7 @@ def bench_sample(
     return rows
 
 
-def bench_extract(cfg: DictConfig, device: torch.device) -> list[dict]:
+def bench_extract(cfg: RunConfig, device: torch.device) -> list[dict]:
     """Milliseconds per image of each FID feature extractor, run as `cfh evaluate` runs it."""
     from model.evaluation.extractors import extractor_weights, single_thread
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig
 
+from core.config import RunConfig
 from harness.bench.reference import ReferenceCausalFusion
 from harness.bench.timing import PeakMemory, median, rotations, state_bytes, timed
 from model.method.network import count_params, train_flops_per_image
@@ -53,7 +53,7 @@ class Trainee:
         return self.learner.net
 
 
-def make_trainee(impl: str, attention: str, net: torch.nn.Module, cfg: DictConfig) -> Trainee:
+def make_trainee(impl: str, attention: str, net: torch.nn.Module, cfg: RunConfig) -> Trainee:
     """The trainer's Learner around `net` (its optimizer, EMA; train.compile for cfh)."""
     wrap = (
         functools.partial(compile_forward, cfg=cfg) if cfg.train.compile and impl == "cfh" else None
@@ -70,7 +70,7 @@ def bench_step(tr: Trainee, split: Split, x: torch.Tensor, y: torch.Tensor) -> N
     tr.steps += 1
 
 
-def fake_batch(cfg: DictConfig, batch: int, device: torch.device):
+def fake_batch(cfg: RunConfig, batch: int, device: torch.device):
     """Seeded random images in [-1, 1] and labels: a step's cost does not depend on pixels."""
     g = torch.Generator().manual_seed(int(cfg.seed))
     d = cfg.data
@@ -79,7 +79,7 @@ def fake_batch(cfg: DictConfig, batch: int, device: torch.device):
     return (x * 2 - 1).to(device), y.to(device)
 
 
-def build_net(cfg: DictConfig, attention: str, device: torch.device) -> torch.nn.Module:
+def build_net(cfg: RunConfig, attention: str, device: torch.device) -> torch.nn.Module:
     """cfh's network for `cfg` with the given backend, seeded (every backend gets equal weights)."""
     c = copy.deepcopy(cfg)
     c.model.attention = attention
@@ -89,7 +89,7 @@ def build_net(cfg: DictConfig, attention: str, device: torch.device) -> torch.nn
         return model_from_config(c).to(device).train()
 
 
-def common_columns(cfg: DictConfig, net: torch.nn.Module) -> dict:
+def common_columns(cfg: RunConfig, net: torch.nn.Module) -> dict:
     """Columns every row of one model shares."""
     return {
         "model": cfg.model.name,
@@ -102,7 +102,7 @@ def common_columns(cfg: DictConfig, net: torch.nn.Module) -> dict:
 
 
 def bench_train(
-    cfg: DictConfig, device: torch.device, progress: Callable[[str], None] | None = None
+    cfg: RunConfig, device: torch.device, progress: Callable[[str], None] | None = None
 ) -> list[dict]:
     """Training-step rows for cfh (each backend) and the reference, interleaved on equal splits."""
     bench = cfg.bench

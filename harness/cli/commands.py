@@ -12,8 +12,8 @@ import logging
 import os
 import sys
 
-from core.config import check_kid_subset, check_train_batch
-from harness.config.compose import load_config, load_train_config, print_config_job, to_yaml
+from core.config import check_kid_subset, check_train_batch, config_yaml
+from harness.config.compose import load_config, load_train_config, print_config_job
 
 KEYS = "Config keys and their meaning: experiments/config.yaml (README.md: Config)."
 EPILOGS = {
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def print_train_config(args: argparse.Namespace) -> int:
     """`cfh train ... --cfg job`: the config a run would train with (a resume's own config)."""
-    print(to_yaml(load_train_config(args.overrides)), end="")
+    print(config_yaml(load_train_config(args.overrides)), end="")
     return 0
 
 

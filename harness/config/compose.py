@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
-from core.config import validate_config
+from core.config import RunConfig, config_yaml, read_config_dict, validate_config
 from core.config.spec import did_you_mean
 from core.errors import UserError
 from core.keys import flatten
@@ -164,27 +164,16 @@ def _default_config_for(dirs: tuple[Path, ...]) -> dict:
     return resolve_overrides([])
 
 
-def load_config(overrides: Sequence[str] = (), validate: bool = True) -> DictConfig:
-    """Compose config.yaml with `key=value` overrides; raise UserError if invalid."""
-    cfg = resolve_overrides(overrides)
-    if validate:
-        validate_config(cfg, group_options("cluster"))
-    out = OmegaConf.create(cfg)
-    OmegaConf.set_struct(out, True)
-    return out
+def load_config(overrides: Sequence[str] = ()) -> RunConfig:
+    """Compose config.yaml with `key=value` overrides into the typed run config, validated once
+    (validate_config); raise UserError if invalid."""
+    return validate_config(resolve_overrides(overrides), group_options("cluster"))
 
 
 def stored_config(run_dir: Path) -> dict:
     """A run folder's config.yaml as a plain dict; keys added to cfh after the folder was
     written get their defaults (a new key's default keeps the behaviour from before it)."""
-    path = Path(run_dir) / "config.yaml"
-    try:
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as e:  # noqa: BLE001 - unreadable YAML, a directory, bad interpolation
-        raise UserError(f"{path} cannot be read as a config ({type(e).__name__}); restore it, "
-                        "or use a new run_dir") from None  # fmt: skip
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path} is not a config (a mapping); restore it, or use a new run_dir")
+    cfg = read_config_dict(Path(run_dir) / "config.yaml")
     fill_missing(cfg, default_config())
     return cfg
 
@@ -214,7 +203,7 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
     return out
 
 
-def load_train_config(overrides: Sequence[str] = ()) -> DictConfig:
+def load_train_config(overrides: Sequence[str] = ()) -> RunConfig:
     """`cfh train`'s config: for a run_dir that already holds config.yaml, that file (the run's
     own config) with only the overrides given, so `cfh train run_dir=R train.steps=N` resumes
     R as it was trained; otherwise config.yaml composed with them (load_config). Overrides that
@@ -224,10 +213,7 @@ def load_train_config(overrides: Sequence[str] = ()) -> DictConfig:
     if not run_dir or not (Path(str(run_dir)) / "config.yaml").is_file():
         return load_config(overrides)
     cfg = apply_overrides(stored_config(Path(str(run_dir))), overrides)
-    validate_config(cfg, group_options("cluster"))
-    out = OmegaConf.create(cfg)
-    OmegaConf.set_struct(out, True)
-    return out
+    return validate_config(cfg, group_options("cluster"))
 
 
 @functools.cache
@@ -284,17 +270,7 @@ def _nearby_keys(cfg: dict, parent_key: str) -> str:
     return f"{parent_key!r} has no sub-keys"
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML text."""
-    return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def to_container(cfg: DictConfig) -> dict:
-    """The resolved config as plain Python containers."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
 def print_config_job(args: Any) -> int:
     """`--cfg job` of a single-run command: its composed, validated config as YAML."""
-    print(to_yaml(load_config(args.overrides)), end="")
+    print(config_yaml(load_config(args.overrides)), end="")
     return 0

@@ -18,7 +18,6 @@ The first rank to fail writes the error (`rank R/W: Type: message`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -27,9 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from core.config import typed, validate_config
+from core.config import RunConfig, validate_config
 from core.io import now_iso, read_status, record_failure, run_lock, update_status
 from core.progress import run_log
 from harness.config.compose import parse_override, set_key, stored_config
@@ -39,8 +36,8 @@ from model.training.distributed import barrier, dist_info, init_distributed
 
 log = logging.getLogger("cfh.jobs")
 
-TrainFn = Callable[[DictConfig], Any]
-EvalFn = Callable[[DictConfig], dict]
+TrainFn = Callable[[RunConfig], Any]
+EvalFn = Callable[[RunConfig], dict]
 
 
 def job_env() -> tuple[str | None, str | None]:
@@ -57,32 +54,25 @@ def job_env() -> tuple[str | None, str | None]:
         return os.environ.get("SLURM_JOB_ID"), None
 
 
-def load_run_config(rdir: Path) -> dict:
-    """The run folder's config.yaml as a plain dict, run_dir pointed at this folder, validated.
+def load_run_config(rdir: Path) -> RunConfig:
+    """The run folder's config.yaml, run_dir pointed at this folder, validated and typed.
 
     Keys added to cfh after the folder was written get their defaults (a new key's default
     keeps the behaviour from before it existed).
     """
     cfg = stored_config(rdir)
     cfg["run_dir"] = str(rdir)
-    validate_config(cfg, group_options("cluster"))
-    return cfg
+    return validate_config(cfg, group_options("cluster"))
 
 
-def to_dictconfig(cfg: dict) -> DictConfig:
-    """A struct-mode DictConfig, as load_config gives the trainer."""
-    out = OmegaConf.create(cfg)
-    OmegaConf.set_struct(out, True)
-    return out
-
-
-def with_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """A copy of cfg with sample.*/eval.* `key=value` overrides applied."""
-    out = json.loads(json.dumps(cfg))
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of cfg with an eval point's sample.*/eval.* `key=value` overrides applied (they
+    were checked when the grid was expanded; their Specs are checked again here)."""
+    out = cfg.to_dict()
     for text in overrides:
         key, value = parse_override(text)
         set_key(out, key, value)
-    return out
+    return validate_config(out)
 
 
 def _final_checkpoint_exists(rdir: Path, steps: int) -> bool:
@@ -135,23 +125,22 @@ def _run_point(rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None) -> 
         )
     phase = "train"
     try:
-        cfg = load_run_config(rdir)
-        run = typed(cfg)
+        run = load_run_config(rdir)
         init_distributed(float(run.train.dist_timeout_s))
         barrier(info)  # no rank starts (or fails) before rank 0 has reset the status
         if run.bench.enabled:  # a bench point measures instead of training
             from harness.bench.command import run_bench_point
 
             phase = "bench"
-            return run_bench_point(rdir, cfg, main, threads=slurm_cpus())
+            return run_bench_point(rdir, run, main, threads=slurm_cpus())
         steps = int(run.train.steps)
         # Every rank sees the same checkpoint folder, so all ranks skip (or train) together.
         if not _final_checkpoint_exists(rdir, steps):
-            (train_fn or _default_train)(to_dictconfig(cfg))
+            (train_fn or _default_train)(run)
         phase = "eval"
         if main:
             update_status(rdir, state="running", phase="eval", step=steps, total_steps=steps)
-        done = evaluate_points(rdir, cfg, eval_fn or _default_eval, main)
+        done = evaluate_points(rdir, run, eval_fn or _default_eval, main)
         if not main:
             return {"run_dir": str(rdir), "rank": info.rank, "evals": len(done)}
     except Exception as e:
@@ -169,7 +158,7 @@ def _run_point(rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None) -> 
     return {"run_dir": str(rdir), "evals": done, "attempts": status.get("attempts")}
 
 
-def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -> dict:
+def evaluate_points(rdir: Path, cfg: RunConfig, eval_fn: EvalFn, main: bool = True) -> dict:
     """Evaluate every eval point of point.json not yet done; record each in status.json.
 
     Every rank calls eval_fn (each draws its share of the samples, with no collective, so a
@@ -178,7 +167,7 @@ def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -
     point = read_point(rdir)  # re-read: a sweep may have added eval points while we trained
     evals = read_status(rdir).get("evals")
     evals = dict(evals) if isinstance(evals, dict) else {}
-    steps = int(typed(cfg).train.steps)
+    steps = int(cfg.train.steps)
     for e in point.get("evals", []):
         key = e.get("key")
         rec = evals.get(key)
@@ -186,7 +175,7 @@ def evaluate_points(rdir: Path, cfg: dict, eval_fn: EvalFn, main: bool = True) -
         if done and rec.get("ckpt_step", steps) == steps:  # type: ignore[union-attr]
             continue  # done in an earlier attempt (at this final checkpoint; --extend redoes)
         _leave_if_preempted()
-        record = eval_fn(to_dictconfig(with_overrides(cfg, list(e.get("overrides", [])))))
+        record = eval_fn(with_overrides(cfg, list(e.get("overrides", []))))
         if not main:
             continue
         metrics = record.get("metrics", {})
@@ -210,7 +199,7 @@ def _leave_if_preempted() -> None:
         raise SystemExit(124)  # not an Exception: the run is not marked failed
 
 
-def _default_train(cfg: DictConfig) -> Any:
+def _default_train(cfg: RunConfig) -> Any:
     from model.training.trainer import train
 
     return train(cfg, **trainer_hooks())
@@ -230,7 +219,7 @@ def trainer_hooks() -> dict[str, Any]:
     return {"num_threads": slurm_cpus()}
 
 
-def _default_eval(cfg: DictConfig) -> dict:
+def _default_eval(cfg: RunConfig) -> dict:
     from model.tasks.evaluate import evaluate_run
 
     return evaluate_run(cfg)

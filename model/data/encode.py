@@ -89,13 +89,6 @@ def _batches(ds: Any, batch_size: int, num_workers: int):
         yield from DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def _plain(cfg: Any) -> dict:
-    """A dict or DictConfig as a plain dict."""
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-
-
 def _save_vae(vae: torch.nn.Module, target: Path) -> None:
     """save_pretrained into a temporary folder, then move it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=".vae.", dir=target.parent))
@@ -137,9 +130,9 @@ def encode_dataset(
         raise UserError(f"latent dtype {dtype!r} is not supported; allowed: {DTYPES}")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be >= 1")
-    source = {**_plain(data_cfg), "flip": False}  # latents are encoded from unflipped images
+    source = data_config(data_cfg).replaced(flip=False)  # latents: encoded from unflipped images
     if name == "imagefolder":
-        source["root"] = str(Path(source["root"]).expanduser().resolve())
+        source = source.replaced(root=str(Path(str(source.root)).expanduser().resolve()))
     ds = build_dataset(source, split)
     vae = load_vae(vae_path_or_model, device)
     scale = float(scale_factor if scale_factor is not None else vae.config.scaling_factor)
@@ -206,7 +199,7 @@ def encode_dataset(
         "posterior": posterior,
         "posterior_seed": seed if posterior == "sample" else None,
         "flips": bool(flips),
-        "source": {**source, "split": split},
+        "source": {**source.to_dict(), "split": split},
         "vae": {"path": vae_ref, "class": type(vae).__name__},
         "created": now_iso(),
     }

@@ -22,7 +22,7 @@ from core.config.datasets import (
     dataset_name,
     read_latent_meta,
 )
-from core.config.sections import data_config
+from core.config.sections import DataConfig, data_config
 from core.errors import UserError
 from model.data.sources import ImageTensorDataset, build_dataset
 
@@ -47,15 +47,15 @@ class Uint8View(Dataset):
         return int(inner.labels[j]) if hasattr(inner, "labels") else int(inner.samples[j][1])
 
 
-def image_source_cfg(data_cfg: Any) -> Any:
+def image_source_cfg(data_cfg: DataConfig | Any) -> DataConfig:
     """The config of the image dataset behind `data_cfg` (latents: meta.json's `source`; digit
     captions: the digits or MNIST images they describe)."""
     name = dataset_name(data_cfg)
     if name in CAPTIONED_IMAGES:
-        return {"name": CAPTIONED_IMAGES[name], "root": None, "flip": False, "latent_scale": 1.0,
-                **_geometry(data_cfg)}  # fmt: skip
+        return data_config({"name": CAPTIONED_IMAGES[name], "root": None, "flip": False,
+                            "latent_scale": 1.0, **_geometry(data_cfg)})  # fmt: skip
     if name != "latents":
-        return data_cfg
+        return data_config(data_cfg)
     meta = read_latent_meta(data_root(data_cfg))
     source = meta.get("source")
     if not source or source.get("name") not in ("digits", "mnist", "imagefolder"):
@@ -68,7 +68,7 @@ def image_source_cfg(data_cfg: Any) -> Any:
             f"data=latents: the image folder the latents came from ({source.get('root')!r}, "
             "meta.json source.root) is not available; FID needs it as the reference"
         )
-    return source
+    return data_config(source)
 
 
 def reference_dataset(data_cfg: Any, split: str = "test", max_n: int | None = None) -> Uint8View:
@@ -80,7 +80,7 @@ def reference_dataset(data_cfg: Any, split: str = "test", max_n: int | None = No
     source = image_source_cfg(data_cfg)
     name = dataset_name(source)
     check_split(name, split)
-    ds = build_dataset({**_plain(source), "flip": False}, split)
+    ds = build_dataset(source.replaced(flip=False), split)
     n = len(ds)
     indices = np.arange(n)
     if max_n is not None and max_n < n:
@@ -112,22 +112,10 @@ def _geometry(data_cfg: Any) -> dict:
 
 def dataset_key(data_cfg: Any) -> str:
     """A short name for the image data behind `data_cfg`, usable in file names (cache keys)."""
-    source = data_config(image_source_cfg(data_cfg))
+    source = image_source_cfg(data_cfg)
     name = dataset_name(source)
     key = f"{name}{source.resolution}c{source.channels}"
     if name == "imagefolder":
         root = str(data_root(source).resolve())
         key += "-" + hashlib.sha256(root.encode()).hexdigest()[:10]
     return key
-
-
-def _plain(cfg: Any) -> dict:
-    """A config (dict or DictConfig) as a plain dict."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:
-        pass
-    return dict(cfg)

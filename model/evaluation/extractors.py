@@ -217,7 +217,7 @@ def _classifier_data(data_cfg: Any) -> tuple[Dataset, Dataset | None, torch.Tens
             f"eval.extractor=classifier cannot be trained on data={name}; allowed: "
             f"{', '.join(CLASSIFIER_DATASETS)} (latents are scored on their decoded images)"
         )
-    cfg = {**_plain(data_cfg), "flip": False}
+    cfg = data_config(data_cfg).replaced(flip=False)
     train = build_dataset(cfg, "train")
     if name == "imagefolder":  # one split: hold out every 10th image
         idx = torch.arange(len(train))
@@ -225,13 +225,6 @@ def _classifier_data(data_cfg: Any) -> tuple[Dataset, Dataset | None, torch.Tens
         return train, train, idx[~held], idx[held]
     test = build_dataset(cfg, "test")
     return train, test, torch.arange(len(train)), torch.arange(len(test))
-
-
-def _plain(cfg: Any) -> dict:
-    """A dict or DictConfig as a plain dict."""
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def _gather(ds: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
+from core.config import RunConfig
 from core.config.datasets import train_split
 from core.errors import UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso, owner_lock, read_status
@@ -53,7 +53,7 @@ from model.training.distributed import DistInfo, dist_info, shard_range
 log = logging.getLogger("cfh.inference")
 
 
-def sample_settings(cfg: DictConfig, ckpt_step: int, joint: bool = False) -> dict:
+def sample_settings(cfg: RunConfig, ckpt_step: int, joint: bool = False) -> dict:
     """Everything that decides the samples (`joint`: text-to-image from prompts)."""
     s = cfg.sample
     interval = list(s.cfg_interval) if s.cfg_interval is not None else None
@@ -87,7 +87,7 @@ def sample_settings(cfg: DictConfig, ckpt_step: int, joint: bool = False) -> dic
     return settings
 
 
-def eval_settings(cfg: DictConfig, ckpt_step: int, train_data: Any) -> dict:
+def eval_settings(cfg: RunConfig, ckpt_step: int, train_data: Any) -> dict:
     """Everything that decides an eval record's numbers: the samples' settings, the extractor
     and a hash of its actual weights (and the classifier's recipe), the reference (split and
     ref_num, or the statistics file's sha256), the KID subset size, the bootstrap (count and what
@@ -127,7 +127,7 @@ def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
 
 # (net, train_cfg, cfg, device, sample indices) -> (uint8 NHWC, int64 labels, seconds, details)
 Draw = Callable[
-    [CausalFusion, Any, DictConfig, torch.device, range],
+    [CausalFusion, Any, RunConfig, torch.device, range],
     tuple[np.ndarray, np.ndarray, float, dict],
 ]
 
@@ -138,7 +138,7 @@ SAMPLES_DONE = "settings.json"
 
 
 def draw_samples(
-    cfg: DictConfig,
+    cfg: RunConfig,
     run_dir: Path,
     device: torch.device | None,
     draws: Mapping[str, Draw],
@@ -175,7 +175,7 @@ def draw_samples(
         return _draw(cfg, run_dir, out_dir, settings, net, train_cfg, device, draws)
 
 
-def _reused(cfg: DictConfig, out_dir: Path, info: DistInfo) -> dict | None:
+def _reused(cfg: RunConfig, out_dir: Path, info: DistInfo) -> dict | None:
     """The metadata of samples drawn before (rank 0; None on the others)."""
     if not info.is_main:
         return None
@@ -186,7 +186,7 @@ def _reused(cfg: DictConfig, out_dir: Path, info: DistInfo) -> dict | None:
 
 
 def _draw(
-    cfg: DictConfig,
+    cfg: RunConfig,
     run_dir: Path,
     out_dir: Path,
     settings: dict,
@@ -297,7 +297,7 @@ def _merge_shards(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[float
 
 
 def generate_samples(
-    net: CausalFusion, train_cfg: Any, cfg: DictConfig, device: torch.device, indices: range
+    net: CausalFusion, train_cfg: Any, cfg: RunConfig, device: torch.device, indices: range
 ) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Class-balanced samples `indices` of sample.num: (uint8 NHWC, int64 labels, seconds, {})."""
     sampler = run_sampler(cfg, train_cfg)
@@ -317,7 +317,7 @@ def generate_samples(
 
 
 def text_to_image_samples(
-    net: CausalFusion, train_cfg: Any, cfg: DictConfig, device: torch.device, indices: range
+    net: CausalFusion, train_cfg: Any, cfg: RunConfig, device: torch.device, indices: range
 ) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Samples `indices` from prompts: sample.prompt(s), else the eval split's captions.
 
@@ -360,7 +360,7 @@ def text_to_image_samples(
 def _sample_batch(
     net: CausalFusion,
     sampler: Any,
-    cfg: DictConfig,
+    cfg: RunConfig,
     train_cfg: Any,
     y: torch.Tensor,
     indices: list[int],

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from core.config import RunConfig, read_run_config
 from core.errors import UserError
 from core.hashing import json_hash
 from core.progress import Progress
@@ -41,7 +41,7 @@ def settings_hash(settings: dict) -> str:
     return json_hash(settings, 12, compact=False)
 
 
-def run_dir(cfg: DictConfig) -> Path:
+def run_dir(cfg: RunConfig) -> Path:
     """cfg.run_dir as an existing folder (UserError when unset or missing)."""
     if not cfg.run_dir:
         raise UserError("run_dir is required: point it at a trained run folder")
@@ -80,18 +80,18 @@ def resolve_checkpoint(run_dir: Path, ckpt: Any) -> Path:
     return wanted
 
 
-def load_trained(cfg: DictConfig, device: torch.device) -> tuple[CausalFusion, int, DictConfig]:
+def load_trained(cfg: RunConfig, device: torch.device) -> tuple[CausalFusion, int, RunConfig]:
     """The run's network (EMA weights unless sample.ema=false), its step and its train config."""
     folder = run_dir(cfg)
-    train_cfg = OmegaConf.load(folder / "config.yaml")
+    train_cfg = read_run_config(folder / "config.yaml")
     path = resolve_checkpoint(folder, cfg.sample.ckpt)
     state = read_checkpoint(path)
     vocab = 0
     if is_caption_data(train_cfg.data):
         vocab = saved_tokenizer(folder).vocab_size
-    net = model_from_config(train_cfg, vocab)  # type: ignore[arg-type]
+    net = model_from_config(train_cfg, vocab)
     net.load_state_dict(state["ema" if cfg.sample.ema else "model"])
-    return net.to(device).eval(), int(state["step"]), train_cfg  # type: ignore[return-value]
+    return net.to(device).eval(), int(state["step"]), train_cfg
 
 
 def default_device(info: DistInfo | None = None) -> torch.device:
@@ -107,19 +107,19 @@ def sample_progress(count: int) -> Progress:
     return Progress(count, "sample", "cfh.sample", unit="img", enabled=dist_info().is_main)
 
 
-def run_sampler(cfg: DictConfig, train_cfg: Any) -> Sampler:
+def run_sampler(cfg: RunConfig, train_cfg: RunConfig) -> Sampler:
     """sample.sampler over sample.steps; x0 clipped to [-1, 1] for pixels (latents unbounded)."""
     pixels = train_cfg.data.name != "latents"
     return make_sampler(Diffusion(), str(cfg.sample.sampler), int(cfg.sample.steps), clip_x0=pixels)
 
 
-def guidance_interval(cfg: DictConfig) -> tuple[float, float] | None:
+def guidance_interval(cfg: RunConfig) -> tuple[float, float] | None:
     """sample.cfg_interval as a tuple (None: guidance at every step)."""
     ci = cfg.sample.cfg_interval
     return tuple(ci) if ci is not None else None  # type: ignore[return-value]
 
 
-def decode_to_pixels(x: torch.Tensor, train_cfg: Any) -> torch.Tensor:
+def decode_to_pixels(x: torch.Tensor, train_cfg: RunConfig) -> torch.Tensor:
     """Model outputs -> pixels in [-1, 1] (VAE-decoded for latent data)."""
     if train_cfg.data.name != "latents":
         return x

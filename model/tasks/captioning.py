@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
+from core.config import RunConfig
 from core.errors import UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso
 from model.data.captions import load_caption_data
@@ -33,7 +33,7 @@ from model.tasks.inputs import input_list, load_inputs
 CAPTION_BATCH = 64
 
 
-def caption_settings(cfg: DictConfig, ckpt_step: int) -> dict:
+def caption_settings(cfg: RunConfig, ckpt_step: int) -> dict:
     """Everything that decides the captions of a run's checkpoint."""
     c = cfg.caption
     settings = {
@@ -58,7 +58,7 @@ def _check_joint(train_cfg: Any, what: str) -> None:
 
 
 def decode_captions(
-    net: Any, tok: Any, x: torch.Tensor, cfg: DictConfig, indices: list[int]
+    net: Any, tok: Any, x: torch.Tensor, cfg: RunConfig, indices: list[int]
 ) -> list[str]:
     """Captions (text) of images x (N, C, H, W) in model space, in batches; image k of the
     batch uses stream (caption.seed, indices[k]) for nucleus sampling."""
@@ -79,7 +79,7 @@ def decode_captions(
     return out
 
 
-def caption_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
+def caption_run(cfg: RunConfig, device: torch.device | None = None) -> dict:
     """`cfh caption`: caption caption.input; write captions.json and sheet.png; return them."""
     folder = run_dir(cfg)
     device = device or torch.device("cpu")
@@ -142,7 +142,7 @@ def _wrap(text: str, width: int) -> str:
 
 
 def caption_metrics_of_run(
-    net: Any, train_cfg: Any, cfg: DictConfig, run_dir: Path, device: torch.device
+    net: Any, train_cfg: Any, cfg: RunConfig, run_dir: Path, device: torch.device
 ) -> tuple[dict, list[dict]]:
     """eval.task=caption: caption the first min(sample.num, N) eval.split images, score them;
     (metrics, the first 8 captions with their references)."""

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from core.choices import EDIT_TASKS
+from core.config import RunConfig, read_run_config, typed
 from core.errors import UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso, owner_lock
 from model.evaluation.run_io import (
@@ -145,20 +145,20 @@ class EditSpec:
     inputs: list[Any]
     samples: int
     out: Path | None
-    train_cfg: DictConfig
+    train_cfg: RunConfig
 
 
-def _run_config(cfg: DictConfig) -> DictConfig:
+def _run_config(cfg: RunConfig) -> RunConfig:
     """The trained run's config (run_dir/config.yaml); UserError when there is no run."""
     if not cfg.run_dir:
         raise UserError("run_dir is required: point it at a trained run folder")
     path = Path(str(cfg.run_dir)) / "config.yaml"
     if not path.is_file():
         raise UserError(f"run_dir={cfg.run_dir}: no trained run there (no config.yaml)")
-    return OmegaConf.load(path)  # type: ignore[return-value]
+    return read_run_config(path)
 
 
-def check_edit_config(cfg: DictConfig) -> EditSpec:
+def check_edit_config(cfg: RunConfig) -> EditSpec:
     """The edit.* keys against the run (read from run_dir/config.yaml); UserError.
 
     Types and ranges were checked with the rest of the config (core.config.validate); what depends
@@ -175,7 +175,7 @@ def check_edit_config(cfg: DictConfig) -> EditSpec:
         )
     train_cfg = _run_config(cfg)
     K = int(train_cfg.data.num_classes)
-    label = e["class"]
+    label = e.class_
     if label is not None and not 0 <= label < K:
         raise UserError(f"edit.class={label} is outside the run's classes; allowed: 0..{K - 1}")
     if e.task == "swap" and label is None:
@@ -202,9 +202,10 @@ def mask_images(region: torch.Tensor, grid: int, pixels: int, channels: int) -> 
 
 @torch.no_grad()
 def edit_run(
-    cfg: DictConfig, spec: EditSpec | None = None, device: torch.device | None = None
+    cfg: RunConfig, spec: EditSpec | None = None, device: torch.device | None = None
 ) -> dict:
     """`cfh edit`: edit the inputs, write input | mask | results rows as a PNG; return paths."""
+    cfg = typed(cfg)
     spec = spec or check_edit_config(cfg)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     split = str(cfg.eval.split)
@@ -240,10 +241,10 @@ def edit_run(
 
 
 def _edit(
-    cfg: DictConfig,
+    cfg: RunConfig,
     spec: EditSpec,
     net: CausalFusion,
-    train_cfg: DictConfig,
+    train_cfg: RunConfig,
     inputs: tuple[torch.Tensor, torch.Tensor, list[str]],
     settings: dict,
     out_dir: Path,
@@ -310,7 +311,7 @@ def _edit(
 def task_samples(
     net: CausalFusion,
     train_cfg: Any,
-    cfg: DictConfig,
+    cfg: RunConfig,
     device: torch.device,
     indices: range | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float, dict]:

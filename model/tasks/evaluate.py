@@ -13,9 +13,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from core.choices import EDIT_TASKS
+from core.config import RunConfig, read_run_config, typed
 from core.config.datasets import check_eval_extractor
 from core.io import atomic_write_json, now_iso, owner_lock
 from core.progress import run_log
@@ -41,38 +41,40 @@ log = logging.getLogger("cfh.inference")  # the logger name `cfh.inference: wrot
 TASK_DRAWS: dict[str, Draw] = {**DRAWS, **dict.fromkeys(EDIT_TASKS, task_samples)}
 
 
-def sample_run(cfg: DictConfig, device: torch.device | None = None) -> dict | None:
+def sample_run(cfg: RunConfig, device: torch.device | None = None) -> dict | None:
     """Draw cfg.sample.num samples of eval.task (reused if already drawn with these settings).
 
     Ranks split the samples (model.evaluation.inference.draw_samples); rank 0 returns the
     samples' metadata, the other ranks None. Rank 0's log lines (progress included) go to the
     run's log.txt.
     """
+    cfg = typed(cfg)
     folder = run_dir(cfg)
     with run_log(folder / "log.txt", enabled=dist_info().is_main):
         return draw_samples(cfg, folder, device, TASK_DRAWS)
 
 
-def evaluate_run(cfg: DictConfig, device: torch.device | None = None) -> dict:
+def evaluate_run(cfg: RunConfig, device: torch.device | None = None) -> dict:
     """Sample (or reuse samples) and score them; write and return run_dir/eval/<hash>.json.
 
     Rank 0's log lines go to the run's log.txt; a new record's metrics also go to TensorBoard
     when the run was trained with train.loggers holding tensorboard (model.training.loggers).
     """
+    cfg = typed(cfg)
     folder = run_dir(cfg)
     with run_log(folder / "log.txt", enabled=dist_info().is_main):
         record, new = _evaluate_run(cfg, folder, device)
         if new and record.get("path"):
-            log_eval_record(folder, OmegaConf.load(folder / "config.yaml"), record)
+            log_eval_record(folder, read_run_config(folder / "config.yaml"), record)
             log.info("wrote eval record %s", record["path"])
     return record
 
 
-def _evaluate_run(cfg: DictConfig, folder: Path, device: torch.device | None) -> tuple[dict, bool]:
+def _evaluate_run(cfg: RunConfig, folder: Path, device: torch.device | None) -> tuple[dict, bool]:
     """(the eval record, whether it was written now)."""
     ckpt = resolve_checkpoint(folder, cfg.sample.ckpt)
     step = step_of(ckpt)
-    train_cfg = OmegaConf.load(folder / "config.yaml")
+    train_cfg = read_run_config(folder / "config.yaml")
     if cfg.eval.task == "caption":
         return _evaluate_captions(cfg, folder, step, device)
     check_eval_extractor(train_cfg.data, cfg.eval)
@@ -100,10 +102,10 @@ def record_lock(path: Path, folder: Path) -> AbstractContextManager[None]:
 
 
 def _score(
-    cfg: DictConfig,
+    cfg: RunConfig,
     folder: Path,
     device: torch.device | None,
-    train_cfg: DictConfig,
+    train_cfg: RunConfig,
     settings: dict,
     step: int,
     skipped: list[dict],
@@ -144,7 +146,7 @@ def _score(
 
 
 def _evaluate_captions(
-    cfg: DictConfig, folder: Path, step: int, device: torch.device | None
+    cfg: RunConfig, folder: Path, step: int, device: torch.device | None
 ) -> tuple[dict, bool]:
     """eval.task=caption: the eval record of captions of the eval split (model.tasks.captioning)."""
     settings = {

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from core.config.datasets import read_latent_meta
 from core.errors import UserError
@@ -24,7 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def input_list(value: Any) -> list[Any]:
     """edit.input / caption.input (checked by the config schema) as a list of indices and paths."""
-    return list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def pixel_resolution(train_cfg: Any) -> int:
@@ -32,13 +31,12 @@ def pixel_resolution(train_cfg: Any) -> int:
     data = train_cfg.data
     if data.name != "latents":
         return int(data.resolution)
-    return int(image_source_cfg(data)["resolution"])
+    return int(image_source_cfg(data).resolution)
 
 
 def eval_dataset(train_cfg: Any, split: str):
     """The run's dataset (model space: pixels or scaled latents) of `split`, unflipped."""
-    data = OmegaConf.to_container(train_cfg.data, resolve=True)
-    return build_dataset({**data, "flip": False}, split)  # type: ignore[dict-item]
+    return build_dataset(train_cfg.data.replaced(flip=False), split)
 
 
 def gather(ds: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +121,7 @@ def load_inputs(
             )
         if data.name == "latents":
             source = image_source_cfg(data)
-            channels, res = int(source["channels"]), int(source["resolution"])
+            channels, res = int(source.channels), int(source.resolution)
         else:
             channels, res = int(data.channels), int(data.resolution)
         pixels = _read_image(path, channels, res)[None]

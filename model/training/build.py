@@ -10,15 +10,15 @@ import copy
 from collections.abc import Iterable
 
 import torch
-from omegaconf import DictConfig
 
+from core.config import RunConfig
 from core.errors import UserError
 from model.data.joint_pairs import max_text_len
 from model.method.network import CausalFusion, build_model
 from model.training.distributed import DistInfo
 
 
-def pick_device(cfg: DictConfig, info: DistInfo) -> torch.device:
+def pick_device(cfg: RunConfig, info: DistInfo) -> torch.device:
     """The device named by train.device (auto = CUDA when present)."""
     want = cfg.train.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
@@ -28,13 +28,13 @@ def pick_device(cfg: DictConfig, info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def use_bf16(cfg: DictConfig, device: torch.device) -> bool:
+def use_bf16(cfg: RunConfig, device: torch.device) -> bool:
     """Whether the step runs under bf16 autocast (train.precision; auto = bf16 on CUDA)."""
     p = cfg.train.precision
     return p == "bf16" or (p == "auto" and device.type == "cuda")
 
 
-def model_from_config(cfg: DictConfig, text_vocab: int = 0) -> CausalFusion:
+def model_from_config(cfg: RunConfig, text_vocab: int = 0) -> CausalFusion:
     """Build the network that `cfg` describes (size from model=, geometry from data=); a joint
     image-text model with `text_vocab` token ids (its tokenizer's vocabulary size)."""
     text = {}
@@ -55,7 +55,7 @@ def model_from_config(cfg: DictConfig, text_vocab: int = 0) -> CausalFusion:
     )
 
 
-def lr_at(step: int, cfg: DictConfig) -> float:
+def lr_at(step: int, cfg: RunConfig) -> float:
     """Learning rate: linear warm-up, then constant (so raising train.steps changes nothing)."""
     lr = float(cfg.train.lr)
     if cfg.train.lr_ref_batch:
@@ -64,7 +64,7 @@ def lr_at(step: int, cfg: DictConfig) -> float:
     return lr * min(1.0, (step + 1) / warm) if warm > 0 else lr
 
 
-def make_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.AdamW:
+def make_optimizer(cfg: RunConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.AdamW:
     """The trainer's AdamW (train.betas, train.eps, train.weight_decay; lr of step 0).
 
     Fused (CPU and CUDA): one kernel per step, and it takes a device-side `found_inf` flag that
@@ -110,6 +110,6 @@ def ema_decay(target: float, steps_done: int, warmup: bool = True) -> float:
     return min(float(target), (1 + steps_done) / (10 + steps_done))
 
 
-def grad_clip(cfg: DictConfig) -> float:
+def grad_clip(cfg: RunConfig) -> float:
     """The gradient-norm clip (train.grad_clip; 0 = none, clipped at infinity)."""
     return float(cfg.train.grad_clip) or float("inf")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from core.config import RunConfig, read_config_dict
 from core.errors import UserError
 from core.keys import flatten
 
@@ -51,14 +50,14 @@ def identity_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
 
 
-def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+def check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     """Refuse a config that would change what an existing run folder trains."""
     path = run_dir / "config.yaml"
     if not path.exists():
         return
-    old = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    new = OmegaConf.to_container(cfg, resolve=True)
-    diff = identity_diff(old, new)  # type: ignore[arg-type]
+    old = read_config_dict(path)
+    new = cfg.to_dict()
+    diff = identity_diff(old, new)
     if diff:
         shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in diff[:6])
         raise UserError(

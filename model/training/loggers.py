@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.config import RunConfig, typed
 from core.errors import UserError
 from core.io import append_jsonl, atomic_write_text
 
@@ -202,9 +203,9 @@ def eval_tag(settings: dict) -> str:
     return "_".join(parts) or "eval"
 
 
-def log_eval_record(run_dir: str | os.PathLike, train_cfg: Any, record: dict) -> None:
+def log_eval_record(run_dir: str | os.PathLike, train_cfg: RunConfig | dict, record: dict) -> None:
     """Write an eval record's numeric metrics to TensorBoard and wandb when the run logs there."""
-    names = [str(n) for n in _get(train_cfg, "train", "loggers") or ("jsonl",)]
+    names = [str(n) for n in typed(train_cfg).train.loggers]
     tag = eval_tag(record.get("settings", {}))
     step = int(record.get("ckpt_step") or 0)
     metrics = _scalars(record.get("metrics", {}))
@@ -227,15 +228,3 @@ def log_eval_record(run_dir: str | os.PathLike, train_cfg: Any, record: dict) ->
             run.summary[f"eval/{tag}/ckpt_step"] = step
         finally:
             run.finish()
-
-
-def _get(cfg: Any, *keys: str) -> Any:
-    """cfg.a.b for a DictConfig or dict, None where a key is missing (old run folders)."""
-    for key in keys:
-        try:
-            cfg = cfg.get(key)
-        except AttributeError:
-            return None
-        if cfg is None:
-            return None
-    return cfg

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig
 
+from core.config import RunConfig
 from model.data.joint_pairs import is_caption_data
 from model.method import ar
 from model.method.diffusion import Diffusion, causalfusion_loss
@@ -72,14 +72,14 @@ def clean_bucket(n_clean: int, L: int) -> int:
     return min(math.ceil(n_clean / q) * q, L)
 
 
-def bucketed(cfg: DictConfig) -> bool:
+def bucketed(cfg: RunConfig) -> bool:
     """Whether steps pad their split to a bucket (train.compile, sdpa, class-conditional)."""
     compiled = bool(cfg.train.compile) and cfg.model.attention == "sdpa"
     return compiled and not is_caption_data(cfg.data)
 
 
 def compile_forward(
-    module: torch.nn.Module, cfg: DictConfig, backend: str = "inductor"
+    module: torch.nn.Module, cfg: RunConfig, backend: str = "inductor"
 ) -> torch.nn.Module:
     """train.compile's wrap: every transformer block of `module` compiled in place, with static
     shapes where splits are bucketed; returns `module` itself (its state dict is unchanged).
@@ -101,7 +101,7 @@ def compile_forward(
     return module
 
 
-def draw_split(cfg: DictConfig, step: int, rank: int, batch: int, device: torch.device) -> Split:
+def draw_split(cfg: RunConfig, step: int, rank: int, batch: int, device: torch.device) -> Split:
     """The split the trainer draws at `step` on `rank` for a per-rank batch of `batch`."""
     t = cfg.train
     grid = int(cfg.data.resolution) // int(cfg.data.patch_size)
@@ -124,7 +124,7 @@ def draw_split(cfg: DictConfig, step: int, rank: int, batch: int, device: torch.
 class Learner:
     """What a training step updates, and how: network, loss module, EMA copy, optimizer."""
 
-    cfg: DictConfig
+    cfg: RunConfig
     net: torch.nn.Module  # its parameters are clipped, averaged and saved
     forward: torch.nn.Module  # what the loss calls: net, or a JointObjective/DDP/compiled wrap
     ema: torch.nn.Module
@@ -139,7 +139,7 @@ class Learner:
 
 
 def make_learner(
-    cfg: DictConfig,
+    cfg: RunConfig,
     net: torch.nn.Module,
     device: torch.device,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from core.config import RunConfig, config_yaml, typed
 from core.config.datasets import train_split
+from core.config.sections import TrainConfig
 from core.errors import UserError
 from core.io import (
     RUN_LOCK,
@@ -94,14 +95,16 @@ class TrainingFailed(RuntimeError):
 
 
 def train(
-    cfg: DictConfig, *, num_threads: int | None = None, on_preempt: OnPreempt | None = None
+    cfg: RunConfig, *, num_threads: int | None = None, on_preempt: OnPreempt | None = None
 ) -> dict:
     """Train (or resume) the run in cfg.run_dir; return the final summary.
 
     `num_threads`: torch CPU threads when training on the CPU (the harness passes the CPUs its
     scheduler allotted). `on_preempt(run_dir, step)`: called on rank 0 after the checkpoint a
-    signal asked for, before the signal is handed over.
+    signal asked for, before the signal is handed over. A config given as a mapping (a test's,
+    an old caller's) is typed here, once.
     """
+    cfg = typed(cfg)
     if not cfg.run_dir:
         raise UserError("run_dir is required: cfh train run_dir=PATH ...")
     check_loggers(cfg.train.loggers)  # a missing optional package, before the run folder is touched
@@ -120,7 +123,7 @@ def train(
     with _owning(run_dir, info, device), SignalCatcher() as signals:
         check_run_dir(cfg, run_dir)
         if info.is_main:
-            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
         with run_log(run_dir / "log.txt", enabled=info.is_main):  # rank 0 writes the run's log
             if info.is_main:
                 update_status(run_dir, state="running", phase="train", error=None)
@@ -157,7 +160,7 @@ def _owning(run_dir: Path, info: DistInfo, device: torch.device) -> Iterator[Non
 
 
 def _train(
-    cfg: DictConfig,
+    cfg: RunConfig,
     run_dir: Path,
     info: DistInfo,
     device: torch.device,
@@ -184,7 +187,7 @@ def _train(
         dataset = CaptionPairs(data, tokenizer, max_text_len(cfg.data))
     else:
         dataset = build_dataset(cfg.data, split=train_split(cfg.data))
-        if cfg.data.get("on_device", False):
+        if cfg.data.on_device:
             dataset = on_device(dataset, device)
     stream = BatchStream(
         dataset,
@@ -242,7 +245,7 @@ def _train(
 
     window = Window()
     bar = Progress(int(t_cfg.steps), "train", log, unit="step", initial=step, enabled=info.is_main)
-    config = OmegaConf.to_container(cfg, resolve=True)  # what config.yaml holds, for wandb
+    config = cfg.to_dict()  # what config.yaml holds, for wandb
     sinks = TrainLoggers(
         run_dir, t_cfg.loggers, resume_step=step, enabled=info.is_main, config=config
     )
@@ -305,7 +308,7 @@ def _train(
     return summary
 
 
-def _fail_if_nonfinite(window: Window, t_cfg: DictConfig) -> None:
+def _fail_if_nonfinite(window: Window, t_cfg: TrainConfig) -> None:
     """TrainingFailed once more than train.max_nonfinite steps were non-finite."""
     if window.count_nonfinite() <= t_cfg.max_nonfinite:
         return
@@ -318,7 +321,7 @@ def _fail_if_nonfinite(window: Window, t_cfg: DictConfig) -> None:
 
 
 def _wrap(
-    net: torch.nn.Module, cfg: DictConfig, info: DistInfo, device: torch.device, joint: bool
+    net: torch.nn.Module, cfg: RunConfig, info: DistInfo, device: torch.device, joint: bool
 ) -> torch.nn.Module:
     """The module the loss calls: net, in JointObjective, DDP and torch.compile as asked."""
     out: torch.nn.Module = net
@@ -333,7 +336,7 @@ def _wrap(
 
 
 def _save_checkpoint(
-    run_dir: Path, cfg: DictConfig, learner: Learner, per_rank: list[dict], step: int
+    run_dir: Path, cfg: RunConfig, learner: Learner, per_rank: list[dict], step: int
 ) -> None:
     state = {
         "model": learner.net.state_dict(),
@@ -343,7 +346,7 @@ def _save_checkpoint(
         "world_size": len(per_rank),
         "rng": [r["rng"] for r in per_rank],  # index = rank
         "data": [r["data"] for r in per_rank],
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": cfg.to_dict(),
     }
     save_checkpoint(checkpoint_path(run_dir, step), state)
     for old in checkpoint_paths(run_dir)[: -int(cfg.train.keep_checkpoints)]:

@@ -138,7 +138,7 @@ def test_bench_point_runs_instead_of_training(tmp_path):
     cfg = load_config(["bench.enabled=true", "train.steps=1", *TINY, "bench.measures=[train]"])
     rdir = tmp_path / "runs" / "0123456789"
     rdir.mkdir(parents=True)
-    (rdir / "config.yaml").write_text(yaml.safe_dump(hb.OmegaConf.to_container(cfg)))
+    (rdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     summary = run_point(str(rdir), train_fn=lambda c: pytest.fail("a bench point must not train"))
     assert summary["bench"] == str(rdir / "bench" / "bench.json")
     assert read_status(rdir)["state"] == "completed"

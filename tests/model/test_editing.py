@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tiny_models import tiny_model, tiny_vae
 
+from core.config import config_yaml, read_run_config
 from core.errors import UserError
 from harness.config.compose import load_config
 from model import Diffusion, make_sampler
@@ -41,7 +41,7 @@ def write_run_config(run_dir: Path, *overrides: str) -> Path:
     """A run folder with only config.yaml: enough for the checks that run before the model."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config([*TINY_RUN, f"run_dir={run_dir}", *overrides])
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "config.yaml").write_text(config_yaml(cfg))
     return run_dir
 
 
@@ -192,8 +192,8 @@ def test_inputs_from_the_split_and_from_files(tmp_path):
     from PIL import Image
 
     run = write_run_config(tmp_path / "run")
-    train_cfg = OmegaConf.load(run / "config.yaml")
-    test = build_dataset(dict(train_cfg.data), "test")
+    train_cfg = read_run_config(run / "config.yaml")
+    test = build_dataset(train_cfg.data, "test")
     png = tmp_path / "seven.png"
     digit = test.images[5, 0].numpy()
     Image.fromarray(digit).resize((32, 32), Image.NEAREST).save(png)  # larger: resized back
@@ -224,7 +224,7 @@ def test_image_files_for_latent_runs_go_through_the_vae(tmp_path):
     latent_keys = [f"data.root={lat}", "data.resolution=4", "data.channels=4"]
     run = write_run_config(tmp_path / "run", "data=latents", *latent_keys, "data.patch_size=1",
                            "data.latent_scale=0.18215", "data.num_classes=10")  # fmt: skip
-    train_cfg = OmegaConf.load(run / "config.yaml")
+    train_cfg = read_run_config(run / "config.yaml")
     png = tmp_path / "in.png"
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(png)
     x, y, _ = load_inputs([str(png), 3], train_cfg, "test")
@@ -292,7 +292,7 @@ def test_real_top_half_beats_a_random_top_half(context_trained):
     test image's top half; unconditional (null class), so only the context tells the digit."""
     cfg = load_config([*CONTEXT_RUN, f"run_dir={context_trained}"])
     net, _, train_cfg = load_trained(cfg, torch.device("cpu"))
-    test = build_dataset(dict(train_cfg.data), "test")
+    test = build_dataset(train_cfg.data, "test")
     x, y = test.get_batch(torch.arange(len(test)))
     bottom = parse_region("bottom_half", 2, 8)  # tokens 2, 3 of the 2x2 grid
     px = bottom.view(2, 2).repeat_interleave(4, 0).repeat_interleave(4, 1)  # (8, 8) pixels
