@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,24 +45,22 @@ NUM_PLAIN_TEMPLATES = 6
 STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")  # the tuxpaint-stamps-default package
 
 
-def given_root(data_cfg: DataConfig | Any) -> str | None:
+def given_root(data_cfg: DataConfig) -> str | None:
     """data.root, or None where it is not set (null, or `???`: required, not given yet)."""
-    root = data_config(data_cfg).root
+    root = data_cfg.root
     return None if root is None or root == MISSING else root
 
 
-def dataset_name(data_cfg: DataConfig | Any) -> str:
+def dataset_name(data_cfg: DataConfig) -> str:
     """The dataset name, validated."""
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     name = data_cfg.name
     if name not in DATASETS:
         raise UserError(f"unknown data={name!r}; allowed: {', '.join(DATASETS)}")
     return name
 
 
-def data_root(data_cfg: DataConfig | Any) -> Path:
+def data_root(data_cfg: DataConfig) -> Path:
     """data.root as an existing folder (imagefolder, latents)."""
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     name = data_cfg.name
     root = given_root(data_cfg)
     if root is None:
@@ -74,10 +73,25 @@ def data_root(data_cfg: DataConfig | Any) -> Path:
     return path
 
 
-def train_split(data_cfg: DataConfig | Any) -> str:
+def train_split(data_cfg: DataConfig) -> str:
     """The split a run trains on: data.train_split (train, or all: every image, as the release)."""
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     return str(data_cfg.train_split)
+
+
+def loader_config(data_cfg: DataConfig | Mapping, split: str) -> DataConfig:
+    """The data section a loader reads. A DataConfig (a RunConfig's, which validate_config
+    checked, or one cfh built itself) is trusted: only `split`, the loader's own argument, is
+    checked. A mapping (a caller's own) gets the dataset's checks first."""
+    if isinstance(data_cfg, DataConfig):
+        if data_cfg.name != "captions":  # a captions folder may have more splits (root/<split>/)
+            check_split(dataset_name(data_cfg), split)
+        return data_cfg
+    d = data_config(data_cfg)
+    if dataset_name(d) in CAPTION_DATASETS:
+        check_caption_config(d, (split,))
+    else:
+        check_data_config(d, (split,))
+    return d
 
 
 def check_split(name: str, split: str) -> None:
@@ -87,9 +101,8 @@ def check_split(name: str, split: str) -> None:
         raise UserError(f"eval.split={split!r} does not exist for data={name}; allowed: {allowed}")
 
 
-def expect_choice(data_cfg: DataConfig | Any, key: str, allowed: tuple) -> Any:
+def expect_choice(data_cfg: DataConfig, key: str, allowed: tuple) -> Any:
     """Check data.<key> against the values the dataset supports."""
-    data_cfg = data_config(data_cfg)
     value = getattr(data_cfg, key)  # the config room: keys by name are its own business
     if value not in allowed:
         raise UserError(
@@ -99,13 +112,13 @@ def expect_choice(data_cfg: DataConfig | Any, key: str, allowed: tuple) -> Any:
     return value
 
 
-def check_data_config(data_cfg: DataConfig | Any, splits: tuple[str, ...] = ()) -> None:
+def check_data_config(data_cfg: DataConfig, splits: tuple[str, ...] = ()) -> None:
     """The dataset checks that need no data: geometry, classes, folder layout, splits.
 
-    Run before anything is written or submitted (core.config.validate) and again by
-    build_dataset; UserError names the key, the value and what the dataset allows.
+    Run before anything is written or submitted (core.config.validate), and by loader_config
+    for a data section that did not come through it; UserError names the key, the value and
+    what the dataset allows.
     """
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     name = dataset_name(data_cfg)
     for split in splits:
         check_split(name, split)
@@ -142,12 +155,11 @@ def check_data_config(data_cfg: DataConfig | Any, splits: tuple[str, ...] = ()) 
         check_latents(data_cfg)
 
 
-def train_size(data_cfg: DataConfig | Any, enough: int) -> int | None:
+def train_size(data_cfg: DataConfig, enough: int) -> int | None:
     """Items in one epoch of the train split (images; image-caption pairs for the captioned
     twins), or None where only reading the data would tell (stamps, a captions folder, a
     latents folder whose meta.json has no count). An image folder is counted only up to
     `enough` files: a result of `enough` means "at least that many"."""
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     name = dataset_name(data_cfg)
     if name in SPLIT_SIZES:
         return SPLIT_SIZES[name][train_split(data_cfg)]
@@ -184,9 +196,8 @@ def _class_folders(root: str) -> int:
         return sum(1 for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
-def check_latents(data_cfg: DataConfig | Any) -> dict:
+def check_latents(data_cfg: DataConfig) -> dict:
     """A latents folder against the config: meta.json's geometry, scale, flipped latents."""
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     root = data_root(data_cfg)
     meta = read_latent_meta(root)
     if data_cfg.flip and not meta.get("flips"):
@@ -226,11 +237,10 @@ def read_latent_meta(root: Path) -> dict:
 CLASSLESS_DATASETS = ("stamps", "captions")  # images with captions, no class labels
 
 
-def check_eval_extractor(data: DataConfig | Any, evaluation: EvalConfig | Any) -> None:
+def check_eval_extractor(data: DataConfig, evaluation: EvalConfig) -> None:
     """An image evaluation of classless data (stamps, captions folders) needs Inception: the
     classifier extractor is trained on the classes. Checked where an evaluation is planned
     (grid eval points, `cfh evaluate`), not for training alone."""
-    data = data_config(data)
     task, extractor = evaluation.task, evaluation.extractor
     classless = data.name in CLASSLESS_DATASETS  # an image folder with 1 class still has one
     if task != "caption" and extractor == "classifier" and classless:
@@ -244,7 +254,7 @@ def check_eval_extractor(data: DataConfig | Any, evaluation: EvalConfig | Any) -
 # caption datasets (model/data/captions.py)
 
 
-def _positive_int(data_cfg: DataConfig | Any, key: str) -> int:
+def _positive_int(data_cfg: DataConfig, key: str) -> int:
     """data.<key> as a positive integer (UserError naming the value otherwise)."""
     value = getattr(data_cfg, key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -252,9 +262,9 @@ def _positive_int(data_cfg: DataConfig | Any, key: str) -> int:
     return value
 
 
-def check_caption_config(data_cfg: DataConfig | Any, splits: tuple[str, ...] = ()) -> None:
+def check_caption_config(data_cfg: DataConfig | Mapping, splits: tuple[str, ...] = ()) -> None:
     """The caption-dataset checks that need no images; UserError names the key and the value."""
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
+    data_cfg = data_config(data_cfg)
     name = data_cfg.name
     if name not in CAPTION_DATASETS:
         raise UserError(f"unknown data={name!r}; allowed: {', '.join(CAPTION_DATASETS)}")
@@ -294,7 +304,7 @@ def check_caption_config(data_cfg: DataConfig | Any, splits: tuple[str, ...] = (
             check_split(name, split)
 
 
-def _check_text_keys(data_cfg: DataConfig | Any) -> None:
+def _check_text_keys(data_cfg: DataConfig) -> None:
     """data.tokenizer and data.max_text_len, where set."""
     kind = data_cfg.tokenizer
     if kind not in TOKENIZERS:
@@ -314,9 +324,8 @@ def stamps_root() -> Path:
     return STAMPS_ROOT
 
 
-def stamps_folder(data_cfg: DataConfig | Any) -> Path:
+def stamps_folder(data_cfg: DataConfig) -> Path:
     """data.root when set (a folder of the package's layout), else the package's folder."""
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     root = given_root(data_cfg)
     if root is None:
         return stamps_root()
@@ -326,9 +335,8 @@ def stamps_folder(data_cfg: DataConfig | Any) -> Path:
     return path
 
 
-def captions_root(data_cfg: DataConfig | Any) -> Path:
+def captions_root(data_cfg: DataConfig) -> Path:
     """data.root of data=captions as an existing folder."""
-    data_cfg = data_config(data_cfg)  # a mapping or OmegaConf node from the model's callers
     root = given_root(data_cfg)
     if root is None:
         raise UserError(

@@ -44,16 +44,16 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from core.config.datasets import SPLITS, captions_root, check_caption_config, stamps_folder
-from core.config.sections import data_config
+from core.config.datasets import SPLITS, captions_root, loader_config, stamps_folder
+from core.config.sections import DataConfig
 from core.errors import UserError
 from core.io import atomic_write_text
 from model.data.arrays import center_crop_arr, digits_arrays, digits_split_indices, mnist_arrays
@@ -95,10 +95,9 @@ class CaptionData:
         return [c for caps in self.captions for c in caps]
 
 
-def load_caption_data(data_cfg: Any, split: str = "train") -> CaptionData:
+def load_caption_data(data_cfg: DataConfig | Mapping, split: str = "train") -> CaptionData:
     """The images and captions of one split of the caption dataset `data_cfg` names."""
-    check_caption_config(data_cfg, (split,))
-    d = data_config(data_cfg)
+    d = loader_config(data_cfg, split)
     name, per_image = d.name, d.captions_per_image
     if name == "digits_captions":
         return _digits_captions(split, per_image)

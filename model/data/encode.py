@@ -123,14 +123,15 @@ def encode_dataset(
     """
     if posterior not in POSTERIORS:
         raise UserError(f"--posterior {posterior!r} is not allowed; choose one of {POSTERIORS}")
-    name = data_config(data_cfg).name
+    data_cfg = data_config(data_cfg)  # `cfh encode`'s data section, or a caller's mapping
+    name = data_cfg.name
     if name not in IMAGE_SOURCES:
         raise UserError(f"cfh encode reads images: data={name!r}; allowed: {IMAGE_SOURCES}")
     if dtype not in DTYPES:
         raise UserError(f"latent dtype {dtype!r} is not supported; allowed: {DTYPES}")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be >= 1")
-    source = data_config(data_cfg).replaced(flip=False)  # latents: encoded from unflipped images
+    source = data_cfg.replaced(flip=False)  # latents: encoded from unflipped images
     if name == "imagefolder":
         source = source.replaced(root=str(Path(str(source.root)).expanduser().resolve()))
     ds = build_dataset(source, split)
@@ -193,7 +194,7 @@ def encode_dataset(
         "scale_factor": scale,
         "channels": int(shape[1]),
         "resolution": int(shape[2]),
-        "num_classes": int(data_config(data_cfg).num_classes),
+        "num_classes": int(data_cfg.num_classes),
         "count": int(shape[0]),
         "dtype": dtype,
         "posterior": posterior,

@@ -8,13 +8,12 @@ decodes with the vocabulary it was trained with.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from core.config.datasets import CAPTION_DATASETS, CAPTIONED_IMAGES
-from core.config.sections import data_config
+from core.config.sections import DataConfig
 from core.errors import UserError
 from model.data.captions import CaptionData, load_caption_data
 from model.data.sources import to_float
@@ -30,23 +29,23 @@ TOKENIZER_FILE = "tokenizer.json"
 DIGIT_CAPTION_DATASETS = tuple(CAPTIONED_IMAGES)  # digits_captions, mnist_captions
 
 
-def is_caption_data(data_cfg: Any) -> bool:
+def is_caption_data(data_cfg: DataConfig) -> bool:
     """Whether `data_cfg` names a dataset of images with captions (a joint run)."""
-    return data_config(data_cfg).name in CAPTION_DATASETS
+    return data_cfg.name in CAPTION_DATASETS
 
 
-def max_text_len(data_cfg: Any) -> int:
+def max_text_len(data_cfg: DataConfig) -> int:
     """Text positions of the model (BOS and EOS included): data.max_text_len."""
-    return int(data_config(data_cfg).max_text_len)
+    return int(data_cfg.max_text_len)
 
 
-def run_tokenizer(data_cfg: Any, run_dir: Path, write: bool) -> Tokenizer:
+def run_tokenizer(data_cfg: DataConfig, run_dir: Path, write: bool) -> Tokenizer:
     """run_dir/tokenizer.json, or a new one from the training captions (written if `write`)."""
     path = Path(run_dir) / TOKENIZER_FILE
     if path.exists():
         return load_tokenizer(path)
     captions = [c for caps in load_caption_data(data_cfg, "train").captions for c in caps]
-    tok = build_tokenizer(str(data_config(data_cfg).tokenizer), captions)
+    tok = build_tokenizer(str(data_cfg.tokenizer), captions)
     if write:
         save_tokenizer(tok, path)
     return tok

@@ -50,12 +50,13 @@ class Uint8View(Dataset):
 def image_source_cfg(data_cfg: DataConfig | Any) -> DataConfig:
     """The config of the image dataset behind `data_cfg` (latents: meta.json's `source`; digit
     captions: the digits or MNIST images they describe)."""
+    data_cfg = data_config(data_cfg)  # the reference's entry: a caller's mapping too
     name = dataset_name(data_cfg)
     if name in CAPTIONED_IMAGES:
         return data_config({"name": CAPTIONED_IMAGES[name], "root": None, "flip": False,
                             "latent_scale": 1.0, **_geometry(data_cfg)})  # fmt: skip
     if name != "latents":
-        return data_config(data_cfg)
+        return data_cfg
     meta = read_latent_meta(data_root(data_cfg))
     source = meta.get("source")
     if not source or source.get("name") not in ("digits", "mnist", "imagefolder"):
@@ -103,9 +104,8 @@ def reference_images(
     return images, labels
 
 
-def _geometry(data_cfg: Any) -> dict:
+def _geometry(d: DataConfig) -> dict:
     """The image geometry keys of a data config, as a plain dict."""
-    d = data_config(data_cfg)
     return {"resolution": d.resolution, "channels": d.channels, "num_classes": d.num_classes,
             "patch_size": d.patch_size}  # fmt: skip
 

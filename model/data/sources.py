@@ -20,24 +20,16 @@ FID reference images: model/data/reference.py. Config checks without torch: core
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from core.config.datasets import (
-    CAPTION_DATASETS,
-    MNIST_RESOLUTIONS,
-    check_latents,
-    check_split,
-    data_root,
-    dataset_name,
-    expect_choice,
-)
-from core.config.sections import data_config
+from core.config.datasets import CAPTION_DATASETS, check_latents, data_root, loader_config
+from core.config.sections import DataConfig
 from core.errors import UserError
 from model.data.arrays import center_crop_arr, digits_arrays, digits_split_indices, mnist_arrays
 from model.data.captions import load_caption_data
@@ -231,42 +223,31 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def _digits(data_cfg: Any, split: str, flip: bool) -> ImageTensorDataset:
+def _digits(split: str, flip: bool) -> ImageTensorDataset:
     """sklearn digits, 8x8, 1 channel."""
-    expect_choice(data_cfg, "resolution", (8,))
-    expect_choice(data_cfg, "channels", (1,))
-    expect_choice(data_cfg, "num_classes", (10,))
     images, labels = digits_arrays()
     idx = digits_split_indices()[split]
     return ImageTensorDataset(torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]), flip)
 
 
-def _mnist(data_cfg: Any, split: str, flip: bool) -> ImageTensorDataset:
+def _mnist(res: int, split: str, flip: bool) -> ImageTensorDataset:
     """MNIST, 28x28 or zero-padded to 32x32, 1 channel."""
-    res = expect_choice(data_cfg, "resolution", MNIST_RESOLUTIONS)
-    expect_choice(data_cfg, "channels", (1,))
-    expect_choice(data_cfg, "num_classes", (10,))
     images, labels = mnist_arrays(split)
     pad = (res - 28) // 2
     images = torch.nn.functional.pad(torch.from_numpy(images), (pad, pad, pad, pad))
     return ImageTensorDataset(images, torch.from_numpy(labels), flip)
 
 
-def _imagefolder(data_cfg: Any, flip: bool) -> ImageFolderDataset:
+def _imagefolder(d: DataConfig, flip: bool) -> ImageFolderDataset:
     """An ImageNet-style folder, center-cropped."""
-    root = data_root(data_cfg)
-    channels = expect_choice(data_cfg, "channels", (1, 3))
-    d = data_config(data_cfg)
-    res = d.resolution
-    if not isinstance(res, int) or res < 1:
-        raise UserError(f"data.resolution={res!r} must be a positive integer")
+    root = data_root(d)
     try:
-        ds = ImageFolderDataset(root, res, channels, flip)
+        ds = ImageFolderDataset(root, int(d.resolution), int(d.channels), flip)
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(
             f"data.root={str(root)!r} is not an image folder (root/<class>/<img>): {e}"
         ) from None
-    num_classes = d.num_classes
+    num_classes = d.num_classes  # the folder read now, against the config checked before
     if len(ds.classes) != num_classes:
         raise UserError(
             f"data.num_classes={num_classes!r} but data.root={str(root)!r} has "
@@ -275,10 +256,11 @@ def _imagefolder(data_cfg: Any, flip: bool) -> ImageFolderDataset:
     return ds
 
 
-def _latents(data_cfg: Any, flip: bool) -> LatentDataset:
-    """Pre-encoded latents, checked against meta.json."""
-    root = data_root(data_cfg)
-    meta = check_latents(data_cfg)
+def _latents(d: DataConfig, flip: bool) -> LatentDataset:
+    """Pre-encoded latents; meta.json against the config (the folder may have been written
+    again since the config was checked)."""
+    root = data_root(d)
+    meta = check_latents(d)
     ds = LatentDataset(root, float(meta["scale_factor"]), flip)
     shape = tuple(ds.latents.shape[1:])
     if shape != (meta["channels"], meta["resolution"], meta["resolution"]):
@@ -286,26 +268,25 @@ def _latents(data_cfg: Any, flip: bool) -> LatentDataset:
     return ds
 
 
-def build_dataset(data_cfg: Any, split: str = "train") -> Dataset:
+def build_dataset(data_cfg: DataConfig | Mapping, split: str = "train") -> Dataset:
     """The dataset `data_cfg` names, one split, yielding (x float (C, H, W), y int64).
 
     The result's `flip` attribute says whether BatchStream should flip items (data.flip on the
     train split): BatchStream's seeded flags pick the rows, the dataset mirrors them (images)
     or reads the mirrored image's latents (latents).
     """
-    name = dataset_name(data_cfg)
-    check_split(name, split)
-    flip = bool(data_config(data_cfg).flip) and split == "train"
-    if name == "digits":
-        return _digits(data_cfg, split, flip)
-    if name == "mnist":
-        return _mnist(data_cfg, split, flip)
-    if name == "imagefolder":
-        return _imagefolder(data_cfg, flip)
-    if name in CAPTION_DATASETS:  # the images alone (captions: model.data.joint_pairs)
-        data = load_caption_data(data_cfg, split)
+    d = loader_config(data_cfg, split)
+    flip = bool(d.flip) and split == "train"
+    if d.name == "digits":
+        return _digits(split, flip)
+    if d.name == "mnist":
+        return _mnist(int(d.resolution), split, flip)
+    if d.name == "imagefolder":
+        return _imagefolder(d, flip)
+    if d.name in CAPTION_DATASETS:  # the images alone (captions: model.data.joint_pairs)
+        data = load_caption_data(d, split)
         return ImageTensorDataset(data.images, data.labels.clamp(min=0))
-    return _latents(data_cfg, flip)
+    return _latents(d, flip)
 
 
 def _flip_rows(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

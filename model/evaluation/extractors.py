@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from core.cache import cache_root
 from core.choices import EXTRACTORS
-from core.config.sections import data_config
+from core.config.sections import DataConfig
 from core.errors import UserError
 from core.io import atomic_torch_save
 from core.keys import flatten
@@ -187,9 +187,9 @@ class SmallConvNet(nn.Module):
         return feat, self.head(feat)
 
 
-def classifier_recipe(data_cfg: Any) -> dict:
+def classifier_recipe(data_cfg: DataConfig) -> dict:
     """How the classifier for this dataset is trained (part of its cache key)."""
-    d = data_config(data_cfg)
+    d = data_cfg
     res = int(d.resolution)
     big = res > 16
     return {
@@ -209,15 +209,17 @@ def classifier_recipe(data_cfg: Any) -> dict:
     }
 
 
-def _classifier_data(data_cfg: Any) -> tuple[Dataset, Dataset | None, torch.Tensor, torch.Tensor]:
+def _classifier_data(
+    data_cfg: DataConfig,
+) -> tuple[Dataset, Dataset | None, torch.Tensor, torch.Tensor]:
     """(train dataset, test dataset, train indices, test indices) for the classifier."""
-    name = data_config(data_cfg).name
+    name = data_cfg.name
     if name not in CLASSIFIER_DATASETS:
         raise UserError(
             f"eval.extractor=classifier cannot be trained on data={name}; allowed: "
             f"{', '.join(CLASSIFIER_DATASETS)} (latents are scored on their decoded images)"
         )
-    cfg = data_config(data_cfg).replaced(flip=False)
+    cfg = data_cfg.replaced(flip=False)
     train = build_dataset(cfg, "train")
     if name == "imagefolder":  # one split: hold out every 10th image
         idx = torch.arange(len(train))
@@ -263,7 +265,7 @@ def single_thread():
 
 
 @single_thread()
-def train_classifier(data_cfg: Any, recipe: dict | None = None) -> tuple[SmallConvNet, dict]:
+def train_classifier(data_cfg: DataConfig, recipe: dict | None = None) -> tuple[SmallConvNet, dict]:
     """Train the feature/accuracy classifier on the train split (CPU); returns (model, stats)."""
     recipe = recipe or classifier_recipe(data_cfg)
     train, test, train_idx, test_idx = _classifier_data(data_cfg)
@@ -296,7 +298,7 @@ def train_classifier(data_cfg: Any, recipe: dict | None = None) -> tuple[SmallCo
     return model, stats
 
 
-def _classifier_identity(data_cfg: Any) -> dict:
+def _classifier_identity(data_cfg: DataConfig) -> dict:
     """What the classifier's cache key must cover: recipe and dataset."""
     return {"recipe": classifier_recipe(data_cfg), "dataset": dataset_key(data_cfg)}
 

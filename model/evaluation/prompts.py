@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from core.config.sections import data_config
+from core.config.sections import DataConfig
 from core.errors import UserError
 from model.data.captions import load_caption_data
 from model.data.joint_pairs import DIGIT_CAPTION_DATASETS
 from model.evaluation.caption_metrics import caption_digit
 
 
-def split_prompts(data_cfg: Any, split: str, num: int) -> tuple[list[str], torch.Tensor]:
+def split_prompts(data_cfg: DataConfig, split: str, num: int) -> tuple[list[str], torch.Tensor]:
     """`num` prompts from a split's captions (image i mod N's first caption) and their labels."""
     data = load_caption_data(data_cfg, split)
     n = len(data.captions)
@@ -26,9 +26,9 @@ def split_prompts(data_cfg: Any, split: str, num: int) -> tuple[list[str], torch
     return prompts, labels
 
 
-def prompt_labels(prompts: list[str], data_cfg: Any) -> torch.Tensor:
+def prompt_labels(prompts: list[str], data_cfg: DataConfig) -> torch.Tensor:
     """The digit a prompt names (digit datasets; -1 where none or another dataset)."""
-    if data_config(data_cfg).name not in DIGIT_CAPTION_DATASETS:
+    if data_cfg.name not in DIGIT_CAPTION_DATASETS:
         return torch.full((len(prompts),), -1, dtype=torch.long)
     digits = [caption_digit(p) for p in prompts]
     return torch.tensor([-1 if d is None else d for d in digits], dtype=torch.long)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from core.config import data_config
 from core.errors import UserError
 from harness.config.compose import load_config
 from model.data.reference import reference_images
@@ -111,7 +111,7 @@ def test_fid_carries_a_seeded_bootstrap_std(samples, cache):
 def test_every_input_that_changes_a_metric_changes_the_record_key(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("CFH_CACHE", str(cache))
     base = ["model=T", "data=digits"]
-    data = OmegaConf.create(DIGITS)
+    data = data_config(DIGITS)
 
     def key(*overrides: str, step: int = 10) -> str:
         return settings_hash(eval_settings(load_config([*base, *overrides]), step, data))
