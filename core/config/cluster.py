@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from core.config.sections import MAX_RANKS
+from core.config.spec import quote
 from core.errors import UserError
 
 BACKENDS = ("local", "slurm")
@@ -117,7 +119,7 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
 
     def bad(key: str, why: str = "") -> UserError:
         got = d.get(key)
-        return UserError(f"{where}: {key}={got!r} is not allowed{why}; expected {_KEYS[key]}")
+        return UserError(f"{where}: {key}={quote(got)} is not allowed{why}; expected {_KEYS[key]}")
 
     unknown = sorted(set(d) - set(_KEYS))
     if unknown:
@@ -186,6 +188,12 @@ def validate_profile(cluster_cfg: Any) -> ClusterProfile:
         tasks_per_node=tasks,
         slurm_additional_parameters=extra,
     )
+    ranks = nodes * tasks
+    if ranks > MAX_RANKS:
+        raise UserError(
+            f"{where}: nodes={nodes} x tasks_per_node={tasks} = {ranks} ranks; at most "
+            f"{MAX_RANKS} (the trainer seeds rank r's generators with seed x {MAX_RANKS} + r)"
+        )
     if backend == "local":
         if nodes != 1:
             raise UserError(

@@ -17,6 +17,7 @@ from typing import Any
 
 from core.choices import CAPTION_DATASETS, DATASETS, TOKENIZERS
 from core.config.sections import DataConfig, EvalConfig, data_config
+from core.config.spec import quote
 from core.errors import DataMissing, UserError
 
 SPLITS = {  # "all": every image of the dataset (data.train_split=all; an eval split too)
@@ -55,7 +56,7 @@ def dataset_name(data_cfg: DataConfig) -> str:
     """The dataset name, validated."""
     name = data_cfg.name
     if name not in DATASETS:
-        raise UserError(f"unknown data={name!r}; allowed: {', '.join(DATASETS)}")
+        raise UserError(f"unknown data={quote(name)}; allowed: {', '.join(DATASETS)}")
     return name
 
 
@@ -267,7 +268,7 @@ def check_caption_config(data_cfg: DataConfig | Mapping, splits: tuple[str, ...]
     data_cfg = data_config(data_cfg)
     name = data_cfg.name
     if name not in CAPTION_DATASETS:
-        raise UserError(f"unknown data={name!r}; allowed: {', '.join(CAPTION_DATASETS)}")
+        raise UserError(f"unknown data={quote(name)}; allowed: {', '.join(CAPTION_DATASETS)}")
     if name == "digits_captions":
         for key, allowed in (("resolution", (8,)), ("channels", (1,)), ("num_classes", (10,))):
             expect_choice(data_cfg, key, allowed)

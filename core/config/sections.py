@@ -41,6 +41,7 @@ from core.choices import (
     WEIGHT_SCHEDULES,
 )
 from core.config.spec import (
+    INT64_MAX,
     Spec,
     anything,
     boolean,
@@ -52,6 +53,8 @@ from core.config.spec import (
     is_num,
     number,
     pair,
+    path_text,
+    quote,
     subset,
     text,
 )
@@ -64,6 +67,19 @@ def key(default: Any, spec: Spec, name: str | None = None) -> Any:
     if isinstance(default, list | dict):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# The trainer seeds rank r's torch, numpy and Python generators with seed x MAX_RANKS + r, and
+# numpy's legacy seed must be below 2^32: so at most MAX_RANKS ranks (core/config/cluster.py)
+# and a seed of at most SEED_MAX.
+MAX_RANKS = 1000
+SEED_MAX = (2**32 - 1 - (MAX_RANKS - 1)) // MAX_RANKS
+# torch.distributed holds its timeout in int64 nanoseconds: past this many seconds it wraps
+# (a 9.3e9 s timeout times out at once).
+DIST_TIMEOUT_MAX_S = (2**63 - 1) // 10**9
+# Bytes left below run_dir for the files cfh writes inside a run folder (the longest, wandb's
+# and TensorBoard's event files with a host name in them, stay under 200).
+RUN_FOLDER_ROOM = 256
 
 
 @dataclass
@@ -82,7 +98,7 @@ class DataConfig:
     core/config/datasets.py's."""
 
     name: str = key("digits", choice(*DATASETS))
-    root: str | None = key(None, text(null=True))  # "???": required, not given yet
+    root: str | None = key(None, path_text(null=True))  # "???": required, not given yet
     resolution: int | None = key(None, integer(1))
     channels: int | None = key(None, integer(1))
     num_classes: int | None = key(None, integer(1))
@@ -180,12 +196,15 @@ class TrainConfig:
     loggers: list[str] = key(["jsonl"], subset(LOGGERS))  # jsonl must be one (rules.py)
     num_workers: int = key(0, integer(0))
     device: str = key("auto", choice(*DEVICES))
-    dist_timeout_s: float = key(600, number(0, lo_open=True))
+    dist_timeout_s: float = key(600, number(0, DIST_TIMEOUT_MAX_S, lo_open=True))
     max_nonfinite: int = key(0, integer(0))
     joint: JointConfig = field(default_factory=JointConfig)
 
 
-CKPT = Spec("latest or a step (an integer >= 0)", lambda v: v == "latest" or (is_int(v) and v >= 0))
+CKPT = Spec(
+    "latest or a step (an integer >= 0)",
+    lambda v: v == "latest" or (is_int(v) and 0 <= v <= INT64_MAX),
+)
 
 
 @dataclass
@@ -205,13 +224,19 @@ class SampleConfig:
     ckpt: str | int = key("latest", CKPT)
     adm_npz: bool = key(False, boolean())
     prompt: str | None = key(None, text(null=True))
-    prompts: str | None = key(None, text(null=True))
+    prompts: str | None = key(None, path_text(null=True))
 
 
-BOOTSTRAP = Spec("0 (none) or an integer >= 2", lambda v: is_int(v) and (v == 0 or v >= 2))
+BOOTSTRAP = Spec(
+    "0 (none) or an integer >= 2", lambda v: is_int(v) and (v == 0 or 2 <= v <= INT64_MAX)
+)
 FID_INF_SIZES = Spec(
     "a list of at least two distinct integers >= 4",
-    lambda v: isinstance(v, list) and all(is_int(x) and x >= 4 for x in v) and len(set(v)) >= 2,
+    lambda v: (
+        isinstance(v, list)
+        and all(is_int(x) and 4 <= x <= INT64_MAX for x in v)
+        and len(set(v)) >= 2
+    ),
     null=True,
 )
 
@@ -222,10 +247,10 @@ class EvalConfig:
 
     extractor: str = key("classifier", choice(*EXTRACTORS))
     split: str = key("test", text())
-    weights_path: str | None = key(None, text(null=True))
+    weights_path: str | None = key(None, path_text(null=True))
     kid_subset_size: int = key(100, integer(2))
     ref_num: int | None = key(None, integer(2, null=True))
-    reference: str | None = key(None, text(null=True))
+    reference: str | None = key(None, path_text(null=True))
     bootstrap: int = key(20, BOOTSTRAP)
     fid_inf: bool = key(False, boolean())
     fid_inf_sizes: list[int] | None = key(None, FID_INF_SIZES)
@@ -277,15 +302,15 @@ class CaptionConfig:
     top_p: float = key(0.9, number(0, 1, lo_open=True))
     max_len: int | None = key(None, integer(3, null=True))
     seed: int = key(0, integer(0))
-    out: str | None = key(None, text(null=True))
+    out: str | None = key(None, path_text(null=True))
 
 
 @dataclass
 class RunConfig:
     """One run's whole config: what `cfh train|sample|evaluate|...` and a grid point run."""
 
-    seed: int = key(0, integer(0))
-    run_dir: str | None = key(None, text(null=True))
+    seed: int = key(0, integer(0, SEED_MAX))
+    run_dir: str | None = key(None, path_text(null=True, room=RUN_FOLDER_ROOM))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -363,7 +388,7 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
     for name, value in d.items():
         f = fields.get(name)
         if f is None:
-            raise UserError(f"unknown config key {prefix + str(name)!r} (no schema entry)")
+            raise UserError(f"unknown config key {quote(prefix + str(name))} (no schema entry)")
         if "spec" not in f.metadata:  # a sub-section
             kwargs[f.name] = _build(f.default_factory, value, f"{prefix}{name}.")  # type: ignore
             continue

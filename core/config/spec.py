@@ -13,6 +13,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+INT64_MAX = 2**63 - 1  # what a torch or numpy int64 holds: the cap of every integer key
+PATH_MAX, NAME_MAX = 4096, 255  # Linux: bytes in a path (with its NUL), in one path component
+QUOTE_MAX = 80  # characters of a refused value or key quoted in an error line
+
+
+def quote(value: Any) -> str:
+    """repr(value), cut short with its length when it is long (an error line stays one line)."""
+    text = repr(value)
+    if len(text) <= QUOTE_MAX:
+        return text
+    if isinstance(value, str):
+        size = f"{len(value):,} characters"
+    elif isinstance(value, list | dict | tuple):
+        size = f"{len(value):,} items"
+    else:
+        size = f"{len(text):,} characters as written"
+    return f"{text[: QUOTE_MAX - 20]}... ({size})"
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -22,6 +40,8 @@ class Spec:
     test: Callable[[Any], bool]
     null: bool = False
     options: tuple[str, ...] = ()  # a choice's values: the "did you mean" candidates
+    bounds: tuple[float, float] | None = None  # integer() and number(): the range
+    open_ends: tuple[bool, bool] = (False, False)  # number(): whether lo, hi are left out
 
     def accepts(self, value: Any) -> bool:
         return self.null if value is None else bool(self.test(value))
@@ -31,8 +51,8 @@ class Spec:
 
     def refusal(self, key: str, value: Any) -> str:
         """The one line that refuses `key=value`."""
-        hint = did_you_mean(value, self.options) if isinstance(value, str) else ""
-        return f"{key}={value!r} is not allowed; expected {self.describe()}{hint}"
+        hint = did_you_mean(value, self.options) if isinstance(value, str) and value else ""
+        return f"{quote_key(key)}={quote(value)} is not allowed; expected {self.describe()}{hint}"
 
 
 def did_you_mean(name: str, options: Sequence[str]) -> str:
@@ -49,9 +69,16 @@ def is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def integer(lo: int, hi: float = math.inf, null: bool = False) -> Spec:
-    span = f"an integer >= {lo}" if hi == math.inf else f"an integer in {lo}..{int(hi)}"
-    return Spec(span, lambda v: is_int(v) and lo <= v <= hi, null)
+def quote_key(key: str) -> str:
+    """A dotted key as typed, cut short with its length when it is long."""
+    return key if len(key) <= QUOTE_MAX else quote(key)
+
+
+def integer(lo: int, hi: int = INT64_MAX, null: bool = False) -> Spec:
+    """An integer in lo..hi; every integer key is capped at INT64_MAX at most, since torch and
+    numpy hold it as an int64."""
+    span = f"an integer >= {lo} (up to 2^63-1)" if hi == INT64_MAX else f"an integer in {lo}..{hi}"
+    return Spec(span, lambda v: is_int(v) and lo <= v <= hi, null, bounds=(lo, hi))
 
 
 def number(
@@ -60,8 +87,10 @@ def number(
     left, right = "(" if lo_open else "[", ")" if hi_open or hi == math.inf else "]"
     above = (lambda v: v > lo) if lo_open else (lambda v: v >= lo)
     below = (lambda v: v < hi) if hi_open else (lambda v: v <= hi)
-    what = f"a number in {left}{lo}, {hi}{right}"
-    return Spec(what, lambda v: is_num(v) and above(v) and below(v), null)
+    what = f"a number in {left}{lo}, {hi}{right}"  # finite: inf and nan are refused (is_num)
+    ends = (lo_open, hi_open or hi == math.inf)
+    test = lambda v: is_num(v) and above(v) and below(v)  # noqa: E731
+    return Spec(what, test, null, bounds=(lo, hi), open_ends=ends)
 
 
 def boolean() -> Spec:
@@ -76,6 +105,20 @@ def text(null: bool = False) -> Spec:
     return Spec("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "", null)
 
 
+def path_text(null: bool = False, room: int = 0) -> Spec:
+    """A file or folder path the filesystem can hold: at most PATH_MAX - 1 - `room` bytes (room:
+    what cfh appends below it, e.g. a run folder's own files) and NAME_MAX bytes a component."""
+
+    def ok(v: Any) -> bool:
+        if not isinstance(v, str) or v.strip() == "" or "\0" in v:
+            return False
+        raw = v.encode("utf-8", "surrogateescape")
+        return len(raw) <= PATH_MAX - 1 - room and all(len(p) <= NAME_MAX for p in raw.split(b"/"))
+
+    limit = PATH_MAX - 1 - room
+    return Spec(f"a path of at most {limit} bytes, {NAME_MAX} a component", ok, null)
+
+
 def subset(options: tuple[str, ...], min_len: int = 1) -> Spec:
     some = "a non-empty list" if min_len else "a list"
     return Spec(
@@ -85,10 +128,10 @@ def subset(options: tuple[str, ...], min_len: int = 1) -> Spec:
     )
 
 
-def int_list(lo: int) -> Spec:
+def int_list(lo: int, hi: int = INT64_MAX) -> Spec:
     return Spec(
         f"a non-empty list of integers >= {lo}",
-        lambda v: isinstance(v, list) and bool(v) and all(is_int(x) and x >= lo for x in v),
+        lambda v: isinstance(v, list) and bool(v) and all(is_int(x) and lo <= x <= hi for x in v),
     )
 
 
@@ -110,7 +153,9 @@ def inputs() -> Spec:
 
     def ok(v: Any) -> bool:
         items = v if isinstance(v, list) else [v]
-        ok_item = [(is_int(x) and x >= 0) or (isinstance(x, str) and bool(x)) for x in items]
+        ok_item = [
+            (is_int(x) and 0 <= x <= INT64_MAX) or (isinstance(x, str) and bool(x)) for x in items
+        ]
         return bool(items) and all(ok_item)
 
     return Spec("a split index (int >= 0), an image path, or a list of them", ok)

@@ -16,7 +16,7 @@ from core.choices import CAPTION_DATASETS, JOINT_TASKS, SIZE_NAMES
 from core.config.cluster import validate_profile
 from core.config.datasets import MISSING, check_data_config, train_size
 from core.config.sections import DataConfig, RunConfig, data_config, from_dict
-from core.config.spec import did_you_mean
+from core.config.spec import did_you_mean, quote
 from core.errors import DataMissing, UserError, data_check
 
 
@@ -59,7 +59,7 @@ def _plain(cfg: Any) -> dict:
 def _cross_checks(cfg: RunConfig, profiles: Sequence[str] | None) -> None:
     if cfg.model.name not in SIZE_NAMES:
         allowed = ", ".join(SIZE_NAMES)
-        raise UserError(f"model={cfg.model.name!r} is not allowed; choose one of: {allowed}")
+        raise UserError(f"model={quote(cfg.model.name)} is not allowed; choose one of: {allowed}")
     if "jsonl" not in cfg.train.loggers:  # metrics.jsonl is what resume, status, reports read
         raise UserError(
             f"train.loggers={list(cfg.train.loggers)!r} is not allowed; it must hold jsonl "

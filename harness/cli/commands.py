@@ -57,7 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             epilog=f"{EPILOGS[name]}\n\n{KEYS}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("overrides", nargs="*", help="hydra-style key=value config overrides")
+        p.add_argument(
+            "overrides", nargs="*", default=[], help="hydra-style key=value config overrides"
+        )
         job = print_train_config if name == "train" else print_config_job
         p.set_defaults(func=func, cfg_job=job)
         if name == "encode":

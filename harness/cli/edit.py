@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("overrides", nargs="*", help="hydra-style key=value config overrides")
+    p.add_argument(
+        "overrides", nargs="*", default=[], help="hydra-style key=value config overrides"
+    )
     p.set_defaults(func=cmd_edit, cfg_job=print_config_job)
 
 

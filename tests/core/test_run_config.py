@@ -33,7 +33,9 @@ def test_every_group_option_round_trips(group):
 
 
 def test_the_schema_is_read_from_the_fields():
-    assert SCHEMA["train.ar.steps"].describe() == "an integer >= 1"
+    assert (
+        SCHEMA["train.ar.steps"].describe() == "an integer >= 1 (up to 2^63-1)"
+    )  # issue 32: the int64 cap
     assert SCHEMA["edit.class"].null  # a Python keyword as a field: class_
     leaves = sum(1 for f in dataclasses.fields(RunConfig) if f.name not in ("cluster",))
     assert leaves and len(SCHEMA) > 100
