@@ -44,11 +44,17 @@ def read_json(path: Path) -> tuple[Any, str]:
 
 
 def read_yaml(path: Path) -> tuple[Any, str]:
-    """(parsed YAML, '') or (None, a short problem note); never raises."""
+    """(parsed YAML, '') or (None, a short problem note); never raises. A file past the YAML
+    bounds (core.yaml_bounds: an alias bomb, deep nesting) is noted, not loaded."""
     import yaml  # here: `cfh status` reads no YAML
+
+    from core.yaml_bounds import yaml_file_problem
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
     try:
+        problem = yaml_file_problem(path)
+        if problem:
+            return None, problem
         return yaml.load(path.read_text(encoding="utf-8"), Loader=loader), ""
     except FileNotFoundError:
         return None, f"missing {path.name}"

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from core.config.sections import RunConfig, from_dict
 from core.errors import UserError
+from core.yaml_bounds import check_yaml_file
 
 
 def read_run_config(path: Path | str) -> RunConfig:
@@ -23,13 +24,17 @@ def read_run_config(path: Path | str) -> RunConfig:
 
 
 def read_config_dict(path: Path | str) -> dict:
-    """The config stored at `path` as a plain resolved dict, not checked yet."""
+    """The config stored at `path` as a plain resolved dict, not checked yet (its YAML read
+    within core.yaml_bounds' limits first)."""
     path = Path(path)
+    hint = "; restore it, or use a new run_dir"
     try:
+        check_yaml_file(path, hint=hint)
         plain = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - unreadable YAML, a directory, bad interpolation
-        raise UserError(f"{path} cannot be read as a config ({type(e).__name__}); restore it, "
-                        "or use a new run_dir") from None  # fmt: skip
+        raise UserError(f"{path} cannot be read as a config ({type(e).__name__}){hint}") from None
     if not isinstance(plain, dict):
         raise UserError(f"{path} is not a config (a mapping); restore it, or use a new run_dir")
     return plain

@@ -28,7 +28,8 @@ from core.config import RunConfig, config_yaml, read_config_dict, validate_confi
 from core.config.spec import did_you_mean
 from core.errors import UserError
 from core.keys import flatten
-from harness.config.search import config_dirs, find_config, group_options
+from core.yaml_bounds import check_yaml_file
+from harness.config.search import check_config_files, config_dirs, find_config, group_options
 
 CONFIG_GROUPS = ("model", "data", "cluster")
 # Mappings whose keys are open (sbatch option names): set_key may add a key there.
@@ -64,6 +65,7 @@ def _compose_groups(dirs: tuple[Path, ...], choices: tuple[tuple[str, str], ...]
         if name not in options:
             hint = did_you_mean(str(name), options)
             raise UserError(f"unknown {group}={name!r}{hint}; allowed: {', '.join(options)}")
+    check_config_files(dirs)  # hydra reads the files without a bound on aliases or nesting
     try:
         cfg = _compose(dirs, overrides)
     except HydraException as e:
@@ -167,7 +169,17 @@ def _default_config_for(dirs: tuple[Path, ...]) -> dict:
 def load_config(overrides: Sequence[str] = ()) -> RunConfig:
     """Compose config.yaml with `key=value` overrides into the typed run config, validated once
     (validate_config); raise UserError if invalid."""
-    return validate_config(resolve_overrides(overrides), group_options("cluster"))
+    cfg = resolve_overrides(overrides)
+    _check_stored_yaml(cfg.get("run_dir"))
+    return validate_config(cfg, group_options("cluster"))
+
+
+def _check_stored_yaml(run_dir: Any) -> None:
+    """validate_config reads a trained run's config.yaml (its data section) where run_dir holds
+    one (`cfh evaluate run_dir=R`): refuse one past the YAML bounds (core.yaml_bounds) first."""
+    path = Path(str(run_dir)) / "config.yaml" if run_dir else None
+    if path is not None and path.is_file():
+        check_yaml_file(path, hint="; restore it, or use a new run_dir")
 
 
 def stored_config(run_dir: Path) -> dict:
@@ -226,6 +238,7 @@ def _default_choices(dirs: tuple[Path, ...]) -> dict[str, str]:
     """The config groups chosen by the winning config.yaml's defaults list."""
     path = find_config("config.yaml", dirs)
     assert path is not None  # the shipped dir has one
+    check_config_files(dirs)
     raw = OmegaConf.load(path)
     out = {}
     for item in raw.defaults:

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from core.config import RunConfig, typed
 from core.config.cluster import BACKENDS, validate_profile, world_size
 from core.errors import UserError
+from core.yaml_bounds import check_yaml_file
 from harness.config.search import config_dirs, find_config, group_options
 
 # ---------------------------------------------------------------- a point's resources
@@ -29,6 +30,7 @@ def _profile(name: str) -> dict:
 
 @functools.cache
 def _load_profile(path: Path) -> dict:
+    check_yaml_file(path, "cluster profile")
     return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.errors import UserError
+from core.yaml_bounds import check_yaml_file
 
 _HARNESS = Path(__file__).resolve().parent.parent  # harness/
 # The configs a user edits live in experiments/ at the top of the checkout; a wheel ships the same
@@ -58,6 +59,21 @@ def find_config(relpath: str, dirs: Sequence[Path] | None = None) -> Path | None
         if path.is_file():
             return path
     return None
+
+
+def check_config_files(dirs: Sequence[Path] | None = None) -> None:
+    """Refuse (core.yaml_bounds, one line naming the file) a YAML file that hydra may read from
+    the config dirs past the YAML bounds: each dir's top-level *.yaml and those one folder down
+    (the config groups), grids/ aside (load_grid checks a grid when it reads it). A file checked
+    once is not read again in this process while its mtime and size stay the same."""
+    for root in config_dirs() if dirs is None else dirs:
+        for path in sorted([*root.glob("*.yaml"), *root.glob("*/*.yaml")]):
+            if path.parent.name == "grids" or not path.is_file():
+                continue
+            try:
+                check_yaml_file(path, "config file")
+            except OSError:
+                pass  # unreadable: hydra says so if it reads it
 
 
 def group_options(group: str, dirs: Sequence[Path] | None = None) -> list[str]:

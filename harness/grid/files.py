@@ -44,7 +44,8 @@ A grid must list runs: an empty file is refused, and so is a grid without any ax
 include, seeds or eval axis (a single run: `seeds: [0]`). It may have at most 10,000 train
 points and 100,000 eval points in all (harness.grid.expansion.MAX_TRAIN_POINTS, MAX_EVAL_POINTS),
 counted before expanding. A command-line override may be given once (or twice with the same
-value).
+value). The file itself is read within core.yaml_bounds' limits (size, nodes with aliases
+expanded, nesting depth, alias count): an alias bomb is refused in one line, not expanded.
 
 This module reads and checks the file (keys and shapes) into a harness.grid.expansion.Grid; every
 point is validated (schema.validate_config plus cluster checks) while expanding. Any problem is
@@ -66,6 +67,7 @@ from core.choices import DECIDE_ON
 from core.config.spec import did_you_mean
 from core.errors import UserError
 from core.names import check_name
+from core.yaml_bounds import check_yaml_file
 from harness.config.compose import (
     CONFIG_GROUPS,
     parse_override,
@@ -145,6 +147,7 @@ def load_grid(name_or_path: str, overrides: Sequence[str] = ()) -> Grid:
     path = grid_path(name_or_path)
     name = path.stem
     check_name(name, f"grid file {path}: its name")
+    check_yaml_file(path, "grid file")  # alias bombs, deep nesting, a huge file: one line
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:

@@ -341,12 +341,14 @@ def extend_runs(root: str, decisions: list[Decision], steps: int) -> list[Decisi
     from omegaconf import OmegaConf
 
     from core.io import atomic_write_text
+    from core.yaml_bounds import check_yaml_file
 
     loaded = {}  # read (and refuse) every run first: a refusal leaves no config rewritten
     for d in decisions:
         path = runs.run_dir(root, d.signature) / "config.yaml"
         if d.point is None or not path.is_file() or d.state in ("running", "requeued"):
             continue
+        check_yaml_file(path, hint="; restore it")
         cfg = OmegaConf.load(path)
         have = int(cfg.train.steps)
         if have > steps:

@@ -105,6 +105,18 @@ def test_failed_corrupt_and_missing_runs_are_rows_with_one_warning(smoke_root: P
     assert math.isnan(failed["fid"])
 
 
+@pytest.mark.timeout(30)
+def test_a_run_config_past_the_yaml_bounds_is_a_damaged_row_not_a_hang(smoke_root: Path):
+    """An alias bomb as a run's config.yaml (issue 32): the row notes it, nothing expands it."""
+    lines = ["a0: &a0 [" + ", ".join(['"lol"'] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    run = sorted((smoke_root / "runs").iterdir())[0]
+    (run / "config.yaml").write_text("\n".join(lines) + "\n")
+    df = _load(smoke_root)
+    note = df.loc[df["signature"] == run.name, "problems"].iloc[0]
+    assert "damaged: config.yaml: YAML expands to more than 100000 nodes" in note
+
+
 def test_empty_and_half_written_run_folders_never_crash(tmp_path: Path):
     (tmp_path / "runs" / "empty0000001").mkdir(parents=True)
     run = sy.write_run(tmp_path)
