@@ -25,7 +25,7 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
 from core.config import RunConfig, config_yaml, read_config_dict, validate_config
-from core.config.spec import did_you_mean
+from core.config.spec import did_you_mean, quote
 from core.errors import UserError
 from core.keys import flatten
 from core.yaml_bounds import check_yaml_file
@@ -64,7 +64,7 @@ def _compose_groups(dirs: tuple[Path, ...], choices: tuple[tuple[str, str], ...]
         options = group_options(group, dirs)
         if name not in options:
             hint = did_you_mean(str(name), options)
-            raise UserError(f"unknown {group}={name!r}{hint}; allowed: {', '.join(options)}")
+            raise UserError(f"unknown {group}={quote(name)}{hint}; allowed: {', '.join(options)}")
     check_config_files(dirs)  # hydra reads the files without a bound on aliases or nesting
     try:
         cfg = _compose(dirs, overrides)
@@ -257,7 +257,8 @@ def set_key(cfg: dict, key: str, value: Any) -> None:
         if not isinstance(node, dict) or part not in node:
             parent = ".".join(parts[:i])
             raise UserError(
-                f"unknown config key {key!r}; {_did_you_mean(cfg, key)}{_nearby_keys(cfg, parent)}"
+                f"unknown config key {quote(key)}; {_did_you_mean(cfg, key)}"
+                f"{_nearby_keys(cfg, parent)}"
             )
         if i < len(parts) - 1:
             node = node[part]

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core.config import SCHEMA
+from core.config.spec import quote
 from core.errors import UserError, defer_missing_data
 from core.names import SIGNATURE_RE
 from harness.config.values import format_value
@@ -287,9 +289,14 @@ def _plan(grid: Grid, points: list[TrainPoint], args: argparse.Namespace) -> lis
 def parse_seeds(text: str) -> list[int]:
     """--seeds 0,1,2 -> [0, 1, 2]; UserError naming the bad value."""
     parts = [t.strip() for t in str(text).split(",")]
-    if not parts or not all(t.isdigit() for t in parts):
-        raise UserError(f"--seeds {text!r} is not allowed; expected integers >= 0 like 0,1,2")
-    return list(dict.fromkeys(int(t) for t in parts))
+    if not parts or not all(t.isascii() and t.isdigit() for t in parts):
+        raise UserError(f"--seeds {quote(text)} is not allowed; expected integers >= 0 like 0,1,2")
+    seeds = list(dict.fromkeys(int(t) for t in parts))
+    spec = SCHEMA["seed"]  # the range every generator that consumes a seed can hold
+    for seed in seeds:
+        if not spec.accepts(seed):
+            raise UserError(f"--seeds: {spec.refusal('seed', seed)}")
+    return seeds
 
 
 def parse_every(value: float) -> float:
@@ -449,6 +456,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "overrides",
         nargs="*",
+        default=[],  # with a default, argparse does not list it as required
         help="key=value overrides added to the grid's base; hydra sweeps add axes",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
@@ -493,5 +501,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_status)
     p = _parser(sub, "cancel", "cancel a grid's active points (key=value filters)", CANCEL_EPILOG)
     p.add_argument("grid")
-    p.add_argument("overrides", nargs="*", help="filters such as train.ar.mode=fixed")
+    p.add_argument("overrides", nargs="*", default=[], help="filters such as train.ar.mode=fixed")
     p.set_defaults(func=cmd_cancel)
