@@ -17,6 +17,7 @@ from core.config.cluster import validate_profile
 from core.config.datasets import MISSING, check_data_config, train_size
 from core.config.sections import DataConfig, RunConfig, data_config, from_dict
 from core.config.spec import did_you_mean, quote
+from core.config.stored import read_config_dict
 from core.errors import DataMissing, UserError, data_check
 
 
@@ -217,9 +218,7 @@ def _run_data(cfg: RunConfig) -> DataConfig:
     """The data a command works on: a trained run's (run_dir/config.yaml), else cfg.data."""
     if cfg.run_dir is not None:
         path = Path(str(cfg.run_dir)) / "config.yaml"
-        if path.is_file():
-            from omegaconf import OmegaConf  # a stored run's YAML (interpolations resolved)
-
-            data = OmegaConf.to_container(OmegaConf.load(path).data, resolve=True)
-            return data_config({**cfg.data.to_dict(), **data}, check=True)  # type: ignore[dict-item]
+        if path.is_file():  # read within the YAML bounds, interpolations resolved
+            data = read_config_dict(path).get("data") or {}
+            return data_config({**cfg.data.to_dict(), **data}, check=True)
     return cfg.data

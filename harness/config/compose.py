@@ -28,7 +28,6 @@ from core.config import RunConfig, config_yaml, read_config_dict, validate_confi
 from core.config.spec import did_you_mean, quote
 from core.errors import UserError
 from core.keys import flatten
-from core.yaml_bounds import check_yaml_file
 from harness.config.search import check_config_files, config_dirs, find_config, group_options
 
 CONFIG_GROUPS = ("model", "data", "cluster")
@@ -169,17 +168,7 @@ def _default_config_for(dirs: tuple[Path, ...]) -> dict:
 def load_config(overrides: Sequence[str] = ()) -> RunConfig:
     """Compose config.yaml with `key=value` overrides into the typed run config, validated once
     (validate_config); raise UserError if invalid."""
-    cfg = resolve_overrides(overrides)
-    _check_stored_yaml(cfg.get("run_dir"))
-    return validate_config(cfg, group_options("cluster"))
-
-
-def _check_stored_yaml(run_dir: Any) -> None:
-    """validate_config reads a trained run's config.yaml (its data section) where run_dir holds
-    one (`cfh evaluate run_dir=R`): refuse one past the YAML bounds (core.yaml_bounds) first."""
-    path = Path(str(run_dir)) / "config.yaml" if run_dir else None
-    if path is not None and path.is_file():
-        check_yaml_file(path, hint="; restore it, or use a new run_dir")
+    return validate_config(resolve_overrides(overrides), group_options("cluster"))
 
 
 def stored_config(run_dir: Path) -> dict:
