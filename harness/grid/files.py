@@ -64,7 +64,7 @@ from typing import Any
 import yaml
 
 from core.choices import DECIDE_ON
-from core.config.spec import did_you_mean
+from core.config.spec import did_you_mean, quote
 from core.errors import UserError
 from core.names import check_name
 from core.yaml_bounds import check_yaml_file
@@ -114,7 +114,7 @@ def grid_path(name_or_path: str) -> Path:
     if text.endswith((".yaml", ".yml")):
         path = Path(text)
         if not path.is_file():
-            raise UserError(f"grid file {text!r} does not exist")
+            raise UserError(f"grid file {quote(text)} {_why_not_a_file(path)}")
         return path
     if "/" in text:
         where = ", ".join(str(d / "grids") for d in config_dirs())
@@ -126,6 +126,10 @@ def grid_path(name_or_path: str) -> Path:
     check_name(text)
     path = find_config(f"grids/{text}.yaml")
     if path is None:
+        for root in config_dirs():  # there, but not a file: say what it is
+            odd = root / "grids" / f"{text}.yaml"
+            if odd.is_symlink() or odd.exists():
+                raise UserError(f"grid {text!r}: {odd} {_why_not_a_file(odd)}")
         known = ", ".join(list_grids()) or "(none)"
         where = ", ".join(str(d / "grids") for d in config_dirs())
         raise UserError(
@@ -135,6 +139,17 @@ def grid_path(name_or_path: str) -> Path:
             "(or list it in $CFH_CONFIG_DIR)"
         )
     return path
+
+
+def _why_not_a_file(path: Path) -> str:
+    """What a grid path that is not a readable file is, in words."""
+    if path.is_symlink() and not path.exists():
+        return f"is a broken symbolic link (to {str(path.readlink())!r}); fix or remove the link"
+    if path.is_dir():
+        return "is a directory, not a grid file (a grid is one .yaml file)"
+    if path.exists():
+        return "is not a regular file (a grid is a .yaml file)"
+    return "does not exist"
 
 
 def list_grids() -> list[str]:
