@@ -4,6 +4,10 @@ status.json is read-modified-written under an exclusive lock on `.status.lock` b
 ranks and the harness writing at once never lose each other's fields. An owner lock
 (`owner_lock`, `run_lock`: `R/.run.lock`) makes one process at a time the writer of a run, a
 samples folder or an eval record; a second one is refused at once, naming the holder.
+
+A full disk (ENOSPC, EDQUOT) is raised by every writer here as core.errors.DiskFull naming the
+file it was writing, and leaves nothing partial: a temp file is removed, an appended line that
+did not fit is cut off again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError, place_error
+from core.errors import DiskFull, UserError, disk_full, place_error
 from core.records import status_problem
 
 
@@ -35,9 +39,29 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def raise_if_full(e: OSError, path: str | os.PathLike) -> None:
+    """Raise DiskFull naming `path` (from e) when e says the disk is full; else return."""
+    full = disk_full(e, path)
+    if full is not None and full is not e:
+        raise full from e
+    if full is not None:
+        raise full
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
+    """Write `data` to `path` so that readers see the old file or the whole new one, never half.
+
+    No room for it: DiskFull naming `path`, the temp file removed and the old file untouched.
+    """
     path = Path(path)
+    try:
+        _write_replacing(path, data)
+    except OSError as e:
+        raise_if_full(e, path)
+        raise
+
+
+def _write_replacing(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -57,9 +81,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as the indented, key-sorted JSON text atomic_write_json writes."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write `obj` as indented JSON."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
@@ -72,11 +101,42 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, obj: dict) -> None:
-    """Append one JSON line; a torn last line is skipped by read_jsonl."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, default=float) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON line; a torn last line is skipped by read_jsonl.
+
+    A line the disk has no room for is cut off again (the file keeps its earlier lines only):
+    DiskFull naming `path`. One writer per file (rank 0 appends a run's metrics).
+    """
+    append_line(path, json.dumps(obj, default=float) + "\n")
+
+
+def append_line(path: str | os.PathLike, text: str) -> None:
+    """Append `text` (one or more whole lines) with one write and an fsync, or not at all: a
+    write that fails for want of space is cut back off (DiskFull naming `path`)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise_if_full(e, path)
+        raise
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            write_all(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        except OSError as e:
+            if disk_full(e) is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)  # no torn line left behind
+            raise_if_full(e, path)
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write is continued, an error raised)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -147,8 +207,12 @@ def read_status(run_dir: str | os.PathLike) -> dict:
 def status_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     """Hold the run folder's status lock (an OS lock: it dies with the process)."""
     path = Path(run_dir) / ".status.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as e:  # no inode left for the lock file
+        raise_if_full(e, path)
+        raise
     try:
         with contextlib.suppress(OSError):  # a filesystem without locks: best effort
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -188,7 +252,41 @@ def record_failure(
             return
         status.update(fields, state="failed", error=text, failed_rank=rank)
         status["updated"] = now_iso()
-        atomic_write_json(Path(run_dir) / "status.json", status)
+        _write_failure(Path(run_dir) / "status.json", status, e)
+
+
+def _write_failure(path: Path, status: dict, e: BaseException) -> None:
+    """Write the failed status: atomically; on a full disk over the old file in place (its blocks
+    are already there), since a run whose status still says `running` after it failed misleads
+    more than the short window of a rewrite in place; when that fails too, a note on `e` says so
+    (cfh prints it on e's line)."""
+    data = json_text(status).encode("utf-8")
+    try:
+        atomic_write_bytes(path, data)
+    except DiskFull:
+        if not _overwrite_in_place(path, data):
+            e.add_note(f"{path} could not be marked failed either: the disk is full")
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Overwrite `path` with `data` in its own allocated blocks (no new space needed); False
+    where it has fewer blocks than `data` needs, is missing, or the write fails."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_blocks * 512:
+            return False
+        if os.pwrite(fd, data, 0) != len(data):
+            return False
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- owner locks
@@ -270,8 +368,12 @@ def owner_lock(
         except OSError:
             pass  # a filesystem without locks: best effort, as status_lock
         info = {"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": now_iso()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as e:  # no room for the holder's line: the command cannot write anyway
+            raise_if_full(e, key)
+            raise
         _HELD[key] = fd
         try:
             yield

@@ -8,6 +8,8 @@ Loggers are named cfh.<phase> (cfh.train, cfh.sample, cfh.extract, cfh.encode).
 
 `run_log(path)` sends every cfh.* logger to a run folder's log.txt while a phase runs, so the
 training, sampling and evaluation lines of one run land in one file (status.json's `log`).
+A line the disk has no room for is left out of the file whole (it still goes to stderr); the
+write that fails next for the same full disk is the error the command reports.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from core.errors import DISK_FULL_ERRNOS
 
 DEFAULT_INTERVAL_S = 30.0
 # tqdm's own fields without the bar: a log line, not a terminal redraw
@@ -129,6 +133,62 @@ class Progress:
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class RunLogHandler(logging.Handler):
+    """Appends each record to `path` as one whole line: one os.write on an O_APPEND descriptor,
+    no buffer to flush later. A line the disk has no room for (ENOSPC, EDQUOT) is cut back off
+    and counted, not raised, and Python's "--- Logging error ---" traceback is not printed: the
+    line is on stderr too, and the command's next write fails with the error it reports. On
+    close, when lines were left out and there is room again, one line says how many."""
+
+    terminator = "\n"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        self.baseFilename = os.path.abspath(path)  # as logging.FileHandler: run_log looks for it
+        self.fd: int | None = os.open(
+            self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666
+        )
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._append(self.format(record) + self.terminator)
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                self.handleError(record)
+                return
+            self.dropped += 1
+        except Exception:  # noqa: BLE001 - a formatting error: logging's own report
+            self.handleError(record)
+
+    def _append(self, text: str) -> None:
+        if self.fd is None:
+            return
+        end = os.fstat(self.fd).st_size
+        view = memoryview(text.encode("utf-8", "replace"))
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, end)  # no torn line left behind
+            raise
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd is not None:
+                if self.dropped:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S")
+                    with contextlib.suppress(OSError):
+                        self._append(
+                            f"{when} WARNING cfh: {self.dropped} log line(s) left out of this "
+                            "file: the disk was full\n"
+                        )
+                os.close(self.fd)
+                self.fd = None
+        super().close()
+
+
 @contextlib.contextmanager
 def run_log(path: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
     """While inside, every cfh.* logger's INFO lines are appended to `path` (a run's log.txt).
@@ -143,7 +203,7 @@ def run_log(path: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
         yield
         return
     Path(target).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(target)
+    handler = RunLogHandler(target)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
     root.addHandler(handler)

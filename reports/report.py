@@ -12,6 +12,8 @@ import html
 import io
 import math
 import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from core.errors import DiskFull
 from core.io import atomic_write_bytes, atomic_write_text, now_iso
 from core.runfolder import decide_path, read_json
 from reports import plots
@@ -36,7 +39,7 @@ from reports.findings import (
 from reports.forest import forest_plot
 from reports.plot_style import png_only
 from reports.provenance import provenance_lines
-from reports.publish import Scrubber, check_published, publish_view, root_phrase
+from reports.publish import PublishLeak, Scrubber, check_published, publish_view, root_phrase
 from reports.results import Results, ResultsWarning, scan
 from reports.sizes import set_size_cache
 from reports.tables import (
@@ -100,14 +103,56 @@ def write_report(
     return path
 
 
+# the staging folder of a report being written, inside its folder (the same filesystem)
+STAGE_PREFIX, STAGE_SUFFIX = ".report-", ".tmp"
+LAST_MOVED = ("report.md", "report.html")  # what a reader opens: in place once the rest is
+
+
 def build_report(
     results: Results, out: Path, notes: list[str] | tuple = (), publish: bool = False
 ) -> Path:
     """Write results files, tables, plots, report.md and report.html into `out` (see
     write_report for `publish`: then every path in the written text is relative to the results
-    root or the repository, and reports.publish checks that no machine path remains)."""
-    df = results.table
+    root or the repository, and reports.publish checks that no machine path remains).
+
+    Every file is written into a staging folder `out/.report-*.tmp` first and moved into `out`
+    once all of them are there (report.md and report.html last), so a report that fails (a full
+    disk: core.errors.DiskFull naming the file) leaves `out` as it was, with nothing of its own.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, suffix=STAGE_SUFFIX, dir=out))
+    try:
+        try:
+            made = _write_report_files(results, stage, notes, publish)
+        except DiskFull as e:  # named where it would have been written
+            where = Path(e.filename)
+            if not where.is_relative_to(stage):
+                raise
+            raise DiskFull(out / where.relative_to(stage), e.errno) from e
+        except PublishLeak as e:
+            raise PublishLeak(str(e).replace(str(stage), str(out))) from None
+        _move_into(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / made.relative_to(stage)
+
+
+def _move_into(stage: Path, out: Path) -> None:
+    """Move every file under `stage` to the same place under `out` (renames: no new space),
+    the files of LAST_MOVED last."""
+    files = sorted(p for p in stage.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(stage).as_posix() in LAST_MOVED)
+    for path in files:
+        target = out / path.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
+
+def _write_report_files(
+    results: Results, out: Path, notes: list[str] | tuple, publish: bool
+) -> Path:
+    """build_report's files, all written into `out` (the staging folder)."""
+    df = results.table
     scrub = Scrubber(results.root) if publish else None
     shown, notes = publish_view(results, notes, scrub) if scrub else (results, list(notes))
     written = write_table_files(shown.table, out, parquet=not publish)

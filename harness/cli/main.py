@@ -6,7 +6,9 @@ the command being run is imported; it exposes `register(subparsers)`, which adds
 and sets `func=<callable(args) -> int>` (and, for commands that compose a config, `cfg_job`,
 what `--cfg job` prints). Global options (`--root`, `--cfg`) are accepted before or after the
 subcommand. Config values are hydra-style `key=value` overrides after the subcommand. User
-errors (`model.errors.UserError`) print one line and exit 2, no traceback.
+errors (`core.errors.UserError`) print one line and exit 2, no traceback; a full disk
+(`core.errors.DiskFull`, or any OSError with ENOSPC/EDQUOT) prints one line naming the file,
+`error: disk full writing PATH (No space left on device); free space and run again`, and exits 1.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.errors import UserError, place_error
+from core.errors import DiskFull, UserError, disk_full, one_line, place_error
 
 DISTRIBUTION = "causalfusion-harness"
 
@@ -169,8 +171,12 @@ def check_repeated_keys(overrides: Sequence[str]) -> None:
         check_repeated(overrides)
 
 
+EXIT_DISK_FULL = 1  # not 2: the input was fine, the machine had no room for what it made
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, dispatch, and turn user errors into one clear line and exit code 2."""
+    """Parse, dispatch, and turn user errors into one clear line and exit code 2 (a full disk:
+    one line naming the file, exit code 1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_in(argv))
     args, extra = parser.parse_known_args(argv)
@@ -191,10 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(f"--cfg job: cfh {args.command} composes no config")
             return int(cfg_job(args) or 0)
         return int(args.func(args) or 0)
+    except DiskFull as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_DISK_FULL
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a place that cannot be written: one line naming it, no traceback
+        full = disk_full(e)  # one no cfh writer saw (a library's own file): named as it can be
+        if full is not None:
+            print(f"error: {one_line(full)}", file=sys.stderr)
+            return EXIT_DISK_FULL
         error = place_error(e)
         if error is None:
             raise

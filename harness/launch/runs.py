@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from core.errors import UserError
-from core.io import atomic_write_json, atomic_write_text, now_iso, read_status
+from core.io import atomic_write_json, atomic_write_text, now_iso, raise_if_full, read_status
 from core.names import check_name, check_signature
 
 # ---------------------------------------------------------------- names and folders
@@ -149,8 +149,12 @@ def grid_lock(root: str | os.PathLike, name: str, command: str) -> Iterator[None
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             print(f"waiting for {path}: held by {holder}", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({command})\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({command})\n".encode(), 0)
+        except OSError as e:  # a full disk: DiskFull naming the lock file
+            raise_if_full(e, path)
+            raise
         yield
     finally:
         os.close(fd)

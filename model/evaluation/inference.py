@@ -25,7 +25,7 @@ import torch
 
 from core.config import RunConfig
 from core.config.datasets import train_split
-from core.errors import UserError
+from core.errors import DiskFull, UserError
 from core.io import atomic_write_bytes, atomic_write_json, now_iso, owner_lock, read_status
 from model.data.joint_pairs import is_caption_data, saved_tokenizer
 from model.data.tokenizers import encode_batch
@@ -232,11 +232,16 @@ def _draw(
     }
     buf = io.BytesIO()
     np.savez(buf, images=images, labels=labels)
-    atomic_write_bytes(out_dir / "samples.npz", buf.getvalue())
-    if cfg.sample.adm_npz:
-        write_adm_npz(out_dir)
-    atomic_write_bytes(out_dir / "grid.png", image_grid_png(images))
-    atomic_write_json(out_dir / SAMPLES_DONE, meta)
+    try:
+        atomic_write_bytes(out_dir / "samples.npz", buf.getvalue())
+        if cfg.sample.adm_npz:
+            write_adm_npz(out_dir)
+        atomic_write_bytes(out_dir / "grid.png", image_grid_png(images))
+        atomic_write_json(out_dir / SAMPLES_DONE, meta)
+    except DiskFull:  # nothing of the gathered samples stays; the shards do (a rerun reuses them)
+        for name in (SAMPLES_DONE, "grid.png", "samples_adm.npz", "samples.npz"):
+            (out_dir / name).unlink(missing_ok=True)
+        raise
     shutil.rmtree(out_dir / "shards", ignore_errors=True)
     log.info(
         "sampled %d images at %.1f img/s into %s", len(images), meta["sample_img_per_s"], out_dir

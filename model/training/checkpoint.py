@@ -1,14 +1,17 @@
 """Checkpoints: plain dicts, a sha256 beside each, the newest good one found, per-rank states.
 
-`R/checkpoints/ckpt_<step:08d>.pt` is written atomically after its checksum file
-`ckpt_<step:08d>.pt.sha256` (`sha256sum -c` reads it), so a checkpoint never exists without its
-checksum. Reading verifies the checksum: a damaged file (bytes flipped, truncated) is reported
-by name and the previous good one is used; when checkpoints exist but none is good, the run
-fails with their list instead of silently starting again from step 0. A checkpoint whose
-checksum file is missing (written before cfh checksummed checkpoints, or the file was lost) is
-checked against the CRCs of its own zip archive and loads with a warning that says the checksum
-file is missing. Each warning is logged once per process (cfh.train: stderr and the run's
-log.txt).
+`R/checkpoints/ckpt_<step:08d>.pt` is written atomically, then its checksum file
+`ckpt_<step:08d>.pt.sha256` (`sha256sum -c` reads it): a checksum file never names a checkpoint
+that is not there. A save that fails (a full disk: core.errors.DiskFull naming the file) leaves
+neither, nor a temp file; a checkpoint is removed before its checksum file, and a checksum file
+left alone (a process killed between the two) is removed before training. Reading verifies the
+checksum: a damaged file (bytes flipped, truncated) is reported by name and the previous good
+one is used; when checkpoints exist but none is good, the run fails with their list instead of
+silently starting again from step 0. A checkpoint whose checksum file is missing (written before
+cfh checksummed checkpoints, the file was lost, or the process was killed between the two
+writes) is checked against the CRCs of its own zip archive and loads with a warning that says
+the checksum file is missing. Each warning is logged once per process (cfh.train: stderr and
+the run's log.txt).
 """
 
 from __future__ import annotations
@@ -53,18 +56,26 @@ def step_of(path: Path) -> int:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save `state` to `path` atomically, its sha256 first."""
+    """torch.save `state` to `path` atomically, then its sha256 beside it; when the checksum
+    cannot be written, the checkpoint is removed again (and the error raised)."""
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    atomic_write_text(_sidecar(path), f"{digest}  {path.name}\n")
     atomic_write_bytes(path, data)
+    try:
+        atomic_write_text(_sidecar(path), f"{digest}  {path.name}\n")
+    except BaseException:
+        remove_checkpoint(path)  # with an older sidecar of the same name: it names other bytes
+        raise
 
 
 def remove_stale_temps(run_dir: Path) -> int:
-    """Delete temp files of checkpoint writes a killed process left (call before training)."""
-    stale = list((Path(run_dir) / "checkpoints").glob(".ckpt_*.tmp"))
+    """Delete temp files of checkpoint writes a killed process left, and checksum files whose
+    checkpoint is gone (call before training)."""
+    folder = Path(run_dir) / "checkpoints"
+    stale = list(folder.glob(".ckpt_*.tmp"))
+    stale += [s for s in folder.glob(CKPT_GLOB + SUFFIX) if not _checkpoint_of(s).exists()]
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
@@ -162,6 +173,10 @@ def load_latest_checkpoint(run_dir: Path, map_location: str = "cpu") -> dict | N
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + SUFFIX)
+
+
+def _checkpoint_of(sidecar: Path) -> Path:
+    return sidecar.with_name(sidecar.name.removesuffix(SUFFIX))
 
 
 _warned: set[str] = set()
