@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config.identity import edited_config
 from core.io import RUN_LOCK, load_status, lock_state
 from core.records import STATUS_STATES, eval_record_problem, metrics_row_problem
 
@@ -111,6 +112,7 @@ class RunFolder:
     records: list[tuple[Path, dict]] = field(default_factory=list)  # usable eval records
     metrics: list[dict] = field(default_factory=list)
     gone: str | None = None  # status.json says running but no process holds the run: why
+    edited: str | None = None  # config.yaml changed after cfh wrote it: why (not trusted then)
 
     @property
     def signature(self) -> str:
@@ -186,6 +188,10 @@ def read_run_folder(
     if bad and "missing" not in bad:  # point.json only exists for grid points
         folder.problems.append(damaged("point.json", bad))
     folder.point = point if isinstance(point, dict) else None
+    if folder.config:  # a missing or unreadable config.yaml is noted above
+        folder.edited = edited_config(folder.config, folder.status, folder.point or {})
+    if folder.edited:
+        folder.problems.append(damaged("config.yaml", folder.edited))
     folder.metrics = read_metrics(folder.path / "metrics.jsonl", folder.problems)
     for file in folder.eval_files(eval_keys):
         record, bad = read_json(file)
@@ -248,3 +254,33 @@ def never_swept(root: str | os.PathLike, grid: str) -> str:
         f"grid {grid!r} has never been swept under {root}: run `cfh --root {root} sweep {grid}` "
         f"first (grids swept there: {known})"
     )
+
+
+def compact_hosts(names: Collection[str]) -> str:
+    """Host names as SLURM writes a node list: cfh-node1, cfh-node2, gpu07 ->
+    cfh-node[1-2],gpu07 (runs of one prefix and consecutive numbers of one width)."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    out: list[str] = []
+    for name in names:
+        head = name.rstrip("0123456789")
+        digits = name[len(head) :]
+        if not digits:
+            out.append(name)
+            continue
+        groups.setdefault((head, len(digits)), []).append(int(digits))
+    for (head, width), numbers in groups.items():
+        numbers = sorted(set(numbers))
+        if len(numbers) == 1:
+            out.append(f"{head}{numbers[0]:0{width}d}")
+            continue
+        runs: list[str] = []
+        start = prev = numbers[0]
+        for n in [*numbers[1:], None]:
+            if n is not None and n == prev + 1:
+                prev = n
+                continue
+            runs.append(f"{start:0{width}d}" + (f"-{prev:0{width}d}" if prev != start else ""))
+            if n is not None:
+                start = prev = n
+        out.append(f"{head}[{','.join(runs)}]")
+    return ",".join(out)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from core.keys import flatten, unused_keys
-from core.runfolder import read_json, read_run_folder
+from core.runfolder import compact_hosts, read_json, read_run_folder
 from reports.columns import CONFIG_COLUMNS, EVAL_COLUMNS, METRIC_COLUMNS
 
 BOOTSTRAP = "_bootstrap"  # the row key that carries a record's replicates to Results.replicates
@@ -47,7 +47,7 @@ def read_run(
     said = folder.progress()
     point = folder.point
     axes = {**(planned_axes or {}), **(point_axes(point) if point is not None else {})}
-    state = "damaged" if folder.status_damaged else said["state"]
+    state = "damaged" if folder.status_damaged or folder.edited else said["state"]
     if not (isinstance(state, str) and state):
         state = "pending" if folder.not_started else "unknown"
     if state == "running" and folder.gone:  # as `cfh status` shows it: its process died
@@ -67,20 +67,24 @@ def read_run(
         updated=said["updated"],
     )
     curve = [{"signature": sig, **r} for r in folder.metrics]
-    rows = [
+    rows = [  # an edited config.yaml: what the records measured is not known, so none is read
         {**base, **eval_columns(record), "eval_file": path.name, BOOTSTRAP: _bootstrap(record)}
-        for path, record in folder.records
+        for path, record in ([] if folder.edited else folder.records)
     ]
     note = "; ".join(folder.problems)
     return [{**r, "problems": note} for r in rows or [base]], curve
 
 
 def provenance_columns(status: dict) -> dict:
-    """code_commit, cfh_version and machine_* from status.json (absent in runs before them)."""
+    """code_commit, cfh_version and machine_* from status.json (absent in runs before them);
+    num_nodes and nodes (SLURM's compact list) where the run's job recorded its SLURM nodes."""
     code = status.get("code") if isinstance(status.get("code"), dict) else {}
     machine = status.get("machine") if isinstance(status.get("machine"), dict) else {}
     out = {"code_commit": code.get("commit"), "cfh_version": code.get("cfh")}
     out.update({f"machine_{k}": v for k, v in machine.items() if _scalar(v)})
+    nodes = status.get("nodes")
+    if isinstance(nodes, list) and nodes:
+        out.update(num_nodes=len(nodes), nodes=compact_hosts([str(n) for n in nodes]))
     return out
 
 

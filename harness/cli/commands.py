@@ -13,6 +13,7 @@ import os
 import sys
 
 from core.config import check_kid_subset, check_train_batch, config_yaml
+from core.config.identity import check_stored_config, set_aside, stored_config_problem
 from harness.config.compose import load_config, load_train_config, print_config_job
 
 KEYS = "Config keys and their meaning: experiments/config.yaml (README.md: Config)."
@@ -62,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         job = print_train_config if name == "train" else print_config_job
         p.set_defaults(func=func, cfg_job=job)
+        if name == "train":
+            p.add_argument(
+                "--new-run",
+                action="store_true",
+                help="run_dir's config.yaml was edited by hand: set its files aside "
+                "(replaced-*/) and train that config from step 0, instead of refusing",
+            )
         if name == "encode":
             p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder")
             p.add_argument("--out", required=True, help="output folder for data=latents")
@@ -118,6 +126,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     with these overrides (a resume; an override that changes the run is refused)."""
     cfg = load_train_config(args.overrides)  # a bad key or value fails here, before torch loads
     check_train_batch(cfg, _launched_world_size())
+    if cfg.run_dir and not getattr(args, "new_run", False):
+        check_stored_config(str(cfg.run_dir))  # edited by hand: refused before torch loads
+    elif cfg.run_dir and os.environ.get("RANK", "0") == "0":  # rank 0 sets the files aside
+        edited = stored_config_problem(str(cfg.run_dir))
+        if edited:
+            print(f"new run: {cfg.run_dir} ({edited}); old files in {set_aside(str(cfg.run_dir))}")
     from harness.launch.jobs import trainer_hooks
     from model.training.trainer import TrainingFailed, train
 

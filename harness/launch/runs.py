@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from core.config.identity import IDENTITY_FIELD, config_identity
 from core.errors import UserError
 from core.io import atomic_write_json, atomic_write_text, now_iso, raise_if_full, read_status
 from core.names import check_name, check_signature
@@ -83,11 +84,13 @@ def write_run(root: str | os.PathLike, grid_name: str, point: Any) -> Path:
     rdir = run_dir(root, point.signature)
     rdir.mkdir(parents=True, exist_ok=True)
     cfg_path = rdir / "config.yaml"
+    old = read_point(rdir)
+    identity = old.get(IDENTITY_FIELD)
     if not cfg_path.exists():
         # Written once: a later grid with other non-result keys (log_every, cluster) reuses it.
         cfg = {**point.config, "run_dir": str(rdir.resolve())}
         atomic_write_text(cfg_path, OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    old = read_point(rdir)
+        identity = config_identity(cfg)  # what it trains: a later hand edit shows against it
     evals = {e["key"]: e for e in old.get("evals", []) if isinstance(e, dict) and "key" in e}
     for e in point.evals:
         evals.setdefault(e.key, e.to_json())
@@ -99,6 +102,8 @@ def write_run(root: str | os.PathLike, grid_name: str, point: Any) -> Path:
         "evals": list(evals.values()),
         "grids": grids,
     }
+    if identity:
+        new[IDENTITY_FIELD] = identity
     if new != {k: old.get(k) for k in new}:
         atomic_write_json(rdir / "point.json", new)
     link(root, grid_name, point.signature)

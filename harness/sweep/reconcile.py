@@ -44,6 +44,7 @@ from harness.launch.submission import (
     submit,
     wait_local,
 )
+from harness.sweep.edited_runs import check_run_folders
 from harness.sweep.monitor import cmd_cancel, cmd_status, print_status, wait
 from harness.sweep.rounds import (
     Budget,
@@ -179,7 +180,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError("--until-decided and --extend: give one of them at a time")
     points = augmented(grid, points, load_state(root, grid, budget or Budget()))
     runs.check_grid_file(root, grid)
+    new_run = getattr(args, "new_run", False)
     if args.dry_run:
+        if not new_run:  # a dry run sets nothing aside: it refuses what a sweep would
+            check_run_folders(root, points, False, grid.name)
         _plan(grid, points, args)
         print(resources_text(grid, points, root))
         for note in missing:
@@ -189,6 +193,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if budget is not None:
         return until_decided(grid, points, args, budget)
     with runs.grid_lock(root, grid.name, "cfh sweep"):  # plan and submit as one step
+        check_run_folders(root, points, new_run, grid.name)  # before anything is written
         todo, submitted = _plan_and_submit(grid, points, args, extend)
     local = points[0].config["cluster"]["backend"] == "local"
     if not todo:
@@ -472,6 +477,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="train.steps=N",
         help="continue the grid's existing runs to N steps (same run folders, exact resume; "
         "evals redone at the new final checkpoint) instead of starting new runs",
+    )
+    p.add_argument(
+        "--new-run",
+        action="store_true",
+        help="a run folder whose config.yaml was edited by hand: set its files aside "
+        "(replaced-*/) and train the point again, instead of refusing",
     )
     p.add_argument(
         "--seeds",

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from core.config import RunConfig, read_run_config
+from core.config.identity import check_stored_config
 from core.errors import UserError
 from core.hashing import json_hash
 from core.progress import Progress
@@ -48,6 +49,7 @@ def run_dir(cfg: RunConfig) -> Path:
     path = Path(str(cfg.run_dir))
     if not path.is_dir():
         raise UserError(f"run_dir={path}: no such folder")
+    check_stored_config(path)  # config.yaml edited by hand: what was trained is not known
     return path
 
 

@@ -1,4 +1,4 @@
-"""What a run folder trains: a resumed run may change only the resumable keys of its config."""
+"""A resumed run may change only the resumable keys of its config (core/config/identity.py)."""
 
 from __future__ import annotations
 
@@ -6,55 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig, read_config_dict
+from core.config.identity import check_stored_config, identity_diff
 from core.errors import UserError
-from core.keys import flatten
-
-# Keys that may differ between a run folder's config and a resumed run's config.
-RESUMABLE_KEYS = (
-    "run_dir",
-    "train.steps",
-    "train.ckpt_every",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "train.num_workers",
-    "train.device",
-    "train.dist_timeout_s",
-    "train.compile",
-    "train.grad_checkpointing",
-    "train.loggers",
-    "data.on_device",  # where the batches are gathered, not which
-    "sample",
-    "eval",
-    "cluster",
-)
-
-
-# Keys added to cfh after run folders were written without them, with the value that does what
-# cfh did before the key existed: a stored config without the key matches that value.
-ADDED_KEYS = {
-    "data.train_split": "train",
-    "train.ema_warmup": True,
-}
-
-
-def identity_diff(old: dict, new: dict) -> list[str]:
-    """Keys (dotted) whose values differ between two configs, ignoring resumable keys."""
-
-    def keep(key: str) -> bool:
-        return not any(key == r or key.startswith(r + ".") for r in RESUMABLE_KEYS)
-
-    a, b = flatten(old), flatten(new)
-    for key, value in ADDED_KEYS.items():
-        if key not in a and key in b:
-            a[key] = value
-    return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
 
 
 def check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    """Refuse a config that would change what an existing run folder trains."""
+    """Refuse a config that would change what an existing run folder trains, and a run folder
+    whose config.yaml was edited after cfh wrote it (the same change as an override is refused
+    below; by hand it would go unseen, since the resume reads that very file)."""
     path = run_dir / "config.yaml"
     if not path.exists():
         return
+    check_stored_config(run_dir)
     old = read_config_dict(path)
     new = cfg.to_dict()
     diff = identity_diff(old, new)

@@ -36,6 +36,7 @@ import torch
 
 from core.config import RunConfig, config_yaml, typed
 from core.config.datasets import train_split
+from core.config.identity import config_identity
 from core.config.sections import TrainConfig
 from core.errors import UserError
 from core.io import (
@@ -67,7 +68,9 @@ from model.training.checkpoint import (
     set_rng_state,
 )
 from model.training.distributed import (
+    CommTimer,
     DistInfo,
+    RankPresence,
     barrier,
     gather_to_all,
     init_distributed,
@@ -120,20 +123,27 @@ def train(
         torch.set_num_threads(int(num_threads))
     # one writer: rank 0 holds run_dir/.run.lock until the end; the signals of a stop are
     # caught from here on, so one during start-up is acted on at the first step boundary
-    with _owning(run_dir, info, device), SignalCatcher() as signals:
+    with (
+        _owning(run_dir, info, device),
+        RankPresence(run_dir, info) as presence,
+        SignalCatcher() as signals,
+    ):
         check_run_dir(cfg, run_dir)
         if info.is_main:
             atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
         with run_log(run_dir / "log.txt", enabled=info.is_main):  # rank 0 writes the run's log
             if info.is_main:
-                update_status(run_dir, state="running", phase="train", error=None)
+                identity = config_identity(cfg.to_dict())  # what config.yaml trains, recorded
+                update_status(
+                    run_dir, state="running", phase="train", error=None, config_identity=identity
+                )
             barrier(info)  # the folder exists and an earlier failure is cleared before any work
             try:
                 return _train(cfg, run_dir, info, device, on_preempt, signals)
             except Exception as e:
                 # the first rank to fail names the cause; the others then fail on its missing
-                # collectives
-                record_failure(run_dir, e, info.rank, info.world)
+                # collectives; a rank that died without a word (killed) is named by the others
+                record_failure(run_dir, e, info.rank, info.world, lost=presence.lost(e))
                 if isinstance(e, TrainingFailed):
                     log.error("%s", e)
                 raise
@@ -225,7 +235,9 @@ def _train(
             code=code_version(), machine=machine_info(device),
         )  # fmt: skip
         log.info("params=%d device=%s world=%d", count_params(net), device, info.world)
-    learner.forward = _wrap(net, cfg, info, device, joint)
+    # the gradient all-reduces' time (metrics.jsonl comm_frac), measured on gloo (CPU) only
+    comm = CommTimer(info.world) if info.world > 1 and device.type == "cpu" else None
+    learner.forward = _wrap(net, cfg, info, device, joint, comm)
     peak = matmul_peak_flops(str(device), torch.bfloat16 if learner.bf16 else torch.float32)
 
     def save(at_step: int) -> None:
@@ -283,7 +295,8 @@ def _train(
             step += 1
             if step % t_cfg.log_every == 0 or step == t_cfg.steps:
                 flops = train_flops_per_image(net.cfg, window.mean_seq_len())
-                row = window.flush(step, out.lr, info, flops, peak, device, t_start)
+                comm_s = comm.take() if comm is not None else None
+                row = window.flush(step, out.lr, info, flops, peak, device, t_start, comm_s)
                 if learner.graphs:
                     row["compiled_graphs"] = len(learner.graphs)
                     row["compile_s"] = sum(learner.graphs.values())
@@ -321,15 +334,23 @@ def _fail_if_nonfinite(window: Window, t_cfg: TrainConfig) -> None:
 
 
 def _wrap(
-    net: torch.nn.Module, cfg: RunConfig, info: DistInfo, device: torch.device, joint: bool
+    net: torch.nn.Module,
+    cfg: RunConfig,
+    info: DistInfo,
+    device: torch.device,
+    joint: bool,
+    comm: CommTimer | None = None,
 ) -> torch.nn.Module:
-    """The module the loss calls: net, in JointObjective, DDP and torch.compile as asked."""
+    """The module the loss calls: net, in JointObjective, DDP (with `comm` as its
+    communication hook: the same sums, timed) and torch.compile as asked."""
     out: torch.nn.Module = net
     if joint:
         out = JointObjective(net)  # both losses in one forward, as DDP needs
     if info.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         out = torch.nn.parallel.DistributedDataParallel(out, device_ids=ids)
+        if comm is not None:
+            out.register_comm_hook(None, comm.hook)
     if cfg.train.compile:
         out = compile_forward(out, cfg)
     return out
