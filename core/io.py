@@ -22,7 +22,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,19 +238,39 @@ def error_line(e: BaseException) -> str:
 
 
 def record_failure(
-    run_dir: str | os.PathLike, e: BaseException, rank: int = 0, world: int = 1, **fields: Any
+    run_dir: str | os.PathLike,
+    e: BaseException,
+    rank: int = 0,
+    world: int = 1,
+    lost: Sequence[Mapping[str, Any]] = (),
+    **fields: Any,
 ) -> None:
     """Mark the run failed with e's first line, unless a rank already did in this attempt.
 
     The first rank to fail names the cause; the errors the others then get (a peer closed the
     connection, a collective timed out) do not overwrite it. A new attempt resets the state.
+    `lost`: the ranks that died without a word ({rank, host, pid}: killed, out of memory, their
+    node gone; model.training.distributed.RankPresence), as seen by this rank: they are the
+    cause (failed_rank, failed_host, lost_ranks), and e what this rank got from their absence.
     """
     text = error_line(e) if world == 1 else f"rank {rank}/{world}: {error_line(e)}"
+    if lost:
+        gone = ", ".join(
+            f"rank {m['rank']}/{world} on {m.get('host', '?')} (pid {m.get('pid', '?')})"
+            for m in lost
+        )
+        text = f"{gone} lost: ended without an error of its own (killed?); then {text}"
+        first = lost[0]
+        fields.update(
+            failed_rank=first["rank"],
+            failed_host=first.get("host"),
+            lost_ranks=[m["rank"] for m in lost],
+        )
     with status_lock(run_dir):
         status = read_status(run_dir)
         if status.get("state") == "failed" and status.get("error"):
             return
-        status.update(fields, state="failed", error=text, failed_rank=rank)
+        status.update({"failed_rank": rank, **fields}, state="failed", error=text)
         status["updated"] = now_iso()
         _write_failure(Path(run_dir) / "status.json", status, e)
 

@@ -148,4 +148,6 @@ NUMERIC_COLUMNS = (
     "mfu",
     "data_wait_frac",
     "peak_mem_mb",
+    "comm_frac",
+    "num_nodes",
 )

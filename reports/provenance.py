@@ -1,8 +1,9 @@
 """What produced a grid's numbers: the code commits, the machines and the span of the runs.
 
 Read from the results columns that reports.rows takes from status.json (`code_commit`,
-`machine_*`, `started`, `updated`; the trainer records them when a run starts). Runs trained
-before cfh recorded them are counted as "not recorded", never guessed.
+`machine_*`, `started`, `updated`; the trainer records them when a run starts; `num_nodes`,
+`nodes`: a SLURM job's). Runs trained before cfh recorded them are counted as "not recorded",
+never guessed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def provenance_lines(df: pd.DataFrame) -> list[str]:
         "Code: " + "; ".join(_counted(commit, old)) + ".",
         "Machine: " + "; ".join(_counted(machines, old)) + ".",
     ]
+    if "nodes" in runs and runs["nodes"].notna().any():  # SLURM jobs that recorded their nodes
+        n = pd.to_numeric(runs["num_nodes"], errors="coerce")
+        where = [
+            None if pd.isna(k) else f"{int(k)} node{'s' if k != 1 else ''} {names}"
+            for k, names in zip(n, runs["nodes"], strict=True)
+        ]
+        lines.append("Nodes: " + "; ".join(_counted(pd.Series(where), "not a SLURM job")) + ".")
     started = pd.to_datetime(runs.get("started"), utc=True, errors="coerce").dropna()
     updated = pd.to_datetime(runs.get("updated"), utc=True, errors="coerce").dropna()
     if len(started) and len(updated):

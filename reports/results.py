@@ -216,7 +216,8 @@ def _merge_train_stats(df: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 def train_stats(curves: pd.DataFrame, batch: pd.Series | None = None) -> pd.DataFrame:
     """Per run: median throughput, MFU and share of time waiting for data (first log step =
-    warm-up excluded), peak memory, wall hours of the logged steps (wall_curves), final loss
+    warm-up excluded; and in gradient all-reduces, comm_frac, for runs of several ranks that
+    logged it), peak memory, wall hours of the logged steps (wall_curves), final loss
     and last step."""
     cols = ["train_img_per_s", "train_tokens_per_s", "mfu", "data_wait_frac", "peak_mem_mb"]
     cols.append("wall_hours")
@@ -236,6 +237,8 @@ def train_stats(curves: pd.DataFrame, batch: pd.Series | None = None) -> pd.Data
             "data_wait_frac": sg["data_wait_frac"].median() if "data_wait_frac" in c else np.nan,
         }
     )
+    if "comm_frac" in c:  # several ranks (gloo): the share of time in gradient all-reduces
+        out["comm_frac"] = sg["comm_frac"].median()
     out["peak_mem_mb"] = g["peak_mem_mb"].max() if "peak_mem_mb" in c else np.nan
     if "wall_s" in c:
         walls = wall_curves(c, batch)

@@ -20,7 +20,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -180,22 +183,109 @@ def submit_array(
     return jobs
 
 
-def export_distributed_env() -> None:
-    """In a multi-task submitit or SLURM job, export torchrun's variables for this task.
+MIN_PORT, PORT_SPAN = 20000, 40000  # rendezvous ports: 20000-59999, one per job id modulo
 
-    RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (submitit's
-    TorchDistributedEnvironment: the first node's host, a port drawn from the job id), so the
-    trainer and the sampler read one convention whatever launched them. Under torchrun, or in a
-    one-task job, this does nothing.
+
+def job_port(job_id: str | int) -> int:
+    """The rendezvous port of a job: MIN_PORT + job id modulo PORT_SPAN.
+
+    SLURM job ids grow by one per job (an array task has its own SLURM_JOB_ID), so two jobs
+    share a port only when their ids differ by a multiple of PORT_SPAN; a requeued job keeps its
+    id and its port. A non-numeric id (a local job "pid_0") uses its digits, else its CRC32.
     """
-    if "RANK" in os.environ:
-        return
+    text = str(job_id).split("_")[0]
+    number = int(text) if text.isdigit() else zlib.crc32(str(job_id).encode())
+    return MIN_PORT + number % PORT_SPAN
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compact node list ("cfh-node[1-2],gpu07") as host names, in SLURM's order
+    (what `scontrol show hostnames` prints; submitit's parser, without a subprocess)."""
+    from submitit.slurm.slurm import _parse_node_list
+
+    return _parse_node_list(nodelist) if nodelist else []
+
+
+def _tasks_on_node(spec: str, node: int) -> int | None:
+    """Tasks on node `node` from SLURM_STEP_TASKS_PER_NODE ("2(x2)", "3,1", "2(x3),1")."""
+    counts: list[int] = []
+    for part in spec.split(","):
+        count, _, rep = part.partition("(x")
+        if not count.isdigit():
+            return None
+        counts += [int(count)] * (int(rep.rstrip(")")) if rep else 1)
+    return counts[node] if 0 <= node < len(counts) else None
+
+
+def distributed_env(environ: Any = None) -> dict[str, str]:
+    """torchrun's variables for this task of a multi-task job; {} under torchrun (RANK is set),
+    outside a job, in a job's batch step, or with one task.
+
+    A SLURM job step's task (srun, also under submitit: SLURM_STEP_NUM_TASKS is set): RANK =
+    SLURM_PROCID, WORLD_SIZE = SLURM_STEP_NUM_TASKS, LOCAL_RANK = SLURM_LOCALID, GROUP_RANK =
+    SLURM_NODEID, LOCAL_WORLD_SIZE from SLURM_STEP_TASKS_PER_NODE, MASTER_ADDR = the first host
+    of the step's node list (SLURM_STEP_NODELIST, else SLURM_JOB_NODELIST): the node SLURM
+    starts task 0 on (node id 0) whatever the distribution, MASTER_PORT = job_port(SLURM_JOB_ID).
+    A submitit local job's task: submitit's JobEnvironment (this host), the port of its id.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env:
+        return {}
+    if "SLURM_STEP_NUM_TASKS" in env and "SLURM_PROCID" in env:
+        world = int(env["SLURM_STEP_NUM_TASKS"])
+        if world <= 1:
+            return {}
+        hosts = expand_nodelist(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", ""))
+        node = int(env.get("SLURM_NODEID", "0"))
+        per_node = _tasks_on_node(env.get("SLURM_STEP_TASKS_PER_NODE", ""), node)
+        out = {
+            "MASTER_ADDR": hosts[0] if hosts else socket.gethostname(),
+            "MASTER_PORT": str(job_port(env.get("SLURM_JOB_ID", "0"))),
+            "RANK": str(int(env["SLURM_PROCID"])),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(int(env.get("SLURM_LOCALID", "0"))),
+            "GROUP_RANK": str(node),
+        }
+        if per_node:
+            out["LOCAL_WORLD_SIZE"] = str(per_node)
+        return out
+    if env.get("SUBMITIT_EXECUTOR") != "local":
+        return {}
     try:
-        env = submitit.JobEnvironment()
+        job = submitit.JobEnvironment()
     except RuntimeError:  # not in a job
-        return
-    if env.num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return {}
+    if job.num_tasks <= 1:
+        return {}
+    return {
+        "MASTER_ADDR": job.hostnames[0],
+        "MASTER_PORT": str(job_port(job.job_id)),
+        "RANK": str(job.global_rank),
+        "WORLD_SIZE": str(job.num_tasks),
+        "LOCAL_RANK": str(job.local_rank),
+        "GROUP_RANK": "0",
+        "LOCAL_WORLD_SIZE": str(job.num_tasks),
+    }
+
+
+def export_distributed_env() -> dict[str, str]:
+    """In a multi-task SLURM step or submitit job, export torchrun's variables for this task
+    (distributed_env: rank, world and local rank from SLURM, the rendezvous on the first node of
+    the job's node list at a port of its job id), so the trainer and the sampler read one
+    convention whatever launched them; a MASTER_ADDR/MASTER_PORT already set (a login shell's)
+    is replaced by the job's own. Under torchrun, or in a one-task job, this does nothing.
+    Returns what it exported, and says it on stderr (the task's job log): which rank runs where."""
+    out = distributed_env()
+    if out:
+        os.environ.update(out)
+        print(
+            f"[cfh] rank {out['RANK']}/{out['WORLD_SIZE']} (local rank {out['LOCAL_RANK']}, "
+            f"node {out['GROUP_RANK']}) on {socket.gethostname()}; rendezvous "
+            f"{out['MASTER_ADDR']}:{out['MASTER_PORT']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return out
 
 
 # ---------------------------------------------------------------- states and cancel
@@ -248,6 +338,38 @@ def _slurm_states(ids: list[str]) -> dict[str, str]:
             state = "requeued"
         states[j] = state
     return states
+
+
+# squeue reasons of a pending job that say nothing beyond "it waits its turn"
+ORDINARY_REASONS = ("None", "Priority", "Resources", "BeginTime", "JobArrayTaskLimit", "")
+
+
+def pending_reasons(job_ids: Iterable[str]) -> dict[str, str]:
+    """{job id: why SLURM keeps it pending} for the given jobs that wait for another reason
+    than their turn (squeue's reason, e.g. "Nodes required for job are DOWN, DRAINED or
+    reserved ..."), with the partition's nodes that are down or drained and why
+    ("cfh-node2 down: maintenance"). Jobs that are not pending, or wait their turn, are left
+    out."""
+    ids = {str(j) for j in job_ids}
+    if not ids:
+        return {}
+    out: dict[str, str] = {}
+    parts: dict[str, str] = {}
+    for line in _run(["squeue", "-h", "-r", "-o", "%i|%T|%P|%r"]).splitlines():
+        jid, state, part, reason = (line.split("|", 3) + ["", "", ""])[:4]
+        jid, reason = jid.strip(), reason.strip()
+        if jid in ids and state.strip() == "PENDING" and reason not in ORDINARY_REASONS:
+            out[jid] = reason
+            parts[jid] = part.strip()
+    for jid, part in parts.items():
+        cmd = ["sinfo", "-h", "-N", "-t", "down,drain,fail,no_respond", "-o", "%N|%T|%E"]
+        down = _run([*cmd, "-p", part] if part else cmd).splitlines()
+        nodes = sorted({tuple(x.strip() for x in (ln.split("|", 2) + ["", ""])[:3]) for ln in down})
+        if nodes:
+            listed = ", ".join(f"{n} {st}" + (f": {why}" if why and why != "none" else "")
+                               for n, st, why in nodes)  # fmt: skip
+            out[jid] += f" (in partition {part}: {listed})" if part else f" ({listed})"
+    return out
 
 
 def _cmdline(pid: str) -> str:

@@ -18,6 +18,7 @@ The first rank to fail writes the error (`rank R/W: Type: message`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -32,7 +33,7 @@ from core.progress import run_log
 from harness.config.compose import parse_override, set_key, stored_config
 from harness.config.search import group_options
 from harness.launch.runs import read_point
-from model.training.distributed import barrier, dist_info, init_distributed
+from model.training.distributed import RankPresence, barrier, dist_info, init_distributed
 
 log = logging.getLogger("cfh.jobs")
 
@@ -97,12 +98,24 @@ def run_point(run_dir: str, train_fn: TrainFn | None = None, eval_fn: EvalFn | N
     export_distributed_env()
     job_id, _ = job_env()
     what = f"cfh job {job_id}" if job_id else "cfh job"
-    with run_lock(run_dir, what, enabled=dist_info().is_main):
-        return _run_point(Path(run_dir), train_fn, eval_fn)
+    with run_lock(run_dir, what, enabled=dist_info().is_main), contextlib.ExitStack() as stack:
+        return _run_point(Path(run_dir), train_fn, eval_fn, stack)
 
 
-def _run_point(rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None) -> dict:
-    """run_point's work, under the run lock."""
+def job_nodes(environ: Any = None) -> dict[str, Any]:
+    """The job's nodes for status.json: {"nodes": [names], "num_nodes": n} from
+    SLURM_JOB_NODELIST ({} outside SLURM)."""
+    from harness.launch.executors import expand_nodelist
+
+    env = os.environ if environ is None else environ
+    names = expand_nodelist(env.get("SLURM_JOB_NODELIST", ""))
+    return {"nodes": names, "num_nodes": len(names)} if names else {}
+
+
+def _run_point(
+    rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None, stack: contextlib.ExitStack
+) -> dict:
+    """run_point's work, under the run lock; `stack` holds this rank's RankPresence."""
     info = dist_info()
     main = info.is_main
     job_id, job_log = job_env()
@@ -122,11 +135,14 @@ def _run_point(rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None) -> 
             started=old.get("started")
             if old.get("state") in ("running", "requeued")
             else now_iso(),
+            **job_nodes(),  # this attempt's nodes (a requeue may land on others)
         )
     phase = "train"
+    presence = RankPresence(rdir, info)  # entered once the process group is up
     try:
         run = load_run_config(rdir)
         init_distributed(float(run.train.dist_timeout_s))
+        stack.enter_context(presence)
         barrier(info)  # no rank starts (or fails) before rank 0 has reset the status
         if run.bench.enabled:  # a bench point measures instead of training
             from harness.bench.command import run_bench_point
@@ -144,7 +160,8 @@ def _run_point(rdir: Path, train_fn: TrainFn | None, eval_fn: EvalFn | None) -> 
         if not main:
             return {"run_dir": str(rdir), "rank": info.rank, "evals": len(done)}
     except Exception as e:
-        record_failure(rdir, e, info.rank, info.world, phase=phase, log=log_path)
+        lost = presence.lost(e)  # a rank that died without a word: named as the cause
+        record_failure(rdir, e, info.rank, info.world, lost, phase=phase, log=log_path)
         traceback.print_exc(file=sys.stderr)
         with run_log(log_path, enabled=main):  # the traceback beside the lines that led to it
             log.error("failed in phase %s", phase, exc_info=True)
@@ -205,10 +222,21 @@ def _default_train(cfg: RunConfig) -> Any:
     return train(cfg, **trainer_hooks())
 
 
-def slurm_cpus() -> int | None:
-    """The CPUs SLURM allotted to this task (SLURM_CPUS_PER_TASK); None outside SLURM."""
-    value = os.environ.get("SLURM_CPUS_PER_TASK")
-    return int(value) if value else None
+def slurm_cpus(environ: Any = None) -> int | None:
+    """The CPUs SLURM allotted to this rank (SLURM_CPUS_PER_TASK); None outside SLURM.
+
+    Under torchrun started by srun (one task per node, TORCHELASTIC_RUN_ID set) the task's CPUs
+    are shared by its LOCAL_WORLD_SIZE workers: each gets its share (at least 1), not all of
+    them (4 ranks of 2 threads each on 2 cores ran 15x slower than 4 of 1, measured).
+    """
+    env = os.environ if environ is None else environ
+    value = env.get("SLURM_CPUS_PER_TASK")
+    if not value:
+        return None
+    cpus = int(value)
+    if env.get("TORCHELASTIC_RUN_ID"):
+        cpus = max(1, cpus // max(1, int(env.get("LOCAL_WORLD_SIZE") or 1)))
+    return cpus
 
 
 def trainer_hooks() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.runfolder import ROW_STATES, last_log_line, read_run_folder
+from core.runfolder import ROW_STATES, compact_hosts, last_log_line, read_run_folder
 from harness.launch.runs import read_submission, run_dir
 
 STATES = ROW_STATES  # a row's states, in the order the summary line counts them
@@ -54,6 +54,8 @@ class Row:
     phase: str | None = None
     fids: dict[str, float] = field(default_factory=dict)  # eval label (fid@S4, ...) -> FID
     extra: dict[str, Any] = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)  # the last attempt's SLURM nodes
+    waiting: str | None = None  # why the scheduler keeps it pending, beyond its turn
 
 
 # ---------------------------------------------------------------- the scheduler
@@ -116,6 +118,10 @@ def _by_status(status: dict, sched: str | None) -> str:
         if sched in (None, "unknown"):  # unknown to the scheduler (too old for sacct)
             return state
         return "failed"  # the job ended (completed, failed, killed) in the middle of the run
+    if state == "interrupted" and sched in WAITING:  # a stop SLURM requeued (scontrol requeue)
+        return "requeued"
+    if state == "interrupted" and sched == "running":  # requeued, started, not written yet
+        return "running"
     if state == "completed":  # trained, but eval points are missing (a grid added some)
         return "pending"
     if state in STATES:
@@ -201,7 +207,13 @@ def row_for(
         phase=said["phase"],
         fids=fids,
         extra={"evals_missing": evals_missing},
+        nodes=_nodes(status),
     )
+
+
+def _nodes(status: dict) -> list[str]:
+    nodes = status.get("nodes")
+    return [str(n) for n in nodes] if isinstance(nodes, list) else []
 
 
 def _with_last_line(text: str, rdir: Path) -> str:
@@ -233,7 +245,7 @@ def collect(root: str | os.PathLike, plan: dict) -> list[Row]:
         if sub.get("job_id") and not sub.get("cancelled"):
             jobs.append((str(sub["job_id"]), sub.get("backend", "local"), sub.get("folder")))
     sched = scheduler_states(jobs) if jobs else {}
-    return [
+    rows = [
         row_for(
             p["signature"],
             p.get("axes", {}),
@@ -244,6 +256,15 @@ def collect(root: str | os.PathLike, plan: dict) -> list[Row]:
         )
         for p in points
     ]
+    waiting = [j for j, backend, _ in jobs if backend == "slurm" and sched.get(j) in WAITING]
+    if waiting:  # why SLURM holds them (a node down, a limit), asked only when some wait
+        from harness.launch.executors import pending_reasons
+
+        reasons = pending_reasons(waiting)
+        for r in rows:
+            if r.state in WAITING and r.job_id in reasons:
+                r.waiting = reasons[r.job_id]
+    return rows
 
 
 # ---------------------------------------------------------------- the table
@@ -286,11 +307,15 @@ def fid_columns(rows: Sequence[Row]) -> list[str]:
 def render(rows: Sequence[Row], axis_keys: Sequence[str]) -> str:
     """A plain-text table, one row per point; failed rows get their error and log below.
 
-    One FID column per eval setting the points have records of (fid@S1, fid@S4, ...).
+    One FID column per eval setting the points have records of (fid@S1, fid@S4, ...). Where a
+    point's job recorded its SLURM nodes: `nodes` (how many) and `hosts` (SLURM's compact
+    list). A point SLURM keeps pending for a reason beyond its turn gets that reason below.
     """
     fid_cols = fid_columns(rows)
+    with_nodes = any(r.nodes for r in rows)
     header = ["signature", *map(short_key, axis_keys), "state", "phase", "job", "att", "step"]
     header += ["loss", *fid_cols, "evals", "elapsed"]
+    header += ["nodes", "hosts"] if with_nodes else []
     lines: list[list[str]] = []
     notes: dict[int, str] = {}
     for r in rows:
@@ -299,10 +324,14 @@ def render(rows: Sequence[Row], axis_keys: Sequence[str]) -> str:
         cells += [_fmt(r.job_id), _fmt(r.attempts), step, _fmt(r.loss, "loss")]
         cells += [_fmt(r.fids.get(c), "fid") for c in fid_cols]
         cells += [f"{r.evals_done}/{r.evals_total}", _fmt(r.elapsed_s, "time")]
+        if with_nodes:
+            cells += [str(len(r.nodes)) if r.nodes else "-", compact_hosts(r.nodes) or "-"]
         if r.state == "failed":
             notes[len(lines)] = f"  ^ {r.error or 'failed'} (log: {r.log or '-'})"
         elif r.state == "damaged":
             notes[len(lines)] = f"  ^ {r.error}"
+        elif r.waiting:
+            notes[len(lines)] = f"  ^ {r.state}: {r.waiting}"
         lines.append(cells)
     widths = [
         max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)

@@ -7,6 +7,8 @@ grad-norm means. Time: the window's wall clock from the previous log step to thi
 checkpoint writes the trainer reports with `exclude`), of which `data_wait_frac` went to waiting
 for the next batch and `step_frac` to the training steps (on a GPU: issuing them, and waiting
 while the device's queue is full); the rest is logging and waiting for the device at the log step.
+With several ranks on gloo, `comm_frac` is the share during which a gradient all-reduce was in
+flight (inside the steps: sending, receiving, waiting for the slowest rank), mean over ranks.
 """
 
 from __future__ import annotations
@@ -94,11 +96,14 @@ class Window:
         peak: float,
         device: torch.device,
         t_start: float,
+        comm_s: float | None = None,
     ) -> dict:
         """The window's metrics.jsonl row (losses averaged over ranks); starts a new window.
 
         loss and grad_norm are means over the window's finite steps (None when it has none);
-        `nonfinite_steps` appears when some were skipped.
+        `nonfinite_steps` appears when some were skipped. `comm_s`: this rank's seconds of
+        gradient all-reduce in the window (model.training.distributed.CommTimer; every rank
+        passes one or none): `comm_frac` is its share of the window's time, the mean over ranks.
         """
         before = self.nonfinite
         self.count_nonfinite()  # waits for the window's steps
@@ -131,6 +136,9 @@ class Window:
             "step_frac": min(self.step_s / wall, 1.0),
             "wall_s": time.perf_counter() - t_start,
         }
+        if comm_s is not None:
+            share = torch.tensor([min(comm_s / wall, 1.0)], dtype=torch.float64)
+            row["comm_frac"] = float(reduce_mean(share.to(device), info).item())
         if n_ok < len(self.oks):
             row["nonfinite_steps"] = len(self.oks) - n_ok
         self._reset()

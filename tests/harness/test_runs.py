@@ -181,6 +181,10 @@ def test_submission_history(tmp_path):
         ({"state": "running", "job_id": "7"}, {"job_id": "7"}, "cancelled", "cancelled"),
         ({"state": "failed", "job_id": "7"}, {"job_id": "7"}, "failed", "failed"),
         ({"state": "interrupted", "job_id": "7"}, {"job_id": "7"}, "failed", "interrupted"),
+        # stopped by the scheduler's requeue (scontrol requeue: SIGTERM), the same job waits
+        ({"state": "interrupted", "job_id": "7"}, {"job_id": "7"}, "requeued", "requeued"),
+        ({"state": "interrupted", "job_id": "7"}, {"job_id": "7"}, "pending", "requeued"),
+        ({"state": "interrupted", "job_id": "7"}, {"job_id": "7"}, "running", "running"),
         ({"state": "interrupted", "job_id": "7"}, {"job_id": "8"}, "pending", "pending"),
         ({"state": "failed", "job_id": "7"}, {"job_id": "8"}, "pending", "pending"),  # retried
         (
