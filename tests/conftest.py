@@ -175,6 +175,7 @@ def slurm_cluster():
 SLURM_MODULES = (
     "tests/faults/test_concurrent_sweeps.py",
     "tests/harness/test_executors.py",
+    "tests/harness/test_multinode_sweep.py",
     "tests/harness/test_slurm_multinode.py",
     "tests/harness/test_sweep_slurm.py",
 )
