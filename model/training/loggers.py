@@ -22,6 +22,7 @@ the user chose WANDB_MODE or is logged in (WANDB_API_KEY, or a .netrc entry for 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -29,12 +30,14 @@ import netrc
 import os
 import secrets
 import string
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from core.config import RunConfig, typed
-from core.errors import UserError
+from core.errors import UserError, disk_full
 from core.io import append_jsonl, atomic_write_text
 
 TENSORBOARD_DIR = "tensorboard"
@@ -55,9 +58,44 @@ def tensorboard_dir(run_dir: str | os.PathLike) -> Path:
 def _writer(run_dir: str | os.PathLike, purge_step: int | None = None) -> Any:
     from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-    return SummaryWriter(
-        log_dir=str(tensorboard_dir(run_dir)), purge_step=purge_step, flush_secs=FLUSH_S
-    )
+    _quiet_event_thread()
+    with tensorboard_writes(run_dir):
+        return SummaryWriter(
+            log_dir=str(tensorboard_dir(run_dir)), purge_step=purge_step, flush_secs=FLUSH_S
+        )
+
+
+@contextlib.contextmanager
+def tensorboard_writes(run_dir: str | os.PathLike) -> Iterator[None]:
+    """A full disk under TensorBoard's writer as core.io's DiskFull, naming the event folder
+    (SummaryWriter raises a bare OSError with no file name, from its writer thread's failure)."""
+    try:
+        yield
+    except OSError as e:
+        full = disk_full(e, tensorboard_dir(run_dir))
+        if full is None:
+            raise
+        raise full from e
+
+
+def _quiet_event_thread() -> None:
+    """Keep the traceback of TensorBoard's writer thread off stderr when the disk is full.
+
+    That thread re-raises its write error to print it, and then hands it to the next
+    add_scalar or flush of the main thread, which fails with it (tensorboard_writes: one line).
+    Any other error of any thread still goes to the hook that was there before.
+    """
+    before = threading.excepthook
+    if getattr(before, "cfh_event_thread", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and disk_full(args.exc_value):
+            return
+        before(args)
+
+    hook.cfh_event_thread = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def _scalars(values: dict) -> dict[str, float]:
@@ -163,8 +201,9 @@ class TrainLoggers:
         step = int(row["step"])
         scalars = {f"train/{k}": v for k, v in _scalars(row).items() if k != "step"}
         if self.tb is not None:
-            for tag, value in scalars.items():
-                self.tb.add_scalar(tag, value, step)
+            with tensorboard_writes(self.run_dir):
+                for tag, value in scalars.items():
+                    self.tb.add_scalar(tag, value, step)
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
 
@@ -172,16 +211,26 @@ class TrainLoggers:
         """Write buffered events to disk (at checkpoints: a resume continues from there).
         wandb needs none: its service process writes each row as it comes."""
         if self.tb is not None:
-            self.tb.flush()
+            with tensorboard_writes(self.run_dir):
+                self.tb.flush()
 
     def close(self, exit_code: int = 0) -> None:
-        """Flush and close the event file; finish the wandb run (exit_code 1: failed)."""
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
-        if self.wandb is not None:
-            self.wandb.finish(exit_code=exit_code)
-            self.wandb = None
+        """Flush and close the event file; finish the wandb run (exit_code 1: failed).
+
+        On a failure (exit_code 1) an event file that cannot be written is given up: the
+        error that failed the run is the one to report, not TensorBoard's echo of a full disk."""
+        tb, self.tb = self.tb, None
+        run, self.wandb = self.wandb, None
+        try:
+            if tb is not None:
+                with tensorboard_writes(self.run_dir):
+                    tb.close()
+        except OSError as e:
+            if exit_code == 0 or disk_full(e) is None:
+                raise
+        finally:
+            if run is not None:
+                run.finish(exit_code=exit_code)
 
 
 def eval_tag(settings: dict) -> str:
@@ -211,11 +260,12 @@ def log_eval_record(run_dir: str | os.PathLike, train_cfg: RunConfig | dict, rec
     metrics = _scalars(record.get("metrics", {}))
     if "tensorboard" in names:
         writer = _writer(run_dir)
-        try:
-            for key, value in metrics.items():
-                writer.add_scalar(f"eval/{tag}/{key}", value, step)
-        finally:
-            writer.close()
+        with tensorboard_writes(run_dir):
+            try:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"eval/{tag}/{key}", value, step)
+            finally:
+                writer.close()
     if "wandb" in names:
         try:
             check_loggers(["wandb"])

@@ -26,6 +26,7 @@ from fill_disk import PAGE, fill, free
 from core.errors import DiskFull, one_line
 from core.io import read_jsonl, read_status, record_failure
 from model.training.checkpoint import checkpoint_path, checkpoint_paths, damage, read_checkpoint
+from model.training.loggers import tensorboard_writes
 
 HERE = Path(__file__).resolve().parent
 cli_main = importlib.import_module("harness.cli.main")  # harness.cli.main is also the function
@@ -310,3 +311,29 @@ def test_a_report_into_a_full_disk_leaves_the_folder_as_it_was(disk, tmp_path):
         code, out = cfh(*report, str(folder))
         assert code == 0, out
     assert sorted(tree(folder)) == sorted(before)
+
+
+def test_tensorboard_on_a_full_disk_is_one_disk_full_error_and_no_thread_traceback(disk, capfd):
+    """TensorBoard's event writer runs in a thread of its own: its failed write must reach the
+    trainer as a DiskFull naming the event folder (not a bare OSError), its thread must not
+    print a traceback, and closing after a failure must not hide the error that failed the run."""
+    from model.training.loggers import TrainLoggers, tensorboard_dir
+
+    where = disk(64 * PAGE)
+    run = where / "run"
+    run.mkdir()
+    loggers = TrainLoggers(run, ["jsonl", "tensorboard"])
+    loggers.log({"step": 1, "loss": 1.0})
+    loggers.flush()
+    fill(where / "filler")
+    with pytest.raises(DiskFull) as caught:
+        for step in range(2, 100_000):  # the event thread fails at its first write
+            with tensorboard_writes(run):  # as TrainLoggers.log, past metrics.jsonl: TB alone
+                loggers.tb.add_scalar("train/loss", 1.0, step)
+            if step % 100 == 0:
+                loggers.flush()
+    assert str(caught.value) == f"disk full writing {tensorboard_dir(run)}{FULL}"
+    loggers.close(exit_code=1)  # the run already failed: its first error stands
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    assert_nothing_partial(run)
