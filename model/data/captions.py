@@ -43,6 +43,7 @@ labels (-1 where there is no class), one or more captions per image, and a name 
 from __future__ import annotations
 
 import functools
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from PIL import Image
 from core.config.datasets import SPLITS, captions_root, loader_config, stamps_folder
 from core.config.sections import DataConfig
 from core.errors import UserError
-from core.io import atomic_write_text
+from core.io import atomic_write_bytes, atomic_write_text
 from model.data.arrays import center_crop_arr, digits_arrays, digits_split_indices, mnist_arrays
 from model.data.digit_captions import (
     digit_captions,
@@ -296,7 +297,9 @@ def write_captions_jsonl(data: CaptionData, out_dir: str | Path) -> Path:
     for i, (image, caps) in enumerate(zip(data.images, data.captions, strict=True)):
         rel = f"images/{i:05d}.png"
         arr = image.numpy()
-        Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(out / rel)
+        png = io.BytesIO()  # through core.io: a full disk names the file, nothing half-written
+        Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(png, "PNG")
+        atomic_write_bytes(out / rel, png.getvalue())
         lines += [json.dumps({"image": rel, "caption": c}, ensure_ascii=False) for c in caps]
     path = out / "captions.jsonl"
     atomic_write_text(path, "".join(f"{line}\n" for line in lines))
