@@ -128,10 +128,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_train_batch(cfg, _launched_world_size())
     if cfg.run_dir and not getattr(args, "new_run", False):
         check_stored_config(str(cfg.run_dir))  # edited by hand: refused before torch loads
-    elif cfg.run_dir and os.environ.get("RANK", "0") == "0":  # rank 0 sets the files aside
-        edited = stored_config_problem(str(cfg.run_dir))
+        from model.training.identity import check_run_folder
+
+        check_run_folder(str(cfg.run_dir))  # a folder with no record: against its checkpoint
+    elif cfg.run_dir and os.environ.get("RANK", "0") == "0":
+        # rank 0 sets the files aside before it joins the process group, which every other
+        # rank waits in: none of them reads the folder before this is done
+        from model.training.identity import checkpoint_config_problem
+
+        run_dir = str(cfg.run_dir)
+        edited = stored_config_problem(run_dir) or checkpoint_config_problem(run_dir)
         if edited:
-            print(f"new run: {cfg.run_dir} ({edited}); old files in {set_aside(str(cfg.run_dir))}")
+            print(f"new run: {run_dir} ({edited}); old files in {set_aside(run_dir)}")
     from harness.launch.jobs import trainer_hooks
     from model.training.trainer import TrainingFailed, train
 

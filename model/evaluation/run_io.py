@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from core.config import RunConfig, read_run_config
-from core.config.identity import check_stored_config
 from core.errors import UserError
 from core.hashing import json_hash
 from core.progress import Progress
@@ -35,6 +34,7 @@ from model.training.checkpoint import (
     warn_once,
 )
 from model.training.distributed import DistInfo, dist_info
+from model.training.identity import check_run_folder
 
 
 def settings_hash(settings: dict) -> str:
@@ -49,7 +49,7 @@ def run_dir(cfg: RunConfig) -> Path:
     path = Path(str(cfg.run_dir))
     if not path.is_dir():
         raise UserError(f"run_dir={path}: no such folder")
-    check_stored_config(path)  # config.yaml edited by hand: what was trained is not known
+    check_run_folder(path)  # config.yaml edited by hand: what was trained is not known
     return path
 
 

@@ -140,6 +140,19 @@ def read_checkpoint(path: Path, map_location: str = "cpu") -> dict:
     raise DamagedCheckpoints(f"checkpoint {path} is damaged: {problem}")
 
 
+def saved_config(path: Path) -> dict | None:
+    """The config a good checkpoint was trained with, its tensors left on disk (mmap); None
+    for a damaged file or one without a config (load_latest_checkpoint names the damage)."""
+    if damage(path) is not None:
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable: the resume's own load says so
+        return None
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else None
+
+
 def good_checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoints whose checksum matches, oldest first."""
     return [p for p in checkpoint_paths(run_dir) if damage(p) is None]

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig, read_config_dict
-from core.config.identity import check_stored_config, identity_diff
+from core.config.identity import IDENTITY_FIELD, check_stored_config, identity_diff
 from core.errors import UserError
+from core.io import read_status
+from model.training.checkpoint import checkpoint_paths, saved_config
 
 
 def check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
@@ -17,7 +19,7 @@ def check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     path = run_dir / "config.yaml"
     if not path.exists():
         return
-    check_stored_config(run_dir)
+    check_run_folder(run_dir)
     old = read_config_dict(path)
     new = cfg.to_dict()
     diff = identity_diff(old, new)
@@ -27,6 +29,40 @@ def check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
             f"run_dir={run_dir} holds a run with a different config ({shown}); "
             "use a new run_dir, or only change train.steps and other resumable keys"
         )
+
+
+def check_run_folder(run_dir: str | Path) -> None:
+    """Refuse, in one line, a run folder whose config.yaml no longer says what it trained: edited
+    after cfh recorded it, or (a folder from before the record) unlike its checkpoint's config."""
+    check_stored_config(run_dir)
+    edited = checkpoint_config_problem(run_dir)
+    if edited:
+        raise UserError(
+            f"run_dir={run_dir}: {edited}; restore it, or train it again from step 0 with "
+            f"`cfh train run_dir={run_dir} --new-run` (the old files move to a replaced-* folder)"
+        )
+
+
+def checkpoint_config_problem(run_dir: str | Path) -> str | None:
+    """For a run folder that cfh wrote before it recorded what config.yaml trains (no
+    config_identity in status.json): how config.yaml differs from the config its newest good
+    checkpoint was trained with, or None. A folder with a record is checked by that record
+    (core.config.identity.check_stored_config), without opening a checkpoint."""
+    folder = Path(run_dir)
+    path = folder / "config.yaml"
+    if not path.is_file() or read_status(folder).get(IDENTITY_FIELD):
+        return None
+    for ckpt in reversed(checkpoint_paths(folder)):
+        saved = saved_config(ckpt)
+        if saved is None:
+            continue
+        stored = read_config_dict(path)
+        diff = identity_diff(saved, stored)
+        if not diff:
+            return None
+        shown = ", ".join(f"{k}: {_get(saved, k)!r} -> {_get(stored, k)!r}" for k in diff[:6])
+        return f"config.yaml differs from the config {ckpt.name} was trained with ({shown})"
+    return None
 
 
 def _get(d: Any, dotted: str) -> Any:

@@ -72,6 +72,40 @@ def test_an_edited_run_is_refused_then_trained_again_with_new_run(tmp_path):
     assert stored_config_problem(run) is None
 
 
+def test_an_edited_folder_from_before_the_record_is_caught_by_its_checkpoint(tmp_path):
+    """A folder cfh wrote before it recorded config identities (status.json without one) has
+    only its checkpoints to say what it trained: a resume and an evaluation compare config.yaml
+    with the newest checkpoint's config; --new-run sets the files aside."""
+    run = tmp_path / "run"
+    code, out = cfh("train", f"run_dir={run}", *TINY, *STEPS)
+    assert code == 0, out
+    status = json.loads((run / "status.json").read_text())
+    del status[IDENTITY_FIELD]  # as cfh wrote it before the record existed
+    (run / "status.json").write_text(json.dumps(status))
+    code, out = cfh("train", f"run_dir={run}", "train.steps=3")  # unedited: resumes
+    assert code == 0 and "resumed from step 2" in (run / "log.txt").read_text(), out
+    status = json.loads((run / "status.json").read_text())
+    del status[IDENTITY_FIELD]
+    (run / "status.json").write_text(json.dumps(status))
+    edit_lr(run, 3e-3)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    for argv in (
+        ["train", f"run_dir={run}", "train.steps=4"],
+        ["evaluate", f"run_dir={run}", "sample.num=10", "eval.kid_subset_size=5"],
+    ):
+        code, out = cfh(*argv)
+        lines = out.strip().splitlines()
+        assert code == 2 and len(lines) == 1, out
+        assert "config.yaml differs from the config ckpt_00000003.pt was trained with" in out
+        assert "(train.lr: 0.001 -> 0.003)" in lines[0] and "--new-run" in lines[0], out
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing written
+
+    code, out = cfh("train", f"run_dir={run}", "train.steps=2", "--new-run")
+    assert code == 0 and "new run: " in out, out
+    assert len([p for p in run.iterdir() if p.name.startswith("replaced-")]) == 1
+    assert len(checkpoint_paths(run)) == 2  # trained again from step 0
+
+
 def test_a_sweep_refuses_an_edited_run_folder(tmp_path):
     grid = tmp_path / "one.yaml"
     grid.write_text(

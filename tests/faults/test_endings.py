@@ -38,8 +38,20 @@ SIG = "e" * 10
 def start_train(run: Path, steps: int = 400, every: int = 4) -> subprocess.Popen:
     args = ["train", *TINY, f"train.steps={steps}", f"train.ckpt_every={every}", f"run_dir={run}"]
     return subprocess.Popen(
-        [*CFH, *args], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*CFH, *args],
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,
     )
+
+
+def _sigint_default() -> None:
+    """SIGINT as a terminal gives it: a test suite started in the background (`cmd &` in a
+    script) has it ignored, the child would inherit that, and Python would then not raise
+    KeyboardInterrupt for it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop(proc: subprocess.Popen, sig: int) -> tuple[int, str]:
