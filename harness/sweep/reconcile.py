@@ -5,7 +5,7 @@ the scheduler: a point with no result is submitted, a running one left alone, a 
 skipped, a failed, interrupted or cancelled one resubmitted only with --retry; points that
 left the grid since the last sweep are reported (their jobs cancelled with --prune). It prints
 that plan before submitting (--dry-run stops there), so running it twice submits nothing the
-second time.
+second time. The plan itself is harness.sweep.plan; `--extend` is harness.sweep.extend.
 
 Execution goes through harness.launch.submission and harness.launch.executors (submitit):
 every point is one
@@ -23,20 +23,16 @@ import argparse
 import contextlib
 import copy
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from core.config import SCHEMA
 from core.config.spec import quote
 from core.errors import UserError, defer_missing_data
-from core.names import SIGNATURE_RE
 from harness.config.values import format_value
 from harness.grid.expansion import Grid
 from harness.grid.files import load_grid
 from harness.grid.points import TrainPoint, evals_per_point_text, points_text
 from harness.launch import runs
-from harness.launch.status import ACTIVE, RETRYABLE, collect, short_key
 from harness.launch.submission import (
     cancel_points,
     compress_ids,
@@ -45,7 +41,9 @@ from harness.launch.submission import (
     wait_local,
 )
 from harness.sweep.edited_runs import check_run_folders
+from harness.sweep.extend import check_extends, extend_runs, parse_extend
 from harness.sweep.monitor import cmd_cancel, cmd_status, print_status, wait
+from harness.sweep.plan import Decision, plan_table, reconcile
 from harness.sweep.rounds import (
     Budget,
     add_arguments,
@@ -55,100 +53,6 @@ from harness.sweep.rounds import (
     parse_budget,
     run_rounds,
 )
-
-# What reconcile does with a point, by state (the RETRYABLE ones depend on --retry).
-ACTION_BY_STATE = {
-    "missing": "submit",
-    "pending": "skip",
-    "running": "skip",
-    "requeued": "skip",
-    "completed": "skip",
-}
-
-
-@dataclass
-class Decision:
-    """What one sweep does with one point, and why."""
-
-    signature: str
-    axes: dict[str, Any]
-    state: str
-    action: str  # submit | retry | skip | removed (kept) | cancel / prune (with --prune)
-    reason: str = ""
-    point: TrainPoint | None = None
-
-
-# ---------------------------------------------------------------- reconcile
-
-
-def reconcile(
-    grid: Grid, points: Sequence[TrainPoint], root: str, retry: bool = False, prune: bool = False
-) -> list[Decision]:
-    """Decide, for every point of the grid and every point removed from it, what to do."""
-    plan = {"points": [p.to_json() for p in points]}
-    rows = collect(root, plan)
-    out = []
-    for p, row in zip(points, rows, strict=True):
-        state = row.state
-        if state in RETRYABLE:
-            action = "retry" if retry else "skip"
-            reason = "" if retry else f"{state}; --retry resubmits it"
-        elif row.extra.get("evals_missing"):
-            action, reason = "submit", "trained; eval points missing"
-        else:
-            action = ACTION_BY_STATE.get(state, "skip")
-            reason = "" if action == "submit" else state
-        out.append(Decision(p.signature, p.axes, state, action, reason, p))
-    out += _removed(grid, points, root, prune)
-    return out
-
-
-def _removed(grid: Grid, points: Sequence[TrainPoint], root: str, prune: bool) -> list[Decision]:
-    """Points of the last sweep's plan (or its removed list) that the grid no longer has."""
-    old = runs.read_plan(root, grid.name)
-    current = {p.signature for p in points}
-    gone: dict[str, dict] = {}
-    for entry in list(old.get("points", [])) + list(old.get("removed", [])):
-        sig = entry.get("signature")
-        if isinstance(sig, str) and SIGNATURE_RE.match(sig) and sig not in current:
-            gone.setdefault(sig, entry)
-    if not gone:
-        return []
-    rows = collect(root, {"points": list(gone.values())})
-    out = []
-    for entry, row in zip(gone.values(), rows, strict=True):
-        active = row.state in ACTIVE
-        if prune:
-            action = "cancel" if active else "prune"
-            reason = "removed from the grid; " + ("cancel" if active else "unlink")
-        else:
-            action = "removed"
-            reason = "removed from the grid; --prune " + ("cancels it" if active else "unlinks it")
-        out.append(Decision(entry["signature"], entry.get("axes", {}), row.state, action, reason))
-    return out
-
-
-# ---------------------------------------------------------------- the plan table
-
-
-def plan_table(grid: Grid, decisions: Sequence[Decision]) -> str:
-    """Signature, axis values, state and action of every point, one line each."""
-    keys = grid.axis_keys()
-    header = ["signature", *map(short_key, keys), "state", "action"]
-    lines = []
-    for d in decisions:
-        action = d.action + (f" ({d.reason})" if d.reason and d.reason != d.state else "")
-        lines.append(
-            [d.signature, *(format_value(d.axes[k]) if k in d.axes else "-" for k in keys)]
-            + [d.state, action]
-        )
-    widths = [max([len(h)] + [len(c[i]) for c in lines]) for i, h in enumerate(header)]
-    return "\n".join(_line(cells, widths) for cells in [header, *lines])
-
-
-def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
 
 # ---------------------------------------------------------------- commands
 
@@ -320,77 +224,6 @@ def set_seeds(grid: Grid, seeds: list[int]) -> None:
             "give seeds in one place"
         )
     grid.seeds = seeds
-
-
-def check_extends(grid: Grid, points: Sequence[TrainPoint], steps: int) -> None:
-    """--extend train.steps=N must extend: N above the train.steps of every point of the grid."""
-    most = max(int(p.config["train"]["steps"]) for p in points)
-    if steps <= most:
-        raise UserError(
-            f"--extend train.steps={steps} does not extend grid {grid.name}: its points train "
-            f"for {most} steps (train.steps); allowed: N > {most}"
-        )
-
-
-def parse_extend(text: str) -> int:
-    """--extend train.steps=N -> N; the one key a run can be extended along."""
-    key, sep, value = str(text).partition("=")
-    if key.strip() != "train.steps" or not sep or not value.strip().isdigit():
-        raise UserError(
-            f"--extend {text!r} is not allowed; expected train.steps=N (N an integer >= 1)"
-        )
-    steps = int(value)
-    if steps < 1:
-        raise UserError(f"--extend train.steps={steps} is not allowed; expected N >= 1")
-    return steps
-
-
-def extend_runs(root: str, decisions: list[Decision], steps: int) -> list[Decision]:
-    """Raise train.steps to `steps` in the run folders of the grid's trained points and mark
-    them for submission: the job resumes training from the last checkpoint and redoes the evals
-    at the new final checkpoint. Running points are left alone (extend once they end); a run
-    already at `steps` or beyond is not shortened."""
-    from omegaconf import OmegaConf
-
-    from core.io import atomic_write_text
-    from core.yaml_bounds import check_yaml_file
-
-    loaded = {}  # read (and refuse) every run first: a refusal leaves no config rewritten
-    for d in decisions:
-        path = runs.run_dir(root, d.signature) / "config.yaml"
-        if d.point is None or not path.is_file() or d.state in ("running", "requeued"):
-            continue
-        check_yaml_file(path, hint="; restore it")
-        cfg = OmegaConf.load(path)
-        have = int(cfg.train.steps)
-        if have > steps:
-            raise UserError(
-                f"--extend train.steps={steps}: run {d.signature} already has train.steps={have};"
-                " a run is extended, never shortened"
-            )
-        loaded[d.signature] = (path, cfg, have)
-    out = []
-    for d in decisions:
-        if d.point is None or d.signature not in loaded:
-            out.append(d)
-            continue
-        path, cfg, have = loaded[d.signature]
-        rdir = path.parent
-        if have < steps:
-            cfg.train.steps = steps
-            atomic_write_text(path, OmegaConf.to_yaml(cfg))
-        if have < steps or d.state != "completed" or not _extended_evals_done(rdir, steps):
-            d = Decision(d.signature, d.axes, d.state, "submit", f"extend to {steps}", d.point)
-        out.append(d)
-    return out
-
-
-def _extended_evals_done(rdir: Any, steps: int) -> bool:
-    """Whether every eval of status.json was made at checkpoint `steps`."""
-    from core.io import read_status
-
-    evals = read_status(rdir).get("evals") or {}
-    return all(isinstance(e, dict) and e.get("ckpt_step") == steps for e in evals.values())
 
 
 def _plan_and_submit(
