@@ -30,6 +30,21 @@ def edit_lr(run, lr: float) -> None:
     path.write_text(yaml.safe_dump(cfg))
 
 
+def assert_refused(run, *said: str) -> None:
+    """A resume and an evaluation of `run` each refused in one line that holds `said` and
+    offers --new-run, with nothing in the folder written."""
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    for argv in (
+        ["train", f"run_dir={run}", "train.steps=9"],
+        ["evaluate", f"run_dir={run}", "sample.num=10", "eval.kid_subset_size=5"],
+    ):
+        code, out = cfh(*argv)
+        lines = out.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "--new-run" in lines[0], out
+        assert all(s in lines[0] for s in said), out
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing written
+
+
 def test_the_identity_ignores_resumable_keys_only():
     base = resolve_overrides([])
     same = resolve_overrides(["train.steps=9", "train.log_every=3", "sample.num=7"])
@@ -47,16 +62,7 @@ def test_an_edited_run_is_refused_then_trained_again_with_new_run(tmp_path):
     recorded = read_status(run)[IDENTITY_FIELD]
     assert stored_config_problem(run) is None
     edit_lr(run, 3e-3)
-    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    for argv in (
-        ["train", f"run_dir={run}", "train.steps=3"],
-        ["evaluate", f"run_dir={run}", "sample.num=10", "eval.kid_subset_size=5"],
-    ):
-        code, out = cfh(*argv)
-        lines = out.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and EDITED in lines[0], out
-        assert "--new-run" in lines[0] and recorded in lines[0]
-    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing written
+    assert_refused(run, EDITED, recorded)
     folder = read_run_folder(run)
     assert folder.edited and any(EDITED in p for p in folder.problems)
     rows, _ = read_run(run)
@@ -88,17 +94,11 @@ def test_an_edited_folder_from_before_the_record_is_caught_by_its_checkpoint(tmp
     del status[IDENTITY_FIELD]
     (run / "status.json").write_text(json.dumps(status))
     edit_lr(run, 3e-3)
-    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    for argv in (
-        ["train", f"run_dir={run}", "train.steps=4"],
-        ["evaluate", f"run_dir={run}", "sample.num=10", "eval.kid_subset_size=5"],
-    ):
-        code, out = cfh(*argv)
-        lines = out.strip().splitlines()
-        assert code == 2 and len(lines) == 1, out
-        assert "config.yaml differs from the config ckpt_00000003.pt was trained with" in out
-        assert "(train.lr: 0.001 -> 0.003)" in lines[0] and "--new-run" in lines[0], out
-    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing written
+    assert_refused(
+        run,
+        "config.yaml differs from the config ckpt_00000003.pt was trained with",
+        "(train.lr: 0.001 -> 0.003)",
+    )
 
     code, out = cfh("train", f"run_dir={run}", "train.steps=2", "--new-run")
     assert code == 0 and "new run: " in out, out
