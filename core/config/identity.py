@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,22 @@ def set_aside(run_dir: str | Path) -> Path:
     return target
 
 
+def changes_text(old: dict, new: dict, keys: Sequence[str]) -> str:
+    """`key: old -> new, ...` for dotted `keys` of two configs (a key one lacks reads None)."""
+    a, b = flatten(old), flatten(new)
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys)
+
+
+def edited_refusal(run_dir: str | Path, why: str) -> UserError:
+    """The one-line refusal of a run folder whose config.yaml no longer says what it trained."""
+    return UserError(
+        f"run_dir={run_dir}: {why}; restore it, or train it again from step 0 with "
+        f"`cfh train run_dir={run_dir} --new-run` (the old files move to a replaced-* folder)"
+    )
+
+
 def check_stored_config(run_dir: str | Path) -> None:
     """Refuse, in one line, a run folder whose config.yaml was edited after cfh wrote it."""
     edited = stored_config_problem(run_dir)
     if edited:
-        raise UserError(
-            f"run_dir={run_dir}: {edited}; restore it, or train it again from step 0 with "
-            f"`cfh train run_dir={run_dir} --new-run` (the old files move to a replaced-* folder)"
-        )
+        raise edited_refusal(run_dir, edited)

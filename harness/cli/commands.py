@@ -128,9 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_train_batch(cfg, _launched_world_size())
     if cfg.run_dir and not getattr(args, "new_run", False):
         check_stored_config(str(cfg.run_dir))  # edited by hand: refused before torch loads
-        from model.training.identity import check_run_folder
+        from model.training.identity import check_checkpoint_config
 
-        check_run_folder(str(cfg.run_dir))  # a folder with no record: against its checkpoint
+        check_checkpoint_config(str(cfg.run_dir))  # a folder with no record: its checkpoint
     elif cfg.run_dir and os.environ.get("RANK", "0") == "0":
         # rank 0 sets the files aside before it joins the process group, which every other
         # rank waits in: none of them reads the folder before this is done

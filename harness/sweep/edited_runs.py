@@ -11,9 +11,8 @@ trains again from its true config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from core.config.identity import set_aside, stored_config_problem
+from core.config.identity import changes_text, set_aside, stored_config_problem
 from core.errors import UserError
 from harness.config.compose import stored_config
 from harness.grid.points import TrainPoint
@@ -44,9 +43,7 @@ def edited_folder(rdir: Path, point: TrainPoint) -> str | None:
     stored = stored_config(rdir)
     keys = edited_keys(stored, point.config)
     if keys:
-        shown = ", ".join(
-            f"{k}: {_get(point.config, k)!r} -> {_get(stored, k)!r}" for k in keys[:4]
-        )
+        shown = changes_text(point.config, stored, keys[:4])
         more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
         return f"config.yaml no longer matches its signature {point.signature} ({shown}{more})"
     return stored_config_problem(rdir)
@@ -67,9 +64,3 @@ def check_run_folders(root: str, points: list[TrainPoint], new_run: bool, grid: 
                 "replaced-* folder in it)"
             )
         print(f"new run: {rdir} ({why}); its files are now in {set_aside(rdir)}")
-
-
-def _get(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = cfg.get(part) if isinstance(cfg, dict) else None
-    return cfg

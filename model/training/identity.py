@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from core.config import RunConfig, read_config_dict
-from core.config.identity import IDENTITY_FIELD, check_stored_config, identity_diff
+from core.config.identity import (
+    IDENTITY_FIELD,
+    changes_text,
+    check_stored_config,
+    edited_refusal,
+    identity_diff,
+)
 from core.errors import UserError
 from core.io import read_status
 from model.training.checkpoint import checkpoint_paths, saved_config
@@ -24,7 +29,7 @@ def check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     new = cfg.to_dict()
     diff = identity_diff(old, new)
     if diff:
-        shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in diff[:6])
+        shown = changes_text(old, new, diff[:6])
         raise UserError(
             f"run_dir={run_dir} holds a run with a different config ({shown}); "
             "use a new run_dir, or only change train.steps and other resumable keys"
@@ -35,12 +40,15 @@ def check_run_folder(run_dir: str | Path) -> None:
     """Refuse, in one line, a run folder whose config.yaml no longer says what it trained: edited
     after cfh recorded it, or (a folder from before the record) unlike its checkpoint's config."""
     check_stored_config(run_dir)
+    check_checkpoint_config(run_dir)
+
+
+def check_checkpoint_config(run_dir: str | Path) -> None:
+    """Refuse, in one line, a folder from before the record whose config.yaml differs from its
+    newest good checkpoint's config (the part of check_run_folder that needs torch)."""
     edited = checkpoint_config_problem(run_dir)
     if edited:
-        raise UserError(
-            f"run_dir={run_dir}: {edited}; restore it, or train it again from step 0 with "
-            f"`cfh train run_dir={run_dir} --new-run` (the old files move to a replaced-* folder)"
-        )
+        raise edited_refusal(run_dir, edited)
 
 
 def checkpoint_config_problem(run_dir: str | Path) -> str | None:
@@ -60,12 +68,6 @@ def checkpoint_config_problem(run_dir: str | Path) -> str | None:
         diff = identity_diff(saved, stored)
         if not diff:
             return None
-        shown = ", ".join(f"{k}: {_get(saved, k)!r} -> {_get(stored, k)!r}" for k in diff[:6])
+        shown = changes_text(saved, stored, diff[:6])
         return f"config.yaml differs from the config {ckpt.name} was trained with ({shown})"
     return None
-
-
-def _get(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d

@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.config import RunConfig, typed
-from core.errors import UserError, disk_full
+from core.errors import DiskFull, UserError, disk_full
 from core.io import append_jsonl, atomic_write_text
 
 TENSORBOARD_DIR = "tensorboard"
@@ -225,8 +225,8 @@ class TrainLoggers:
             if tb is not None:
                 with tensorboard_writes(self.run_dir):
                     tb.close()
-        except OSError as e:
-            if exit_code == 0 or disk_full(e) is None:
+        except DiskFull:
+            if exit_code == 0:
                 raise
         finally:
             if run is not None:

@@ -22,8 +22,6 @@ SLURM_MODULES. Every wait is bounded (wait_for, subprocess timeouts, the module'
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -36,9 +34,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from sweep_procs import cfh, plan_sigs, wait_for
 
 from core.io import read_jsonl, read_status
-from harness.cli.main import main
 from harness.launch.executors import job_port
 from harness.launch.runs import read_submission
 
@@ -87,29 +85,6 @@ def write_grid(path: Path, resources: dict, body: str = "", **base) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + textwrap.dedent(body))
     return path
-
-
-def cfh(*argv: str) -> tuple[int, str]:
-    """`cfh ARGV` in this process: (exit code, stdout + stderr)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(list(argv))
-    return code, out.getvalue()
-
-
-def plan_sigs(root: Path, name: str) -> list[str]:
-    plan = json.loads((root / "grids" / name / "plan.json").read_text())
-    return [p["signature"] for p in plan["points"]]
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def status_of(rdir: Path) -> dict:
@@ -315,7 +290,7 @@ def test_usr2_then_scontrol_requeue_resume_bitwise_in_another_rank_order(swept, 
     rdir = root / "runs" / sig
     assert sig == swept["world"][4].name
     job = read_submission(rdir)["job_id"]
-    wait_for(at_step(rdir, 6), 180, "step 6 of attempt 1")
+    wait_for(at_step(rdir, 6), 180, "step 6 of attempt 1", poll_s=0.1)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
     seen = set()
 
@@ -328,12 +303,12 @@ def test_usr2_then_scontrol_requeue_resume_bitwise_in_another_rank_order(swept, 
 
         return check
 
-    wait_for(restarted(2), 180, "the job requeued after USR2 to run again", poll_s=0.5)
+    wait_for(restarted(2), 180, "the job requeued after USR2 to run again")
     at = status_of(rdir).get("step", 0)
-    wait_for(at_step(rdir, at + 6), 120, "attempt 2 to train")
+    wait_for(at_step(rdir, at + 6), 120, "attempt 2 to train", poll_s=0.1)
     seen.clear()
     subprocess.run(["scontrol", "requeue", raw_job_id(job)], check=True, timeout=30)
-    wait_for(restarted(3), 180, "the job requeued by scontrol to run again", poll_s=0.5)
+    wait_for(restarted(3), 180, "the job requeued by scontrol to run again")
     code, out = cfh("--root", str(root), "sweep", str(grid), "--wait", "--every", "60")
     print(f"USR2 + scontrol requeue of a 2-node job, to the end: {time.perf_counter() - t0:.1f} s")
     assert "requeue: 1 completed" in out, out
@@ -383,11 +358,15 @@ def test_a_rank_killed_on_node2_fails_the_job_naming_it_and_retry_resumes(swept,
     rdir = root / "runs" / sig
     assert sig == swept["world"][2].name
     job = read_submission(rdir)["job_id"]
-    wait_for(at_step(rdir, 6), 180, "step 6")
-    pid = wait_for(lambda: _task_pid(job, 1, nodes.names[1]), 30, "rank 1's process on node 2")
+    wait_for(at_step(rdir, 6), 180, "step 6", poll_s=0.1)
+    pid = wait_for(
+        lambda: _task_pid(job, 1, nodes.names[1]), 30, "rank 1's process on node 2", poll_s=0.1
+    )
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: status_of(rdir).get("state") == "failed", 60, "the run to be failed")
+    wait_for(
+        lambda: status_of(rdir).get("state") == "failed", 60, "the run to be failed", poll_s=0.1
+    )
     named_s = time.monotonic() - t0
     status = read_status(rdir)
     print(f"rank 1 killed on cfh-node2: failed, named, after {named_s:.2f} s: {status['error']}")
@@ -399,7 +378,7 @@ def test_a_rank_killed_on_node2_fails_the_job_naming_it_and_retry_resumes(swept,
         q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, timeout=30)
         return q.stdout.strip() == ""
 
-    wait_for(gone, 60, "the job to leave the queue", poll_s=0.5)
+    wait_for(gone, 60, "the job to leave the queue")
     code, out = cfh("--root", str(root), "status", "killed")
     assert code == 1 and "killed: 1 failed" in out and "rank 1/2 on cfh-node2" in out, out
     code, out = cfh("--root", str(root), "sweep", str(grid), "--retry", "--wait", "--every", "60")

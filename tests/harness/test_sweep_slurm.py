@@ -7,8 +7,6 @@ job shown failed and retried alone; cancel.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -18,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from sweep_procs import cfh, plan_sigs, wait_for
 
 from core.io import read_status
-from harness.cli.main import main
 from harness.launch.runs import read_submission
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,29 +50,6 @@ def write_grid(path: Path, cluster, body: str, resources: dict | None = None, **
     text = f"base: {json.dumps(merged)}\nresources: {json.dumps(resources)}\n"
     path.write_text(text + textwrap.dedent(body))
     return path
-
-
-def cfh(*argv: str) -> tuple[int, str]:
-    """Run `cfh` in this process; (exit code, stdout + stderr)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(list(argv))
-    return code, out.getvalue()
-
-
-def plan_sigs(root: Path, name: str) -> list[str]:
-    plan = json.loads((root / "grids" / name / "plan.json").read_text())
-    return [p["signature"] for p in plan["points"]]
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
