@@ -3,8 +3,10 @@
 Evaluation runs in the same job, right after training, rather than as dependent jobs: the
 trained weights are already on the node, a point is one job id to watch and to requeue, and a
 requeued job skips what is done (training resumes from its checkpoint, or is skipped when the
-final checkpoint exists; eval points whose json exists are skipped). Eval points added later by
-another grid make the run incomplete again, and the next `cfh sweep` submits it to finish them.
+final checkpoint exists; eval points whose json exists are skipped; a job that finds its run
+completed with nothing left, as when SLURM requeues a job for a node lost while the job was
+ending, writes nothing and counts no attempt). Eval points added later by another grid make
+the run incomplete again, and the next `cfh sweep` submits it to finish them.
 
 status.json fields written here (merged with the trainer's): state (running, completed, failed,
 interrupted; requeued is PointJob's), phase (train, eval, done), attempts (one per job start,
@@ -120,6 +122,14 @@ def _run_point(
     main = info.is_main
     job_id, job_log = job_env()
     log_path = str(rdir.absolute() / "log.txt")  # what the trainer and evaluation write
+    done = _nothing_left(rdir)
+    if done is not None:  # every rank reads the same files, unwritten: all leave together
+        print(
+            f"[cfh] {rdir.name} is completed with nothing left to do; left as it is",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {"run_dir": str(rdir), "evals": done.get("evals"), "attempts": done.get("attempts")}
     if main:
         old = read_status(rdir)
         update_status(
@@ -187,9 +197,7 @@ def evaluate_points(rdir: Path, cfg: RunConfig, eval_fn: EvalFn, main: bool = Tr
     steps = int(cfg.train.steps)
     for e in point.get("evals", []):
         key = e.get("key")
-        rec = evals.get(key)
-        done = isinstance(rec, dict) and (rdir / str(rec.get("file", ""))).is_file()
-        if done and rec.get("ckpt_step", steps) == steps:  # type: ignore[union-attr]
+        if _eval_done(rdir, evals.get(key), steps):
             continue  # done in an earlier attempt (at this final checkpoint; --extend redoes)
         _leave_if_preempted()
         record = eval_fn(with_overrides(cfg, list(e.get("overrides", []))))
@@ -206,6 +214,35 @@ def evaluate_points(rdir: Path, cfg: RunConfig, eval_fn: EvalFn, main: bool = Tr
         }
         update_status(rdir, evals=evals)
     return evals
+
+
+def _eval_done(rdir: Path, rec: Any, steps: int) -> bool:
+    """An eval point's status record whose file exists, made at the final checkpoint."""
+    if not isinstance(rec, dict) or not (rdir / str(rec.get("file", ""))).is_file():
+        return False
+    return rec.get("ckpt_step", steps) == steps
+
+
+def _nothing_left(rdir: Path) -> dict | None:
+    """status.json of a completed run whose final checkpoint and eval points are all there;
+    None where the job has work (or where the folder is not readable: the job then says why).
+
+    SLURM requeues a job whose node fails while it is still ending (the run written, the
+    process not yet gone): the second start must not count an attempt or restart the clock.
+    """
+    try:
+        status = read_status(rdir)
+        if status.get("state") != "completed":
+            return None
+        run = load_run_config(rdir)
+        steps = int(run.train.steps)
+        if run.bench.enabled or not _final_checkpoint_exists(rdir, steps):
+            return None
+        evals = status.get("evals") if isinstance(status.get("evals"), dict) else {}
+        points = read_point(rdir).get("evals", [])
+    except Exception:  # noqa: BLE001 - the full path below meets the same fault and records it
+        return None
+    return status if all(_eval_done(rdir, evals.get(e.get("key")), steps) for e in points) else None
 
 
 def _leave_if_preempted() -> None:

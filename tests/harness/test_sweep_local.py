@@ -175,6 +175,34 @@ def test_retry_resubmits_only_the_failed_point(swept):
     assert status["state"] == "failed" and status["attempts"] == 2  # it raises again
 
 
+def test_a_job_on_a_completed_run_writes_nothing(swept, capfd):
+    """A second start of a finished job (SLURM requeues a job for a node lost while the job
+    was ending) leaves the run as it is: no attempt counted, no clock restarted."""
+    from harness.launch.jobs import run_point
+
+    def must_not_run(cfg):
+        raise AssertionError("a completed run was trained or evaluated again")
+
+    rdir = swept["root"] / "runs" / sigs_by_state(swept["root"])["completed"][0]
+    before = {p.name: p.read_bytes() for p in rdir.iterdir() if p.is_file()}
+    out = run_point(str(rdir), train_fn=must_not_run, eval_fn=must_not_run)
+    assert out["attempts"] == 1 and len(out["evals"]) == 2, out
+    assert {p.name: p.read_bytes() for p in rdir.iterdir() if p.is_file()} == before
+    assert f"{rdir.name} is completed with nothing left to do" in capfd.readouterr().err
+    evals = json.loads((rdir / "point.json").read_text())["evals"]
+    try:  # an eval point added since (another grid): the job has work again
+        point = {**json.loads(before["point.json"]), "evals": [*evals, {**evals[0], "key": "new"}]}
+        (rdir / "point.json").write_text(json.dumps(point))
+        with pytest.raises(AssertionError, match="trained or evaluated again"):
+            run_point(str(rdir), train_fn=must_not_run, eval_fn=must_not_run)
+    finally:  # the folder as the module's sweep left it (the failure wrote its status and log)
+        for p in rdir.iterdir():
+            if p.is_file() and p.name not in before:
+                p.unlink()
+        for name, data in before.items():
+            (rdir / name).write_bytes(data)
+
+
 def test_removed_points_are_reported_then_pruned(swept):
     root = swept["root"]
     grid = write_grid(swept["grid"], GOOD[:1])  # the grid loses two of its points
