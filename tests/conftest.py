@@ -225,6 +225,13 @@ class SlurmNodes:
         """Run scripts/slurm-local.sh ACTION ARGS... (captured, at most 600 s)."""
         return _run_script(action, *args)
 
+    def states(self) -> dict[str, str]:
+        """sinfo's state of each node of the partition ("idle", "down", "allocated", ...)."""
+        cmd = ["sinfo", "-h", "-N", "-p", self.partition, "-o", "%N %T"]
+        proc = _subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {proc.stderr[-2000:]}"
+        return dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.strip())
+
     @property
     def master_addr(self) -> str:
         """The first node's address (MASTER_ADDR for a torch.distributed rendezvous)."""

@@ -388,17 +388,6 @@ def test_a_rank_killed_on_node2_fails_the_job_naming_it_and_retry_resumes(swept,
     assert_bitwise(load(rdir / FINAL), load(swept["world"][2] / FINAL), "after the kill")
 
 
-def node_states(nodes) -> dict[str, str]:
-    """sinfo's state of each node ("idle", "down", "allocated", "completing", ...)."""
-    out = subprocess.run(
-        ["sinfo", "-h", "-N", "-n", ",".join(nodes.names), "-o", "%N %T"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout
-    return dict(ln.split(None, 1) for ln in out.splitlines() if ln.strip())
-
-
 def test_a_node_down_leaves_a_two_node_job_pending_and_status_says_why(swept, tmp_path):
     nodes = swept["nodes"]
     down = nodes.names[1]
@@ -408,9 +397,7 @@ def test_a_node_down_leaves_a_two_node_job_pending_and_status_says_why(swept, tm
     # completed, before SLURM lets go of the job). A node set down under a job has that job
     # requeued, and the step-complete message that follows at once counts as the node answering:
     # with ReturnToService=2 slurmctld puts it back in service within 40 ms (seen in CI).
-    wait_for(
-        lambda: set(node_states(nodes).values()) == {"idle"}, 60, "both nodes idle", poll_s=0.2
-    )
+    wait_for(lambda: set(nodes.states().values()) == {"idle"}, 60, "both nodes idle", poll_s=0.2)
     update = ["scontrol", "update", f"nodename={down}"]
     subprocess.run([*update, "state=down", "reason=cfh multinode test"], check=True, timeout=30)
     try:
@@ -426,7 +413,7 @@ def test_a_node_down_leaves_a_two_node_job_pending_and_status_says_why(swept, tm
         assert f"(in partition {nodes.partition}: {down} down: cfh multinode test)" in text
         assert "  ^ pending: " in text  # squeue's reason: ReqNodeNotAvail or "Nodes required..."
     finally:  # only a node still down can be resumed; anything else is the test's own failure
-        if node_states(nodes).get(down, "").startswith(("down", "drain")):
+        if nodes.states().get(down, "").startswith(("down", "drain")):
             subprocess.run([*update, "state=resume"], check=True, timeout=30)
     code, out = cfh("--root", str(root), "sweep", str(grid), "train.steps=8", "--wait")
     assert "down: 1 completed" in out, out

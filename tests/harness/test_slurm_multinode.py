@@ -41,9 +41,7 @@ def test_sinfo_shows_two_idle_nodes(slurm_two_nodes):
     nodes = slurm_two_nodes
     assert nodes.names == ["cfh-node1", "cfh-node2"]
     assert len(set(nodes.addrs)) == 2 and nodes.ctld_addr not in nodes.addrs
-    out = run(["sinfo", "-h", "-N", "-p", nodes.partition, "-o", "%N %T"], timeout=30)
-    states = dict(line.split() for line in out.splitlines())
-    assert states == {"cfh-node1": "idle", "cfh-node2": "idle"}, out
+    assert nodes.states() == {"cfh-node1": "idle", "cfh-node2": "idle"}
     for name, addr in zip(nodes.names, nodes.addrs, strict=True):
         assert socket.gethostbyname(name) == addr  # /etc/hosts, as MASTER_ADDR will resolve
     print(f"two idle nodes {nodes.names} at {nodes.addrs} in {nodes.start_s:.1f} s")
