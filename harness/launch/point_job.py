@@ -41,8 +41,10 @@ from submitit.core.utils import DelayedSubmission, UncompletedJobError, temporar
 from core.config.cluster import validate_profile
 from core.io import update_status
 
-_PREEMPTION = threading.Event()
-_SEEN: list[int] = []  # warning signals received by this process, in order
+# Warning signals received by this process, in order. A plain list, never a lock: SLURM sends
+# SIGTERM and USR2 milliseconds apart, so the second handler can run inside the first one, and
+# a lock the first holds (threading.Event.set takes one) would hang the job for good.
+_SEEN: list[int] = []
 
 
 def preemption_requested() -> bool:
@@ -51,7 +53,7 @@ def preemption_requested() -> bool:
     Work functions check it between steps: when True, save, then raise (any exception or
     SystemExit); the job is requeued and the function is called again on the same run_dir.
     """
-    return _PREEMPTION.is_set()
+    return bool(_SEEN)
 
 
 class _GraceExpired(BaseException):
@@ -90,7 +92,6 @@ class PointJob(submitit.helpers.Checkpointable):
     def __call__(self, run_dir: str, *args: Any, **kwargs: Any) -> Any:
         fn = _resolve(self.fn)
         self._start = time.monotonic() - _process_age_s()  # the time limit counts from here
-        _PREEMPTION.clear()
         _SEEN.clear()
         previous = self._install_handlers()
         try:
@@ -126,7 +127,6 @@ class PointJob(submitit.helpers.Checkpointable):
     def _on_signal(self, signum: int, frame: Any) -> None:
         first_usr2 = signum == signal.SIGUSR2 and signal.SIGUSR2 not in _SEEN
         _SEEN.append(signum)
-        _PREEMPTION.set()
         _log(f"got {signal.Signals(signum).name}: preemption requested")
         if first_usr2:
             signal.setitimer(signal.ITIMER_REAL, self.grace_s)
@@ -198,4 +198,11 @@ def _resolve(fn: Callable[..., Any] | str) -> Callable[..., Any]:
 
 
 def _log(msg: str) -> None:
-    print(f"[cfh.executors {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """One line on stderr, written straight to the file descriptor: safe inside a signal
+    handler, where a second signal may interrupt this one (a buffered print would raise
+    'reentrant call' there)."""
+    line = f"[cfh.executors {time.strftime('%H:%M:%S')}] {msg}\n".encode()
+    try:
+        os.write(sys.stderr.fileno(), line)
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a fd
+        print(line.decode(), end="", file=sys.stderr, flush=True)

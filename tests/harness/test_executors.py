@@ -173,6 +173,22 @@ def test_timeout_or_preemption():
     assert short._timed_out(1)
 
 
+def test_a_second_signal_inside_the_first_handler_does_not_hang():
+    """SLURM's SIGTERM and USR2 come ms apart: USR2's handler may run inside SIGTERM's. Once a
+    lock taken there hung a job until its time limit; here USR2 lands at every line of it."""
+    script = Path(__file__).with_name("nested_signals.py")
+    try:
+        out = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:  # SIGKILL: the hung handler catches SIGTERM itself
+        pytest.fail("PointJob's signal handler hung when a second signal arrived inside it")
+    assert out.returncode == 0, out.stderr
+    lines = int(out.stdout.split()[2])  # "nested at N lines": USR2 once at each, after 1 alone
+    assert out.stderr.count("got SIGUSR2: preemption requested") == lines
+    assert out.stderr.count("got SIGTERM: preemption requested") == lines + 1
+
+
 def test_every_slurm_state_maps_to_a_cfh_state():
     listed = "PENDING RUNNING COMPLETED FAILED CANCELLED TIMEOUT PREEMPTED REQUEUED NODE_FAIL"
     for s in (listed + " OUT_OF_MEMORY").split():
