@@ -28,7 +28,7 @@ class SignalCatcher:
     CODES = {signal.SIGTERM: 1, signal.SIGUSR2: 2}
 
     def __init__(self) -> None:
-        self.caught: int | None = None
+        self.seen: list[int] = []  # signals caught, in order
         self.previous: dict[int, Any] = {}
         self.handed = False  # the caught signal went to the previous handler
 
@@ -40,8 +40,14 @@ class SignalCatcher:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.caught is None or self.CODES[signum] > self.CODES[self.caught]:
-            self.caught = signum
+        # An append, not a read-compare-store: SLURM sends SIGTERM and USR2 ms apart, and a
+        # USR2 handled inside SIGTERM's handler must not be overwritten when the outer resumes.
+        self.seen.append(signum)
+
+    @property
+    def caught(self) -> int | None:
+        """The signal that outranks the others caught (USR2 over TERM), or None."""
+        return max(self.seen, key=self.CODES.__getitem__, default=None)
 
     def code(self) -> int:
         """This rank's flag: 0 (no signal), else the CODES value of the signal caught."""

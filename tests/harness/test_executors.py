@@ -176,10 +176,10 @@ def test_timeout_or_preemption():
 def test_a_second_signal_inside_the_first_handler_does_not_hang():
     """SLURM's SIGTERM and USR2 come ms apart: USR2's handler may run inside SIGTERM's. Once a
     lock taken there hung a job until its time limit; here USR2 lands at every line of it."""
-    script = Path(__file__).with_name("nested_signals.py")
+    script = Path(__file__).parents[1] / "nested_signals.py"
     try:
         out = subprocess.run(
-            [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+            [sys.executable, str(script), "point_job"], capture_output=True, text=True, timeout=60
         )
     except subprocess.TimeoutExpired:  # SIGKILL: the hung handler catches SIGTERM itself
         pytest.fail("PointJob's signal handler hung when a second signal arrived inside it")

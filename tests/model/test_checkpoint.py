@@ -3,6 +3,8 @@ restart; metrics.jsonl is cut back on resume so every step appears once."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,17 @@ def test_resume_cuts_metrics_back_to_the_checkpoint(straight, tmp_path):
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl")]
     assert steps == list(range(1, 16))
     _same(run, straight)
+
+
+def test_a_usr2_handled_inside_the_sigterm_handler_still_requeues():
+    """SLURM sends SIGTERM then USR2 ms apart; the trainer's catcher must keep USR2 (requeue)
+    wherever in its SIGTERM handler USR2's handler runs (tests/nested_signals.py)."""
+    script = Path(__file__).parents[1] / "nested_signals.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "trainer"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("nested at "), out.stdout
 
 
 def test_signal_at_a_periodic_checkpoint_step_saves_once(tmp_path: Path, monkeypatch, caplog):
