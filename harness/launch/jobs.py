@@ -122,14 +122,15 @@ def _run_point(
     main = info.is_main
     job_id, job_log = job_env()
     log_path = str(rdir.absolute() / "log.txt")  # what the trainer and evaluation write
-    done = _nothing_left(rdir)
-    if done is not None:  # every rank reads the same files, unwritten: all leave together
+    finished = _nothing_left(rdir)
+    if finished is not None:  # every rank reads the same files, unwritten: all leave together
         print(
             f"[cfh] {rdir.name} is completed with nothing left to do; left as it is",
             file=sys.stderr,
             flush=True,
         )
-        return {"run_dir": str(rdir), "evals": done.get("evals"), "attempts": done.get("attempts")}
+        evals, attempts = finished.get("evals"), finished.get("attempts")
+        return {"run_dir": str(rdir), "evals": evals, "attempts": attempts}
     if main:
         old = read_status(rdir)
         update_status(
